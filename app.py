@@ -1,0 +1,117 @@
+"""MTL Lab: the Streamlit entry point (`streamlit run app.py`).
+
+Page config, navigation over pages/, and the sidebar every page shares: the current run with
+its status, a run picker, and where runs and data live. Runs dir: $MTL_RUNS_DIR (default
+./runs); data dir: $MTL_DATA_DIR. `?run=ID` in the URL opens that run (ui.state).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from ui.state import current_run_id, get_store, runs_dir, set_current_run
+
+st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
+                   initial_sidebar_state="expanded")
+
+PAGES_DIR = Path(__file__).parent / "pages"
+# One line per page (file, title, icon); the first is the default. A listed page appears as
+# soon as its file exists, so a page under construction never breaks the app.
+PAGES = [
+    ("train.py", "Build & Train", ":material/model_training:"),
+    ("predictions.py", "Predictions", ":material/image_search:"),
+    ("runs.py", "Runs", ":material/list_alt:"),
+    ("compare.py", "Compare runs", ":material/compare_arrows:"),
+    ("sweep.py", "Weight sweep", ":material/tune:"),
+    ("lessons.py", "Lessons", ":material/school:"),
+]
+BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finished": "green",
+                 "stopped": "gray", "diverged": "red", "failed": "red"}
+RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
+PICKER_RUNS = 50
+PICK_KEY = "sidebar.run_pick"
+
+
+@st.cache_resource
+def _devices() -> list[str]:
+    from mtl_core.trainer import available_devices
+
+    return available_devices()
+
+
+def _reconcile() -> None:
+    """Mark runs whose worker died as failed (cheap; throttled per session)."""
+    last = st.session_state.get("_reconciled_at", 0.0)
+    if time.time() - last < RECONCILE_EVERY_S:
+        return
+    st.session_state["_reconciled_at"] = time.time()
+    from mtl_core import jobs
+
+    try:
+        jobs.reconcile(runs_dir())
+    except Exception as exc:  # the sidebar must render even if the store is unhappy
+        st.sidebar.warning(f"Could not check the workers: {exc}")
+
+
+def _label(run) -> str:
+    from ui.run_table import STATUS_ICONS
+
+    return f"{STATUS_ICONS.get(run.status, '')} {run.name} · {run.id}"
+
+
+def _on_pick() -> None:
+    set_current_run(st.session_state.get(PICK_KEY))
+
+
+def _sidebar() -> None:
+    store = get_store()
+    run_id = current_run_id()
+    runs = store.list_runs()[:PICKER_RUNS]
+    by_id = {r.id: r for r in runs}
+    if run_id and run_id not in by_id:
+        try:
+            by_id[run_id] = store.get_run(run_id)
+            runs.append(by_id[run_id])
+        except KeyError:
+            st.warning(f"Run `{run_id}` was not found in {runs_dir()}.")
+            set_current_run(None)
+            run_id = None
+    st.markdown("**Current run**")
+    if run_id:
+        run = by_id[run_id]
+        st.badge(run.status, color=BADGE_COLOURS.get(run.status, "gray"))
+        st.caption(f"{run.name} · `{run.id}`  \n{run.suite} · {run.architecture} · "
+                   f"{run.method}")
+        if run.total_steps:
+            st.progress(min(1.0, run.step / run.total_steps),
+                        text=f"step {run.step} / {run.total_steps}")
+    else:
+        st.caption("None yet: press Start on Build & Train, or pick a run below.")
+    st.session_state[PICK_KEY] = run_id  # the picker follows the current run
+    options: list[str | None] = [None, *(r.id for r in runs)]
+    st.selectbox("Open a run", options, key=PICK_KEY, on_change=_on_pick,
+                 format_func=lambda i: "—" if i is None else _label(by_id[i]))
+    live = sum(1 for r in runs if r.status in ("running", "paused"))
+    queued = sum(1 for r in runs if r.status == "queued")
+    from mtl_core.data import data_dir
+    from mtl_core.jobs import max_concurrent
+
+    try:
+        limit = str(max_concurrent())
+    except ValueError as exc:
+        limit = f"invalid ({exc})"
+    st.divider()
+    st.caption(f"Training: {live} active, {queued} queued, limit {limit}  \n"
+               f"Devices: {', '.join(_devices())}  \n"
+               f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
+
+
+pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
+         for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
+page = st.navigation(pages)
+_reconcile()
+with st.sidebar:
+    _sidebar()
+page.run()

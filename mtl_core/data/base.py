@@ -1,0 +1,84 @@
+"""The types every task suite returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+TaskKind = Literal["classification", "binary", "regression"]
+TASK_KINDS: tuple[str, ...] = ("classification", "binary", "regression")
+
+
+@dataclass
+class TaskSpec:
+    """One task: what it predicts and from which input.
+
+    Targets: classification -> int64 class ids (N,); binary -> float32 0/1 (N,);
+    regression -> float32 (N,). `target_scale` is the std of a regression target in its
+    original units (targets are stored as given; the scale is for display and for lessons).
+    """
+
+    name: str
+    kind: TaskKind
+    num_classes: int | None = None  # classification only
+    class_names: list[str] | None = None
+    input: str = "x"  # key into Split.inputs
+    target_scale: float | None = None
+    description: str = ""
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes if self.kind == "classification" else 1  # type: ignore[return-value]
+
+
+@dataclass
+class Split:
+    """Tensors of one split. All inputs and targets share the first dimension N."""
+
+    inputs: dict[str, Tensor]
+    targets: dict[str, Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(
+            {k: v.to(device) for k, v in self.inputs.items()},
+            {k: v.to(device) for k, v in self.targets.items()},
+        )
+
+    def take(self, index: Tensor | slice) -> Split:
+        return Split(
+            {k: v[index] for k, v in self.inputs.items()},
+            {k: v[index] for k, v in self.targets.items()},
+        )
+
+
+@dataclass
+class SuiteData:
+    """What a suite builder returns.
+
+    `train` is the full training pool; `mtl_core.data.load_suite` carves the validation split
+    out of it and applies `train_fraction`. `test` is held out by the suite itself.
+    """
+
+    suite: str
+    tasks: list[TaskSpec]
+    train: Split
+    val: Split
+    test: Split
+    input_shapes: dict[str, tuple[int, ...]]  # per-sample shape of each input
+    input_kind: Literal["vector", "image"]
+    # 2-D suites: (xmin, xmax, ymin, ymax) of the plane to draw decision boundaries on.
+    plane: tuple[float, float, float, float] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+class DataError(ValueError):
+    """A suite cannot be built from what is on disk or in its params; the message says why
+    and what to do."""

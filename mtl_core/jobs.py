@@ -1,0 +1,204 @@
+"""Jobs: worker processes, the queue and its concurrency limit, stop/pause/resume, crash repair.
+
+There is no daemon. A submitted run is `queued` in the store; worker processes
+(`python -m mtl_core.worker`) claim queued runs atomically, at most `max_concurrent()` active
+(running or paused) at a time, and each worker claims the next queued run when its run ends.
+`dispatch` only makes sure enough workers exist; it never trains in the calling process (the
+Streamlit server must stay responsive, and a fork of it would copy its threads' state).
+
+Controls go through the store: `stop`, `pause` and `resume` write a request the trainer reads
+at its next poll (about every 0.5 s). A worker that dies leaves its run `running` with a stale
+heartbeat; `reconcile` (called by `dispatch` and when listing runs) marks it `failed`, keeping
+everything it had written.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mtl_core.store import ACTIVE_STATUSES, RunStore
+
+DEFAULT_MAX_JOBS = 2
+HEARTBEAT_STALE_S = 30.0  # a run with an older heartbeat AND a dead pid has lost its worker
+IDLE_TIMEOUT_S = 30.0  # how long a dispatched worker waits for more queued runs
+WARM_IDLE_TIMEOUT_S = 600.0  # how long a warm_up worker waits for its first run
+IDLE_WORKER_STALE_S = 60.0  # an idle worker row not refreshed for this long is gone
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_children: list[subprocess.Popen[bytes]] = []  # workers we started, reaped in dispatch
+
+
+def max_concurrent() -> int:
+    """$MTL_MAX_JOBS (a positive integer), default 2."""
+    text = os.environ.get("MTL_MAX_JOBS", "").strip()
+    if not text:
+        return DEFAULT_MAX_JOBS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"MTL_MAX_JOBS must be a positive integer (got {text!r})")
+    return value
+
+
+def submit(cfg: Any, runs_dir: Path | None = None) -> str:
+    """Validate a config (dict or ExperimentConfig), queue it as a run, dispatch; the run id.
+
+    Raises mtl_core.config.ConfigError (with every field's problem) before anything is queued.
+    """
+    from mtl_core.config import parse_config
+
+    cfg = parse_config(cfg)
+    store = RunStore(runs_dir)
+    run_id = store.create_run(cfg)
+    dispatch(runs_dir)
+    return run_id
+
+
+def dispatch(runs_dir: Path | None = None, idle_timeout: float | None = None) -> None:
+    """Start worker processes for queued runs, up to the concurrency limit.
+
+    Workers already waiting (idle, or still starting) count, so calling this often is cheap
+    and starts nothing new. The limit itself is enforced where workers claim runs.
+    """
+    store = RunStore(runs_dir)
+    reconcile(runs_dir)
+    limit = max_concurrent()
+    queued = len(store.list_runs(["queued"]))
+    if not queued:
+        return
+    active = len(store.list_runs(ACTIVE_STATUSES))
+    idle = sum(1 for _, run_id, _ in _live_workers(store) if run_id is None)
+    for _ in range(min(queued, limit - active) - idle):
+        _spawn_worker(store, IDLE_TIMEOUT_S if idle_timeout is None else idle_timeout, limit)
+
+
+def warm_up(runs_dir: Path | None = None) -> None:
+    """Make sure one idle worker (torch already imported) waits for the next queued run."""
+    store = RunStore(runs_dir)
+    if not any(run_id is None for _, run_id, _ in _live_workers(store)):
+        _spawn_worker(store, WARM_IDLE_TIMEOUT_S, max_concurrent())
+
+
+def stop(run_id: str, runs_dir: Path | None = None) -> str:
+    """Stop a run. A queued run is stopped at once ("stopped"); a running or paused one gets a
+    stop request its worker acts on, keeping its metrics ("requested"). KeyError for an
+    unknown run, ValueError for one that has already ended."""
+    store = RunStore(runs_dir)
+    run = store.get_run(run_id)
+    if run.status == "queued":
+        if store.set_status(run_id, "stopped", "stopped before it started", expect=["queued"]):
+            return "stopped"
+        run = store.get_run(run_id)  # a worker claimed it meanwhile
+    if run.status in ACTIVE_STATUSES:
+        store.request_control(run_id, "stop")
+        return "requested"
+    raise ValueError(f"run {run_id!r} has already ended ({run.status}); nothing to stop")
+
+
+def pause(run_id: str, runs_dir: Path | None = None) -> str:
+    """Ask a running run to pause ("requested"); "already paused" if it is."""
+    store = RunStore(runs_dir)
+    run = store.get_run(run_id)
+    if run.status == "paused":
+        return "already paused"
+    if run.status == "running":
+        store.request_control(run_id, "pause")
+        return "requested"
+    raise ValueError(_not_active(run_id, run.status, "paused"))
+
+
+def resume(run_id: str, runs_dir: Path | None = None) -> str:
+    """Ask a paused run to go on ("requested"); "already running" if it is running and no
+    pause is pending."""
+    store = RunStore(runs_dir)
+    run = store.get_run(run_id)
+    if run.status == "paused" or (run.status == "running"
+                                  and "pause" in store.pending_controls(run_id)):
+        store.request_control(run_id, "resume")
+        return "requested"
+    if run.status == "running":
+        return "already running"
+    raise ValueError(_not_active(run_id, run.status, "resumed"))
+
+
+def reconcile(runs_dir: Path | None = None, stale_after: float = HEARTBEAT_STALE_S) -> list[str]:
+    """Mark `failed` every running/paused run whose heartbeat is older than `stale_after` s and
+    whose worker process is gone. Their metrics, snapshots and checkpoints stay. Returns their
+    ids."""
+    store = RunStore(runs_dir)
+    _reap_children()
+    now = time.time()
+    failed = []
+    for run in store.list_runs(ACTIVE_STATUSES):
+        beat = run.heartbeat_at or run.started_at or run.created_at
+        if now - beat < stale_after or (run.pid is not None and pid_alive(run.pid)):
+            continue
+        message = (f"worker process died (pid {run.pid}) at step {run.step}; "
+                   "metrics up to there are kept")
+        if store.set_status(run.id, "failed", message, expect=ACTIVE_STATUSES):
+            failed.append(run.id)
+    return failed
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie (an exited child nobody
+    has waited for still answers kill(pid, 0))."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): trust kill()
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _not_active(run_id: str, status: str, verb: str) -> str:
+    if status == "queued":
+        return f"run {run_id!r} is queued and has not started; only a running run can be {verb}"
+    return f"run {run_id!r} has already ended ({status}); only a live run can be {verb}"
+
+
+def _live_workers(store: RunStore) -> list[tuple[int, str | None, float]]:
+    """Registered workers that still exist; rows of dead ones are dropped."""
+    now = time.time()
+    live = []
+    for pid, run_id, seen_at in store.workers():
+        gone = not pid_alive(pid) or (run_id is None and now - seen_at > IDLE_WORKER_STALE_S)
+        if gone:
+            store.remove_worker(pid)
+        else:
+            live.append((pid, run_id, seen_at))
+    return live
+
+
+def _spawn_worker(store: RunStore, idle_timeout: float, max_jobs: int) -> int:
+    """Start `python -m mtl_core.worker` in its own session, output to workers.log."""
+    env = dict(os.environ)
+    # The worker must import this same mtl_core, whatever the caller's working directory.
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+    command = [sys.executable, "-m", "mtl_core.worker",
+               "--runs-dir", str(store.runs_dir.resolve()),
+               "--idle-timeout", str(idle_timeout), "--max-jobs", str(max_jobs)]
+    with open(store.runs_dir / "workers.log", "ab") as log:
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    # Registered now (the worker re-registers itself), so a dispatch right after this one
+    # counts it as waiting instead of starting another.
+    store.add_worker(proc.pid, replace=False)
+    _children.append(proc)
+    return proc.pid
+
+
+def _reap_children() -> None:
+    _children[:] = [p for p in _children if p.poll() is None]

@@ -1,0 +1,68 @@
+"""Per-task losses and metrics, computed on the device (callers decide when to sync)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtl_core.data.base import TaskSpec
+
+# Which direction is better for each metric (used for early stopping, Δm and the pages).
+HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "loss": False, "mse": False, "mae": False}
+
+
+def task_loss(spec: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy for classification, BCE-with-logits for binary, MSE for regression."""
+    if spec.kind == "classification":
+        return F.cross_entropy(output, target)
+    if spec.kind == "binary":
+        return F.binary_cross_entropy_with_logits(output, target)
+    return F.mse_loss(output, target)
+
+
+def predict(spec: TaskSpec, output: Tensor) -> Tensor:
+    """Class id for classification and binary tasks, the value for regression."""
+    if spec.kind == "classification":
+        return output.argmax(dim=-1)
+    if spec.kind == "binary":
+        return (output > 0).long()
+    return output
+
+
+def task_metrics(spec: TaskSpec, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """Scalar tensors: loss plus accuracy (classification/binary) or mse, mae, r2 (regression)."""
+    out = {"loss": task_loss(spec, output, target)}
+    if spec.kind in ("classification", "binary"):
+        out["accuracy"] = (predict(spec, output) == target.long()).float().mean()
+    else:
+        err = output - target
+        out["mse"] = (err**2).mean()
+        out["mae"] = err.abs().mean()
+        var = ((target - target.mean()) ** 2).mean()
+        out["r2"] = 1 - out["mse"] / var.clamp_min(1e-12)
+    return out
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """(K, K) counts; rows are true classes, columns predicted classes."""
+    index = target.long() * num_classes + pred.long()
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def delta_m(metrics: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]],
+            metric_of: dict[str, str]) -> float:
+    """Multi-task improvement Δm (Maninis et al. 2019), in percent.
+
+    Δm = (100/T) Σ_t (−1)^{δ_t} (M_t − M_t^STL) / M_t^STL, δ_t = 1 when higher is better
+    (the convention of Navon et al., Nash-MTL): lower is better, so a negative Δm means the
+    multi-task model beats its single-task baselines on average. `metric_of` names the metric
+    compared for each task (e.g. accuracy, mse).
+    """
+    terms = []
+    for task, name in metric_of.items():
+        m, base = metrics[task][name], baselines[task][name]
+        if base == 0:
+            raise ValueError(f"baseline {name} of task {task!r} is 0: Δm is undefined")
+        sign = -1.0 if HIGHER_IS_BETTER[name] else 1.0
+        terms.append(sign * (m - base) / base)
+    return 100.0 * sum(terms) / len(terms)

@@ -1,0 +1,61 @@
+"""Where the trainer sends what it logs, and where it asks whether to stop or pause.
+
+The trainer knows only this protocol. `mtl_core.store.StoreSink` writes to the run store;
+`MemorySink` keeps everything in lists (tests, benchmarks, quick experiments).
+
+Metric rows are `(step, epoch, split, task, name, value)`:
+- split: "train" | "val" | "test" | "diag"
+- task: a task name, "total" (weighted sum), or "a|b" for a pair of tasks (cosine)
+- name: "loss", "weight", "grad_norm", "accuracy", "mse", "mae", "r2", "cosine", "update_norm", ...
+Snapshots are JSON-able dicts of a kind: "probe" (probe inputs, written once), "predictions",
+"grid" (2-D suites), "inspect" (architecture state such as mixing matrices).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+MetricRow = tuple[int, float, str, str, str, float]
+Control = Literal["stop", "pause", "resume"]
+
+
+class Sink(Protocol):
+    def metrics(self, rows: list[MetricRow]) -> None: ...
+    def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None: ...
+    def progress(self, step: int, total_steps: int, epoch: float) -> None: ...
+    def status(self, status: str, message: str | None = None) -> None: ...
+    def control(self) -> Control | None:
+        """The pending control request, if any (consumed by reading it)."""
+        ...
+    def checkpoint(self, state: dict[str, Any], name: str) -> None: ...
+
+
+@dataclass
+class MemorySink:
+    rows: list[MetricRow] = field(default_factory=list)
+    snapshots: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
+    statuses: list[tuple[str, str | None]] = field(default_factory=list)
+    checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    last_progress: tuple[int, int, float] = (0, 0, 0.0)
+    requests: list[Control] = field(default_factory=list)  # queued control requests
+
+    def metrics(self, rows: list[MetricRow]) -> None:
+        self.rows.extend(rows)
+
+    def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
+        self.snapshots.append((step, kind, payload))
+
+    def progress(self, step: int, total_steps: int, epoch: float) -> None:
+        self.last_progress = (step, total_steps, epoch)
+
+    def status(self, status: str, message: str | None = None) -> None:
+        self.statuses.append((status, message))
+
+    def control(self) -> Control | None:
+        return self.requests.pop(0) if self.requests else None
+
+    def checkpoint(self, state: dict[str, Any], name: str) -> None:
+        self.checkpoints[name] = state
+
+    def series(self, split: str, task: str, name: str) -> list[tuple[int, float]]:
+        return [(r[0], r[5]) for r in self.rows if r[2:5] == (split, task, name)]

@@ -1,0 +1,378 @@
+"""The training loop: everything a step does is visible in `train`, read top to bottom.
+
+Per step: slice a batch (data already on the device), forward through the shared features
+and the task heads, compute each task's loss, scale by the configured weights w_i, let the
+weighting method fill the gradients, step the optimizer. Losses and effective weights are
+accumulated on the device and read once per `log_every` steps, so a GPU never waits on the
+host between logging steps. Evaluation (val metrics, prediction snapshots, early stopping)
+runs every epoch or every `optim.eval_every` steps; test metrics at the end.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtl_core import diagnostics
+from mtl_core.config import ExperimentConfig
+from mtl_core.data import SuiteData, load_suite
+from mtl_core.data.base import Split
+from mtl_core.metrics import confusion_matrix, predict, task_loss, task_metrics
+from mtl_core.models import MTLModel, build_model
+from mtl_core.sink import MetricRow, Sink
+from mtl_core.weighting import build_method
+
+PROBE_SIZE = 32  # fixed probe batch shown on the Predictions page
+GRID_SIZE = 60  # resolution of the decision-boundary grid for 2-D suites
+SCATTER_POINTS = 500  # regression scatter / boundary points kept per snapshot
+EVAL_CHUNK = 2048
+CONTROL_POLL_S = 0.5
+
+
+@dataclass
+class TrainResult:
+    status: str  # "finished" | "stopped" | "diverged"
+    message: str | None
+    steps: int
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def available_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if spec not in available_devices():
+        raise ValueError(f"device {spec!r} is not available here; available: "
+                         f"{', '.join(['auto', *available_devices()])}")
+    return torch.device(spec)
+
+
+def make_optimizer(cfg: ExperimentConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+           "rmsprop": torch.optim.RMSprop}[o.optimizer]
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
+    """Run one experiment (cfg already validated by parse_config), logging to `sink`."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    names = [t.name for t in cfg.tasks or []]
+    task_weights = torch.tensor([t.weight for t in cfg.tasks or []], device=device)
+    data = load_suite(cfg.data, cfg.seed, names, device=device)
+    specs = [data.task(n) for n in names]
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data).to(device)
+    method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)
+    optimizer = make_optimizer(cfg, list(model.parameters()) + method.extra_parameters())
+    shared = [p for p in model.shared_parameters() if p.requires_grad]
+
+    n_train = len(data.train)
+    batch_size = min(cfg.optim.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    eval_every = cfg.optim.eval_every or steps_per_epoch
+    log_every = min(cfg.log_every, total_steps)
+    order_rng = torch.Generator().manual_seed(cfg.seed)
+
+    probe = data.val.take(slice(0, PROBE_SIZE))
+    sink.snapshot(0, "probe", _probe_payload(data, probe, names))
+    sink.progress(0, total_steps, 0.0)
+
+    # Device-side accumulators, read once per logging window.
+    window_losses = torch.zeros(log_every, len(names), device=device)
+    window_weights = torch.zeros(len(names), device=device)
+    window_steps = 0
+    diag_rows: list[MetricRow] = []
+    epoch_losses = torch.zeros(len(names), device=device)
+
+    best_val, best_state, evals_since_best = math.inf, None, 0
+    last_val: dict[str, dict[str, float]] = {}
+    best_val_metrics: dict[str, dict[str, float]] = {}
+    control = _ControlPoller(sink, total_steps)
+    step, epoch, status, message = 0, 0, "finished", None
+
+    try:
+        for epoch in range(cfg.optim.epochs):
+            order = torch.randperm(n_train, generator=order_rng).to(device)
+            epoch_losses.zero_()
+            for start in range(0, n_train, batch_size):
+                batch = data.train.take(order[start:start + batch_size])
+                model.train()
+                features = model.features(batch.inputs)
+                outputs = model.heads(features)
+                raw = torch.stack([task_loss(s, outputs[s.name], batch.targets[s.name])
+                                   for s in specs])
+                losses = raw * task_weights
+
+                step += 1
+                logging_step = step % log_every == 0 or step == 1 or step == total_steps
+                if logging_step:  # diagnostics only here, so other steps pay nothing
+                    diag_rows = _diagnostic_rows(step, epoch, raw, shared, names)
+
+                optimizer.zero_grad(set_to_none=True)
+                result = method.backward(losses, features, model)
+                optimizer.step()
+
+                window_losses[window_steps] = raw.detach()
+                window_weights += result.weights.detach() * task_weights
+                epoch_losses += losses.detach()
+                window_steps += 1
+
+                if logging_step:
+                    if result.update_norm is not None:
+                        diag_rows.append((step, 0.0, "diag", "total", "update_norm",
+                                          float(result.update_norm)))
+                    fraction = min(epoch + (start + batch_size) / n_train, epoch + 1.0)
+                    diverged = _flush(sink, step, fraction, names, task_weights,
+                                      window_losses[:window_steps], window_weights / window_steps,
+                                      diag_rows)
+                    sink.progress(step, total_steps, fraction)
+                    if diverged:
+                        row, task, value = diverged
+                        bad_step = step - window_steps + 1 + row
+                        message = f"loss of task {task!r} became {value} at step {bad_step}"
+                        return TrainResult("diverged", message, step,
+                                           {"val": _drop_total(last_val)})
+                    window_weights.zero_()
+                    window_steps = 0
+                if step % eval_every == 0 or step == total_steps:
+                    last_val = _evaluate_and_snapshot(model, data, probe, specs, task_weights,
+                                                      sink, step, epoch)
+                    val_total = last_val["total"]["loss"]
+                    if val_total < best_val - cfg.optim.early_stopping.min_delta:
+                        best_val, evals_since_best = val_total, 0
+                        best_val_metrics = last_val
+                        if cfg.optim.early_stopping.patience:
+                            best_state = copy.deepcopy(model.state_dict())
+                    else:
+                        evals_since_best += 1
+                    patience = cfg.optim.early_stopping.patience
+                    if patience and evals_since_best >= patience:
+                        message = (f"early stopping: no val improvement in {patience} "
+                                   f"evaluations (best total val loss {best_val:.4g})")
+                        raise _StopRequested
+                control.poll(step, epoch)
+            method.end_epoch(epoch_losses / steps_per_epoch)
+            sink.checkpoint(_checkpoint(model, optimizer, step, epoch), "last")
+    except _StopRequested:
+        if message is None:
+            status, message = "stopped", f"stopped by request at step {step}"
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test = _evaluate(model, data.test, specs, task_weights)
+    sink.metrics(_metric_rows(step, float(epoch + 1), "test", test))
+    sink.checkpoint(_checkpoint(model, optimizer, step, epoch), "final")
+    summary = {"test": _drop_total(test), "best_val": _drop_total(best_val_metrics),
+               "val": _drop_total(last_val)}
+    return TrainResult(status, message, step, summary)
+
+
+class _ControlPoller:
+    """Checks for stop/pause requests at most every CONTROL_POLL_S seconds of wall time."""
+
+    def __init__(self, sink: Sink, total_steps: int) -> None:
+        self.sink, self.total_steps, self.next_poll = sink, total_steps, 0.0
+
+    def poll(self, step: int, epoch: int) -> None:
+        now = time.monotonic()
+        if now < self.next_poll:
+            return
+        self.next_poll = now + CONTROL_POLL_S
+        request = self.sink.control()
+        if request == "stop":
+            raise _StopRequested
+        if request == "pause":
+            self.sink.status("paused")
+            while True:
+                time.sleep(0.2)
+                self.sink.progress(step, self.total_steps, float(epoch))  # keeps the heartbeat
+                request = self.sink.control()
+                if request == "stop":
+                    raise _StopRequested
+                if request == "resume":
+                    self.sink.status("running")
+                    return
+
+
+def _flush(sink: Sink, step: int, epoch: float, names: list[str], task_weights: Tensor,
+           losses: Tensor, weights: Tensor,
+           diag_rows: list[MetricRow]) -> tuple[int, str, str] | None:
+    """Write one logging window; return (row, task, value) of the first non-finite loss."""
+    host_losses = losses.tolist()  # the one host sync of the window
+    for i, row in enumerate(host_losses):
+        for name, value in zip(names, row):
+            if not math.isfinite(value):
+                sink.metrics(diag_rows)
+                return i, name, str(value)
+    means = losses.mean(0).tolist()
+    mean_weights = weights.tolist()
+    total = float((losses.mean(0) * task_weights).sum())
+    rows: list[MetricRow] = [(step, epoch, "train", "total", "loss", total)]
+    for name, loss, weight in zip(names, means, mean_weights):
+        rows.append((step, epoch, "train", name, "loss", loss))
+        rows.append((step, epoch, "train", name, "weight", weight))
+    sink.metrics(rows + [(s, epoch, *rest) for s, _, *rest in diag_rows])
+    return None
+
+
+def _diagnostic_rows(step: int, epoch: int, raw: Tensor, shared: list[torch.nn.Parameter],
+                     names: list[str]) -> list[MetricRow]:
+    """Per-task gradient norms and pairwise cosines on the shared parameters."""
+    if not shared:
+        return []
+    grads = diagnostics.task_gradients(raw, shared)
+    stats = diagnostics.gradient_stats(grads)
+    norms, cos = stats["norms"].tolist(), stats["cosine"].tolist()
+    rows: list[MetricRow] = [(step, 0.0, "diag", n, "grad_norm", v) for n, v in zip(names, norms)]
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            rows.append((step, 0.0, "diag", f"{names[i]}|{names[j]}", "cosine", cos[i][j]))
+    return rows
+
+
+@torch.no_grad()
+def _forward_chunked(model: MTLModel, split: Split) -> dict[str, Tensor]:
+    model.eval()
+    parts: dict[str, list[Tensor]] = {}
+    for start in range(0, len(split), EVAL_CHUNK):
+        out = model(split.take(slice(start, start + EVAL_CHUNK)).inputs)
+        for name, value in out.items():
+            parts.setdefault(name, []).append(value)
+    return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def _evaluate(model: MTLModel, split: Split, specs: list, task_weights: Tensor,
+              outputs: dict[str, Tensor] | None = None) -> dict[str, dict[str, float]]:
+    outputs = outputs if outputs is not None else _forward_chunked(model, split)
+    device_metrics = {s.name: task_metrics(s, outputs[s.name], split.targets[s.name])
+                      for s in specs}
+    total = sum(w * device_metrics[s.name]["loss"] for s, w in zip(specs, task_weights))
+    host = {task: {k: float(v) for k, v in m.items()} for task, m in device_metrics.items()}
+    host["total"] = {"loss": float(total)}
+    return host
+
+
+def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs: list,
+                           task_weights: Tensor, sink: Sink, step: int,
+                           epoch: int) -> dict[str, dict[str, float]]:
+    outputs = _forward_chunked(model, data.val)
+    val = _evaluate(model, data.val, specs, task_weights, outputs)
+    sink.metrics(_metric_rows(step, float(epoch + 1), "val", val))
+
+    probe_out = _forward_chunked(model, probe)
+    sink.snapshot(step, "predictions", {"outputs": {
+        s.name: _display_output(s, probe_out[s.name]).tolist() for s in specs}})
+    confusion, scatter = {}, {}
+    for s in specs:
+        target = data.val.targets[s.name]
+        if s.kind == "regression":
+            k = min(SCATTER_POINTS, len(target))
+            scatter[s.name] = {"true": target[:k].tolist(), "pred": outputs[s.name][:k].tolist()}
+        else:
+            classes = s.num_classes if s.kind == "classification" else 2
+            confusion[s.name] = confusion_matrix(predict(s, outputs[s.name]), target,
+                                                 classes).tolist()
+    if confusion:
+        sink.snapshot(step, "confusion", confusion)
+    if scatter:
+        sink.snapshot(step, "scatter", scatter)
+    if data.plane is not None:
+        sink.snapshot(step, "grid", _grid_payload(model, data, specs))
+    inspected = model.inspect(probe.inputs)
+    if inspected:
+        sink.snapshot(step, "inspect", inspected)
+    return val
+
+
+def _display_output(spec, output: Tensor) -> Tensor:
+    """What the Predictions page shows: class id, P(class 1) for binary, value for regression."""
+    if spec.kind == "binary":
+        return torch.sigmoid(output)
+    return predict(spec, output)
+
+
+@torch.no_grad()
+def _grid_payload(model: MTLModel, data: SuiteData, specs: list) -> dict[str, Any]:
+    xmin, xmax, ymin, ymax = data.plane  # type: ignore[misc]
+    device = next(iter(data.val.inputs.values())).device
+    xs = torch.linspace(xmin, xmax, GRID_SIZE, device=device)
+    ys = torch.linspace(ymin, ymax, GRID_SIZE, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    key = specs[0].input
+    points = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)
+    model.eval()
+    out = model({key: points})
+    values = {}
+    for s in specs:
+        o = out[s.name]
+        if s.kind == "binary":
+            o = torch.sigmoid(o)
+        elif s.kind == "classification":
+            o = o.argmax(-1).float()
+        values[s.name] = o.reshape(GRID_SIZE, GRID_SIZE).tolist()
+    shown = data.val.take(slice(0, SCATTER_POINTS))
+    pts = shown.inputs[key]
+    return {"xs": xs.tolist(), "ys": ys.tolist(),
+            "points": {"x": pts[:, 0].tolist(), "y": pts[:, 1].tolist()},
+            "targets": {s.name: shown.targets[s.name].tolist() for s in specs},
+            "values": values}
+
+
+def _probe_payload(data: SuiteData, probe: Split, names: list[str]) -> dict[str, Any]:
+    tasks = {}
+    for name in names:
+        s = data.task(name)
+        tasks[name] = {"kind": s.kind, "class_names": s.class_names, "input": s.input,
+                       "num_classes": s.num_classes}
+    images = {}
+    if data.input_kind == "image":
+        for key, x in probe.inputs.items():
+            flat = x.reshape(x.shape[0], -1)
+            lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+            scaled = ((flat - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
+            images[key] = scaled.reshape(x.shape[0], *x.shape[-2:]).tolist()
+    return {"tasks": tasks, "images": images,
+            "targets": {n: probe.targets[n].tolist() for n in names}}
+
+
+def _metric_rows(step: int, epoch: float, split: str,
+                 metrics: dict[str, dict[str, float]]) -> list[MetricRow]:
+    return [(step, epoch, split, task, name, value)
+            for task, values in metrics.items() for name, value in values.items()]
+
+
+def _drop_total(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: v for k, v in metrics.items() if k != "total"}
+
+
+def _checkpoint(model: MTLModel, optimizer: torch.optim.Optimizer, step: int,
+                epoch: int) -> dict[str, Any]:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "epoch": epoch}

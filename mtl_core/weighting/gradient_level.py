@@ -1,0 +1,473 @@
+"""Gradient-combination methods: PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL, UPGrad, Aligned-MTL,
+GradDrop, GradVac and DualProj, all on top of torchjd's aggregators.
+
+Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
+- task-specific parameters get the plain gradient of their own task loss;
+- the shared part gets one combined update, computed from the matrix J of per-task gradients:
+  `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
+                    obtained with torchjd's `jac` (one vmapped backward over the graph);
+  `representation`  J holds the per-task gradients on the shared representation `features`
+                    (T x batch*feature, as in MGDA-UB); the combined feature gradient is then
+                    back-propagated once through the shared trunk, so the trunk's backward
+                    costs what it costs in a plain `loss.backward()`.
+
+Gramian-based methods (all but GradDrop) only need the T x T Gramian G = J J^T to choose their
+weights w; the update is then w @ J. We move G to the CPU once, in float64, and run torchjd's
+weighting there: every one of those weightings needs the host anyway (quadprog/cvxpy solvers,
+or Python branches on tensor values), and one small transfer replaces many tiny GPU syncs. That
+transfer is the only host sync of a step; GradDrop has none. Rows of J that are exactly zero
+(a task with configured weight 0) are left out of the weighting, so such a task neither stalls
+MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
+from torchjd.aggregation import (
+    IMTLG,
+    MGDA,
+    Aggregator,
+    AlignedMTL,
+    CAGrad,
+    DualProj,
+    GradDrop,
+    GradVac,
+    GramianWeightedAggregator,
+    NashMTL,
+    PCGrad,
+    UPGrad,
+)
+from torchjd.autojac import jac
+from torchjd.linalg import QuadprogProjector
+
+from mtl_core.models.base import MTLModel
+from mtl_core.registry import Params
+from mtl_core.weighting import METHODS
+from mtl_core.weighting.base import StepResult, WeightingMethod
+
+if TYPE_CHECKING:
+    from mtl_core.config import ExperimentConfig
+
+# Architectures whose `features` are not one shared representation (see MTLModel). An
+# architecture entry may also say so itself with `supports_representation=False` in its extras.
+NO_REPRESENTATION = frozenset({"cross_stitch", "single_task"})
+
+GradientSource = Literal["parameters", "representation"]
+_GRADIENTS_HELP = (
+    "parameters: the exact Jacobian on the shared parameters; representation: the cheaper "
+    "gradient on the shared representation, as in MGDA-UB"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Params models
+
+
+class GradientParams(Params):
+    gradients: GradientSource = Field("parameters", description=_GRADIENTS_HELP)
+
+
+PrefVector = list[Annotated[float, Field(ge=0.0)]] | None
+_PREF_HELP = "weight of each task when combining (one per task, in task order); default: equal"
+
+
+class MGDAParams(GradientParams):
+    epsilon: float = Field(0.001, gt=0.0, le=1.0,
+                           description="Frank-Wolfe stops once its step is below this")
+    max_iters: int = Field(100, ge=1, le=10_000, description="Frank-Wolfe iterations at most")
+
+
+class CAGradParams(GradientParams):
+    c: float = Field(0.5, ge=0.0, le=10.0,
+                     description="radius of the ball around the mean gradient (0 = mean)")
+    norm_eps: float = Field(1e-4, ge=0.0, le=1.0, description="guard against dividing by zero")
+
+
+class NashMTLParams(GradientParams):
+    max_norm: float = Field(1.0, ge=0.0, description="clip the update's norm to this (0 = off)")
+    update_weights_every: int = Field(1, ge=1, le=1000,
+                                      description="solve for new weights every N steps")
+    optim_niter: int = Field(20, ge=1, le=1000, description="iterations of the inner solver")
+
+
+class ProjectorParams(GradientParams):
+    pref_vector: PrefVector = Field(None, description=_PREF_HELP)
+    norm_eps: float = Field(1e-4, ge=0.0, le=1.0,
+                            description="below this Gramian trace the tasks count as converged")
+    reg_eps: float = Field(1e-4, ge=0.0, le=1.0,
+                           description="added to the Gramian's diagonal so the QP stays solvable")
+
+
+class AlignedMTLParams(GradientParams):
+    pref_vector: PrefVector = Field(None, description=_PREF_HELP)
+    scale_mode: Literal["min", "median", "rmse"] = Field(
+        "min", description="which eigenvalue sets the scale of the aligned update")
+
+
+class GradDropParams(GradientParams):
+    leak: float = Field(0.0, ge=0.0, le=1.0,
+                        description="share of each task gradient let through unmasked")
+
+
+class GradVacParams(GradientParams):
+    beta: float = Field(0.5, ge=0.0, le=1.0,
+                        description="EMA rate of the target gradient similarity")
+    eps: float = Field(1e-8, ge=0.0, le=1e-2, description="guard against dividing by zero")
+
+
+# --------------------------------------------------------------------------------------------
+# Config check
+
+
+def check_gradient_method(cfg: ExperimentConfig, params: Params) -> list[tuple[str, str]]:
+    """Refuse what the params model alone cannot see: `representation` on an architecture
+    without a shared representation, and a pref_vector whose length is not the task count."""
+    errors: list[tuple[str, str]] = []
+    arch = cfg.model.architecture
+    if getattr(params, "gradients", "parameters") == "representation" \
+            and not _has_representation(arch):
+        errors.append(("weighting.params.gradients",
+                       f"architecture {arch!r} has no shared representation; use 'parameters' "
+                       "(allowed: 'parameters', or 'representation' with hard_sharing-style "
+                       "architectures)"))
+    pref = getattr(params, "pref_vector", None)
+    n_tasks = len(cfg.tasks or [])
+    if pref is not None and n_tasks and len(pref) != n_tasks:
+        errors.append(("weighting.params.pref_vector",
+                       f"needs one value per task ({n_tasks}), got {len(pref)}"))
+    if pref is not None and not any(v > 0 for v in pref):
+        errors.append(("weighting.params.pref_vector", "needs at least one positive value"))
+    return errors
+
+
+def _has_representation(architecture: str) -> bool:
+    try:
+        from mtl_core.models import ARCHITECTURES
+
+        if architecture in ARCHITECTURES:
+            extra = ARCHITECTURES.get(architecture).extra
+            if "supports_representation" in extra:
+                return bool(extra["supports_representation"])
+    except ImportError:  # architecture modules not importable: fall back to the known names
+        pass
+    return architecture not in NO_REPRESENTATION
+
+
+# --------------------------------------------------------------------------------------------
+# The shared machinery
+
+
+def _trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    return [p for p in params if p.requires_grad]
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    """Add to .grad the way loss.backward() does."""
+    grad = grad.reshape(param.shape).to(param.dtype)
+    if param.grad is None:
+        param.grad = grad.clone()
+    else:
+        param.grad.add_(grad)
+
+
+def _features_layout(feats: list[Tensor], shared: list[nn.Parameter]
+                     ) -> tuple[list[tuple[list[int], list[nn.Parameter]]], list[nn.Parameter]]:
+    """Which shared parameters sit before which feature tensors.
+
+    Walking the graph down from each feature, stopping at the other features, finds the
+    parameters whose every path to the losses goes through that feature first. Returns groups
+    (feature indices, parameters) and the shared parameters no feature reaches (coupling
+    parameters used after the split). Features may depend on one another (mtan returns every
+    stage's output): with the *total* derivative of the losses at each feature, pushing each
+    group back only through its own stretch of the trunk counts every path once.
+    """
+    edges = [get_gradient_edge(f) for f in feats]
+    stops = {(e.node, e.output_nr) for e in edges}
+    reached_by: dict[int, set[int]] = {}
+    for k, edge in enumerate(edges):
+        stack, seen = [edge.node], set()
+        while stack:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            variable = getattr(node, "variable", None)  # AccumulateGrad nodes hold the leaf
+            if variable is not None:
+                reached_by.setdefault(id(variable), set()).add(k)
+            stack.extend(n for n, nr in node.next_functions
+                         if n is not None and (n, nr) not in stops)
+    groups: dict[frozenset[int], list[nn.Parameter]] = {}
+    after = []
+    for p in shared:
+        key = frozenset(reached_by.get(id(p), ()))
+        if key:
+            groups.setdefault(key, []).append(p)
+        else:
+            after.append(p)
+    return [(sorted(key), params) for key, params in groups.items()], after
+
+
+def _psd_factor(gramian: Tensor) -> Tensor:
+    """A T x T matrix L with L L^T = gramian: for weightings that take a matrix but only use
+    its Gramian (Nash-MTL), so the full Jacobian never has to leave the device."""
+    eigenvalues, vectors = torch.linalg.eigh(gramian)
+    return vectors * eigenvalues.clamp_min(0.0).sqrt()
+
+
+class GradientMethod(WeightingMethod):
+    """Base of every gradient-level method: subclasses only say which torchjd aggregator to
+    build for a set of active tasks."""
+
+    kind = "gradient"
+    gramian_based = True  # False: the aggregator needs J itself (GradDrop)
+
+    def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
+        super().__init__(task_names, params, model)
+        self.representation = getattr(params, "gradients", "parameters") == "representation"
+        if self.representation and not model.supports_representation:
+            raise ValueError(f"weighting.params.gradients: {type(model).__name__} has no shared "
+                             "representation; use gradients: parameters")
+        self.task_params = [_trainable(model.task_parameters(t)) for t in self.task_names]
+        task_ids = {id(p) for ps in self.task_params for p in ps}
+        shared = _trainable(model.shared_parameters())
+        shared_ids = {id(p) for p in shared}
+        # A trainable parameter listed nowhere is treated as shared, so it still gets a .grad.
+        shared += [p for p in model.parameters()
+                   if p.requires_grad and id(p) not in task_ids and id(p) not in shared_ids]
+        self.shared = shared
+        # Task parameters without repeats. Each gets the sum of the task-loss gradients that reach
+        # it: its own task's gradient (the contract), and for a cross_stitch column, which other
+        # tasks reach through the mixing, the same gradient as a plain loss.backward().
+        unique: dict[int, nn.Parameter] = {}
+        for params_t in self.task_params:
+            for p in params_t:
+                unique.setdefault(id(p), p)
+        self._own_params = list(unique.values())
+        self._layout: tuple[list[tuple[list[int], list[nn.Parameter]]],
+                            list[nn.Parameter]] | None = None
+        self._aggregators: dict[tuple[int, ...], Aggregator] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        """The torchjd aggregator for the tasks `active` (indices into task_names)."""
+        raise NotImplementedError
+
+    def _pref(self, active: tuple[int, ...]) -> Tensor | None:
+        pref = getattr(self.params, "pref_vector", None)
+        if pref is None:
+            return None
+        return torch.tensor([pref[i] for i in active], dtype=torch.float64)
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+        if not self.shared:
+            return self._no_shared_backward(losses)
+        if self.representation:
+            return self._representation_backward(losses, features)
+        return self._parameters_backward(losses)
+
+    def _no_shared_backward(self, losses: Tensor) -> StepResult:
+        # Nothing to combine: every parameter belongs to one task, so the sum's gradient is
+        # each task's own gradient.
+        params = self._own_params
+        if params:
+            grads = torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                if g is not None:
+                    _accumulate(p, g)
+        return StepResult(weights=torch.ones_like(losses.detach()),
+                          update_norm=losses.new_zeros(()))
+
+    def _parameters_backward(self, losses: Tensor) -> StepResult:
+        # One vmapped backward over the whole graph: the Jacobian (T, ...) of the losses on every
+        # shared and task parameter (torchjd's jac).
+        n_shared = len(self.shared)
+        jacobians = jac(losses, [*self.shared, *self._own_params])
+        self._apply_task_grads(jacobians[n_shared:])
+        matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_shared]], dim=1)
+        update, weights = self._combine(matrix)
+        for p, g in zip(self.shared, update.split([p.numel() for p in self.shared]),
+                        strict=True):
+            _accumulate(p, g)
+        return StepResult(weights=weights, update_norm=torch.linalg.vector_norm(update))
+
+    def _representation_backward(self, losses: Tensor, features: list[Tensor]) -> StepResult:
+        feats = [f for f in features if f.requires_grad]
+        if self._layout is None:  # the graph's shape does not change between steps
+            self._layout = _features_layout(feats, self.shared)
+        groups, after = self._layout
+        # One vmapped backward through the heads only: per-task gradients on the features, on
+        # shared parameters used after the split (coupling) and on the task parameters.
+        n_rep = len(feats) + len(after)
+        jacobians = jac(losses, [*feats, *after, *self._own_params], retain_graph=bool(groups))
+        self._apply_task_grads(jacobians[n_rep:])
+        matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_rep]], dim=1)
+        combined, weights = self._combine(matrix)
+        pieces = combined.split([t.numel() for t in (*feats, *after)])
+        squared = combined.new_zeros(())
+        for p, g in zip(after, pieces[len(feats):], strict=True):
+            _accumulate(p, g)
+            squared = squared + g.square().sum()
+        # The combined feature gradient goes back through the shared trunk once.
+        for n, (indices, params) in enumerate(groups):
+            grads = torch.autograd.grad(
+                [feats[i] for i in indices], params,
+                grad_outputs=[pieces[i].reshape(feats[i].shape) for i in indices],
+                retain_graph=n < len(groups) - 1, allow_unused=True)
+            for p, g in zip(params, grads, strict=True):
+                if g is not None:
+                    _accumulate(p, g)
+                    squared = squared + g.square().sum()
+        return StepResult(weights=weights, update_norm=squared.sqrt())
+
+    def _apply_task_grads(self, jacobians: tuple[Tensor, ...]) -> None:
+        for p, rows in zip(self._own_params, jacobians, strict=True):
+            _accumulate(p, rows.sum(dim=0))
+
+    def _combine(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
+        """Combined update (n,) and effective weights (T,) from J (T, n)."""
+        with torch.no_grad():
+            if not self.gramian_based:
+                update = self._aggregator(tuple(range(matrix.shape[0])))(matrix)
+                return update, torch.full((matrix.shape[0],), float("nan"),
+                                          device=matrix.device, dtype=matrix.dtype)
+            gramian = (matrix @ matrix.T).to("cpu", torch.float64)  # the one host sync
+            weights = self.weights_from_gramian(gramian)
+            weights = weights.to(matrix.device, matrix.dtype)
+            return weights @ matrix, weights
+
+    def weights_from_gramian(self, gramian: Tensor) -> Tensor:
+        """Weights (T,) from the Gramian (T, T) on the CPU; zero rows get weight 0."""
+        n = gramian.shape[0]
+        active = tuple(i for i in range(n) if gramian[i, i] > 0)
+        weights = torch.zeros(n, dtype=gramian.dtype)
+        if active:
+            sub = gramian[list(active)][:, list(active)]
+            aggregator = self._aggregator(active)
+            if isinstance(aggregator, GramianWeightedAggregator):
+                sub_weights = aggregator.gramian_weighting(sub)
+            else:  # a WeightedAggregator whose weighting only uses the Gramian (Nash-MTL)
+                sub_weights = aggregator.weighting(_psd_factor(sub))
+            weights[list(active)] = sub_weights.to(gramian.dtype)
+        return weights
+
+    def _aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        if active not in self._aggregators:
+            self._aggregators[active] = self.build_aggregator(active)
+        return self._aggregators[active]
+
+
+def _register(name: str, description: str, params: type[Params] = GradientParams) -> Callable:
+    return METHODS.register(name, description, params=params, kind="gradient",
+                            check=check_gradient_method)
+
+
+# --------------------------------------------------------------------------------------------
+# The methods
+
+
+@_register("pcgrad", "Projects each task's gradient off the gradients it conflicts with "
+           "(negative dot product), then sums them. Helps when tasks pull the shared layers "
+           "in opposite directions.")
+class PCGradMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        return PCGrad()
+
+
+@_register("mgda", "Takes the smallest update in the convex hull of the task gradients: a "
+           "direction that improves every task at once (Pareto descent). Safe against "
+           "conflicts, but it can favour the task with the smallest gradient.", MGDAParams)
+class MGDAMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: MGDAParams = self.params  # type: ignore[assignment]
+        return MGDA(epsilon=p.epsilon, max_iters=p.max_iters)
+
+
+@_register("cagrad", "Moves along the average gradient while maximising the worst task's "
+           "improvement within a ball of radius c around it. Between plain averaging (c=0) "
+           "and MGDA (large c).", CAGradParams)
+class CAGradMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: CAGradParams = self.params  # type: ignore[assignment]
+        return CAGrad(c=p.c, norm_eps=p.norm_eps)
+
+
+@_register("imtl_g", "Chooses the update whose projection on every task's unit gradient is "
+           "equal, so no task dominates by gradient size. Helps with very different loss "
+           "scales.")
+class IMTLGMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        return IMTLG()
+
+
+@_register("nash_mtl", "Treats the tasks as players bargaining over the update (Nash "
+           "bargaining solution): weights so each task gets a fair share of progress. Solves a "
+           "small convex problem each step, so it is slower.", NashMTLParams)
+class NashMTLMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: NashMTLParams = self.params  # type: ignore[assignment]
+        return NashMTL(n_tasks=len(active), max_norm=p.max_norm,
+                       update_weights_every=p.update_weights_every, optim_niter=p.optim_niter)
+
+
+@_register("upgrad", "Projects each task's gradient onto the cone of directions that hurt no "
+           "task, then averages them (Jacobian descent). Never increases any task's loss to "
+           "first order, and keeps the update's size.", ProjectorParams)
+class UPGradMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: ProjectorParams = self.params  # type: ignore[assignment]
+        return UPGrad(pref_vector=self._pref(active),
+                      projector=QuadprogProjector(norm_eps=p.norm_eps, reg_eps=p.reg_eps))
+
+
+@_register("aligned_mtl", "Makes the task gradients orthogonal and of equal size (aligning "
+           "their principal components) before combining them. Helps with conflicts and "
+           "dominating tasks at once.", AlignedMTLParams)
+class AlignedMTLMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: AlignedMTLParams = self.params  # type: ignore[assignment]
+        return AlignedMTL(pref_vector=self._pref(active), scale_mode=p.scale_mode)
+
+
+@_register("graddrop", "For each shared weight, keeps only the task gradients of one sign, "
+           "chosen at random in proportion to how much the tasks agree on it. Adds noise that "
+           "can help escape conflicts; it has no per-task weights.", GradDropParams)
+class GradDropMethod(GradientMethod):
+    gramian_based = False
+
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: GradDropParams = self.params  # type: ignore[assignment]
+        return GradDrop(leak=torch.full((len(active),), p.leak))
+
+    def _combine(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
+        aggregator = self._aggregator(tuple(range(matrix.shape[0])))
+        leak = aggregator.leak  # follow the device and dtype of J (no-op after the first step)
+        if leak is not None and (leak.device != matrix.device or leak.dtype != matrix.dtype):
+            aggregator.leak = leak.to(matrix.device, matrix.dtype)
+        return super()._combine(matrix)
+
+
+@_register("gradvac", "Like PCGrad, but instead of only removing conflicts it nudges each pair "
+           "of task gradients towards the similarity they usually have (a running average). "
+           "Helps related tasks share more.", GradVacParams)
+class GradVacMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: GradVacParams = self.params  # type: ignore[assignment]
+        return GradVac(beta=p.beta, eps=p.eps)
+
+
+@_register("dualproj", "Projects the average gradient onto the cone of directions that hurt no "
+           "task (as in GEM). Cheaper than UPGrad, one projection instead of one per task.",
+           ProjectorParams)
+class DualProjMethod(GradientMethod):
+    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+        p: ProjectorParams = self.params  # type: ignore[assignment]
+        return DualProj(pref_vector=self._pref(active),
+                        projector=QuadprogProjector(norm_eps=p.norm_eps, reg_eps=p.reg_eps))

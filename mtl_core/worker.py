@@ -1,0 +1,161 @@
+"""A worker process: claims queued runs from the store and trains them, one at a time.
+
+    python -m mtl_core.worker --runs-dir DIR [--run RUN_ID] [--idle-timeout S] [--max-jobs N]
+
+torch and the trainer are imported before the first claim, so a worker started ahead of time
+(`mtl_core.jobs.warm_up`) turns Start into a first logged point without the import delay.
+Without --run the worker takes the oldest queued run whenever fewer than --max-jobs runs are
+active, trains it, sets its terminal status, and looks for the next one until it has been idle
+for --idle-timeout seconds. With --run it trains just that run (if still queued) and exits.
+
+SIGTERM asks the current run to stop (the trainer ends it at its next control poll, keeping
+what it logged, and the run is marked stopped); a second SIGTERM ends the worker at once, still
+marking the run stopped. Started by mtl_core.jobs with start_new_session=True, so a Ctrl-C in
+the terminal or a Streamlit restart does not reach it.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
+
+POLL_S = 0.25  # how often an idle worker looks for a queued run
+TrainFn = Callable[..., Any]  # trainer.train(cfg, sink) -> TrainResult
+
+
+class Terminated(Exception):
+    """A second SIGTERM (or one while idle): leave now."""
+
+
+class Worker:
+    def __init__(self, store: RunStore, train: TrainFn | None = None,
+                 resolve_device: Callable[[str], Any] | None = None) -> None:
+        if train is None or resolve_device is None:
+            from mtl_core import trainer  # imports torch: done once, before any claim
+
+            train = train or trainer.train
+            resolve_device = resolve_device or trainer.resolve_device
+        self.store = store
+        self.train = train
+        self.resolve_device = resolve_device
+        self.pid = os.getpid()
+        self.sink: StoreSink | None = None  # the run in progress, for the SIGTERM handler
+        self.terminating = False
+
+    def on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        if self.sink is None or self.terminating:
+            raise Terminated
+        self.terminating = True
+        self.sink.force_stop = True  # the trainer sees "stop" at its next control poll
+
+    def serve(self, run_id: str | None, idle_timeout: float, max_jobs: int | None) -> int:
+        """Train claimed runs until idle for `idle_timeout` s (or the one `run_id`)."""
+        self.store.add_worker(self.pid)
+        try:
+            if run_id is not None:
+                claimed = self.store.claim_run(self.pid, run_id)
+                if claimed is None:
+                    print(f"run {run_id} is not queued; nothing to do", file=sys.stderr)
+                    return 1
+                self.run_one(claimed)
+                return 0
+            idle_since = time.monotonic()
+            while not self.terminating:
+                claimed = self.store.claim_run(self.pid, max_active=max_jobs)
+                if claimed is not None:
+                    self.run_one(claimed)
+                    idle_since = time.monotonic()
+                    continue
+                if time.monotonic() - idle_since >= idle_timeout:
+                    break
+                self.store.worker_seen(self.pid)
+                time.sleep(POLL_S)
+            return 0
+        except Terminated:
+            return 0
+        finally:
+            self.store.remove_worker(self.pid)
+
+    def run_one(self, run_id: str) -> str:
+        """Train one claimed run and set its terminal status; returns that status."""
+        from mtl_core.config import parse_config
+
+        print(f"[worker {self.pid}] run {run_id}: started", file=sys.stderr, flush=True)
+        self.sink = self.store.sink(run_id)
+        status, message, fields = "failed", None, {}
+        try:
+            cfg = parse_config(self.store.get_run(run_id).config)
+            device = str(self.resolve_device(cfg.device))
+            self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
+            result = self.train(cfg, self.sink)
+            status, message = result.status, result.message
+            fields = {"step": result.steps, "summary": result.summary}
+        except Terminated:
+            status, message = "stopped", "worker terminated (SIGTERM) while the run was active"
+        except BaseException as exc:  # noqa: BLE001 - any failure must end as "failed"
+            status, message = "failed", _last_line(exc)
+            (self.store.run_dir(run_id) / "error.txt").write_text(traceback.format_exc())
+            if not isinstance(exc, Exception):  # KeyboardInterrupt/SystemExit: record, go on
+                self.terminating = True
+        finally:
+            self.sink = None
+        if status == "stopped" and self.terminating:
+            message = "worker terminated (SIGTERM)" + (f"; {message}" if message else "")
+        # expect=active: a run already ended elsewhere (e.g. reconciled) keeps its status.
+        self.store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
+        self.store.worker_seen(self.pid)
+        print(f"[worker {self.pid}] run {run_id}: {status}" + (f" ({message})" if message else ""),
+              file=sys.stderr, flush=True)
+        return status
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = traceback.format_exception_only(type(exc), exc)
+    text = "".join(lines).strip().splitlines()
+    return text[-1] if text else type(exc).__name__
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (got {text})")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {text})")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mtl_core.worker",
+                                     description="Train queued MTL Lab runs from a run store.")
+    parser.add_argument("--runs-dir", required=True, help="the run store's directory")
+    parser.add_argument("--run", help="train only this (queued) run, then exit")
+    parser.add_argument("--idle-timeout", type=_positive_float, default=30.0,
+                        help="seconds to wait for a queued run before exiting (default 30)")
+    parser.add_argument("--max-jobs", type=_positive_int, default=None,
+                        help="claim only while fewer runs are active (default $MTL_MAX_JOBS or 2)")
+    args = parser.parse_args(argv)
+    if args.max_jobs is None:
+        from mtl_core.jobs import max_concurrent
+
+        args.max_jobs = max_concurrent()
+
+    worker = Worker(RunStore(args.runs_dir))
+    signal.signal(signal.SIGTERM, worker.on_sigterm)
+    return worker.serve(args.run, args.idle_timeout, args.max_jobs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

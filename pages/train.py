@@ -1,0 +1,74 @@
+"""Build & Train: choose data, tasks, architecture and weighting, press Start, watch it learn.
+
+The page reads every widget value from session_state first (ui.train_run.prepare_form_state),
+turns it into a config document and validates it *before* drawing the widgets, so each
+validation message can sit right under the control concerned and Start is disabled while any
+is left. Training happens in worker processes (mtl_core.jobs); this page only submits runs and
+draws what the store holds.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from mtl_core.config import ConfigError, FieldError
+from ui import config_form as form
+from ui import train_run as run
+from ui import train_sections as sections
+from ui.diagram import build_diagram, suite_shapes
+
+
+@st.cache_resource
+def _devices() -> list[str]:
+    from mtl_core.trainer import available_devices
+
+    return available_devices()
+
+
+def _data_blocks_start(doc: dict, data_error: str | None) -> bool:
+    """A data set that cannot be read stops a run, unless the worker may still download it."""
+    params = doc.get("data", {}).get("params", {})
+    return data_error is not None and not params.get("download", False)
+
+
+run.prepare_form_state()
+doc = form.config_from_state(st.session_state)
+cfg, errors = form.validate(doc)
+shapes, data_error = suite_shapes(doc.get("data", {}))
+diagram = build_diagram(doc)
+if cfg is not None:
+    # Problems only building the model reveals (e.g. more conv layers than the image has
+    # pixels for) would crash the worker: treat them as validation errors too.
+    late = []
+    if _data_blocks_start(doc, data_error):
+        late.append(FieldError("data", f"cannot read the data set: {data_error}"))
+    elif diagram.dot is None and diagram.error:
+        late.append(FieldError(diagram.error_path or "model", diagram.error))
+    if late:
+        cfg, errors = None, ConfigError(late)
+
+run.show_notice()
+head, start, controls = st.columns([5, 2, 3], vertical_alignment="top")
+head.title("Build & Train")
+with start:
+    run.start_button(cfg, errors)
+with controls:
+    run.run_buttons()
+
+left, right = st.columns([6, 5], gap="large")
+with left:
+    data_tab, arch_tab, train_tab = st.tabs(["Data & tasks", "Architecture", "Training"])
+    with data_tab:
+        sections.data_section(errors, shapes, data_error)
+        sections.tasks_section(errors, shapes)
+    with arch_tab:
+        sections.architecture_section(errors)
+    with train_tab:
+        sections.weighting_section(errors)
+        st.divider()
+        sections.training_section(errors, _devices())
+with right:
+    run.diagram_panel(diagram)
+    run.yaml_panel(doc, cfg)
+
+st.divider()
+run.live_area()

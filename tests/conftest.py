@@ -1,0 +1,51 @@
+"""Shared fixtures: an isolated runs dir and data dir per test, and a tiny-config factory."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # the CI machine has 2 cores; worker processes need the other
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"suite": "toy_2d", "params": {"n_samples": 400}},
+    "model": {"trunk": {"type": "mlp", "layers": [16, 16]}, "heads": {"layers": [8]}},
+    "optim": {"lr": 0.01, "batch_size": 64, "epochs": 2},
+    "log_every": 5,
+}
+
+
+def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def tiny_doc():
+    """Return a factory: tiny_doc(**changes) -> a small, fast config document."""
+
+    def make(changes: dict[str, Any] | None = None) -> dict[str, Any]:
+        return deep_update(TINY, changes or {})
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("MTL_RUNS_DIR", str(runs))
+    monkeypatch.setenv("MTL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MTL_MAX_JOBS", os.environ.get("MTL_TEST_MAX_JOBS", "2"))
+    return runs

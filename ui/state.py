@@ -1,0 +1,40 @@
+"""Page state shared by every page: the run store and the run currently looked at.
+
+The current run lives in `st.session_state["run_id"]` and is mirrored in the URL (`?run=ID`),
+so a reload, a second tab or a shared link opens the same run.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from mtl_core.store import RunStore, default_runs_dir
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("MTL_RUNS_DIR") or default_runs_dir())
+
+
+@st.cache_resource
+def _store(path: str) -> RunStore:
+    return RunStore(path)
+
+
+def get_store() -> RunStore:
+    return _store(str(runs_dir().resolve()))
+
+
+def current_run_id() -> str | None:
+    if "run_id" not in st.session_state:
+        st.session_state["run_id"] = st.query_params.get("run")
+    return st.session_state["run_id"]
+
+
+def set_current_run(run_id: str | None) -> None:
+    st.session_state["run_id"] = run_id
+    if run_id:
+        st.query_params["run"] = run_id
+    elif "run" in st.query_params:
+        del st.query_params["run"]

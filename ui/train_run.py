@@ -1,0 +1,183 @@
+"""Build & Train page plumbing: form state on entry, run buttons, config as YAML, diagram.
+
+`prepare_form_state` runs first on every page run, before any widget: it loads a pending
+config (YAML upload, preset, reset) into the widget keys, and resets the task rows and the
+trunk when the suite has changed. Starting a run goes through `mtl_core.jobs` only.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+import yaml
+
+from mtl_core.config import ConfigError, ExperimentConfig, loads_config_text, parse_config
+from ui import config_form as form
+from ui.diagram import Diagram
+from ui.param_widgets import show_errors
+from ui.state import current_run_id, get_store, runs_dir, set_current_run
+
+YAML_UPLOAD_KEY = "upload.yaml"
+_YAML_DONE = "_yaml_applied_id"
+_YAML_ERROR = "_yaml_error"
+_FORM_SUITE = "_form_suite"  # the suite the task rows were made for
+_NOTICE = "_train_notice"
+CONTROLS_REFRESH_S = 1.0
+
+
+def request_load(cfg: ExperimentConfig | dict[str, Any]) -> None:
+    """Load a config into the Train page's widgets on its next run (presets, "clone run")."""
+    st.session_state[form.PENDING_KEY] = cfg.to_dict() if isinstance(cfg, ExperimentConfig) \
+        else dict(cfg)
+
+
+def prepare_form_state() -> None:
+    state = st.session_state
+    upload = state.get(YAML_UPLOAD_KEY)
+    if upload is not None and state.get(_YAML_DONE) != upload.file_id:
+        state[_YAML_DONE] = upload.file_id
+        try:
+            cfg = parse_config(loads_config_text(upload.getvalue().decode("utf-8", "replace"),
+                                                 source=upload.name))
+        except ConfigError as exc:
+            state[_YAML_ERROR] = f"{upload.name} was not loaded:\n" + "\n".join(
+                f"- {e}" for e in exc.errors)
+        else:
+            state[form.PENDING_KEY] = cfg.to_dict()
+            state[_YAML_ERROR] = None
+            state[_NOTICE] = f"Loaded {upload.name} into every control."
+    pending = state.pop(form.PENDING_KEY, None)
+    if pending is not None or "cfg.data.suite" not in state:
+        try:
+            form.load_config_into(state, pending or {})
+        except ConfigError as exc:  # a preset that no longer validates: keep the form
+            state[_NOTICE] = f"Could not load that config: {exc}"
+        state[_FORM_SUITE] = state["cfg.data.suite"]
+    if state.get(_FORM_SUITE) != state["cfg.data.suite"]:
+        form.reset_for_suite(state, state["cfg.data.suite"])
+        state[_FORM_SUITE] = state["cfg.data.suite"]
+
+
+def show_notice() -> None:
+    notice = st.session_state.pop(_NOTICE, None)
+    if notice:
+        st.toast(notice, icon=":material/check_circle:")
+
+
+# --- run buttons ----------------------------------------------------------------------------
+
+def start_button(cfg: ExperimentConfig | None, errors: ConfigError | None) -> None:
+    if st.button("Start", type="primary", icon=":material/play_arrow:", disabled=cfg is None,
+                 key="train.start", width="stretch",
+                 help="Queue this config as a new run; several runs may train at once."):
+        from mtl_core import jobs
+
+        try:
+            run_id = jobs.submit(cfg, runs_dir())
+        except (ConfigError, ValueError, OSError) as exc:
+            st.error(f"Could not start: {exc}")
+            return
+        set_current_run(run_id)
+        st.session_state[_NOTICE] = f"Run {run_id} queued."
+        st.rerun()  # the sidebar and the live panel follow the new current run
+    if errors is not None:
+        n = len(errors.errors)
+        st.error(f"{n} setting{'s' if n > 1 else ''} to fix before Start:\n"
+                 + "\n".join(f"- **{e.path or 'config'}**: {e.message}" for e in errors.errors),
+                 icon=":material/block:")
+
+
+def run_buttons() -> None:
+    """Stop and Pause/Resume of the current run; refreshed while it is live so the buttons
+    follow the run (paused → Resume) without a full page run."""
+    run_id = current_run_id()
+    info = None
+    if run_id:
+        try:
+            info = get_store().get_run(run_id)
+        except KeyError:
+            info = None
+    live = info is not None and info.is_live
+    st.fragment(run_every=CONTROLS_REFRESH_S if live else None)(_run_buttons)(run_id)
+
+
+def _run_buttons(run_id: str | None) -> None:
+    from mtl_core import jobs
+
+    info = None
+    if run_id:
+        try:
+            info = get_store().get_run(run_id)
+        except KeyError:
+            pass
+    status = info.status if info else None
+    c1, c2 = st.columns(2)
+    stop = c1.button("Stop", icon=":material/stop:", key="train.stop", width="stretch",
+                     disabled=status not in ("queued", "running", "paused"))
+    paused = status == "paused"
+    toggle = c2.button("Resume" if paused else "Pause", key="train.pause", width="stretch",
+                       icon=":material/play_circle:" if paused else ":material/pause:",
+                       disabled=status not in ("running", "paused"))
+    try:
+        if stop and run_id:
+            st.toast(f"Stop: {jobs.stop(run_id, runs_dir())}")
+        elif toggle and run_id:
+            answer = jobs.resume(run_id, runs_dir()) if paused else jobs.pause(run_id, runs_dir())
+            st.toast(f"{'Resume' if paused else 'Pause'}: {answer}")
+    except (KeyError, ValueError) as exc:
+        st.warning(str(exc))
+    if info is not None:
+        st.caption(f"Current run `{info.id}` · {info.status}")
+
+
+# --- config as YAML, diagram, live panel -------------------------------------------------------
+
+def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None) -> None:
+    with st.expander("Config as YAML", icon=":material/description:"):
+        text = cfg.to_yaml() if cfg else yaml.safe_dump(doc, sort_keys=False)
+        name = (cfg.name if cfg else str(doc.get("name", "config"))) or "config"
+        c1, c2 = st.columns(2)
+        c1.download_button("Download YAML", text, file_name=f"{name}.yaml", mime="text/yaml",
+                           icon=":material/download:", on_click="ignore", key="yaml.download",
+                           help=None if cfg else "This config has problems; fix them first.",
+                           width="stretch")
+        if c2.button("Reset to defaults", icon=":material/restart_alt:", key="train.reset",
+                     width="stretch"):
+            st.session_state[form.PENDING_KEY] = {}
+            st.session_state[_NOTICE] = "Every control is back to its default."
+            st.rerun()
+        st.file_uploader("Load a YAML config into the controls", type=["yaml", "yml", "json"],
+                         key=YAML_UPLOAD_KEY)
+        problem = st.session_state.get(_YAML_ERROR)
+        if problem:
+            st.error(problem, icon=":material/error:")
+        st.code(text, language="yaml")
+
+
+def diagram_panel(diagram: Diagram) -> None:
+    st.markdown("**Architecture**")
+    if diagram.dot is None:
+        st.info(f"No diagram: {diagram.error}", icon=":material/schema:")
+        return
+    st.graphviz_chart(diagram.dot, width="stretch")
+    counts = diagram.counts
+    total = sum(counts.values())
+    parts = " · ".join(f"{k} {v:,}" for k, v in counts.items())
+    st.caption(f"{total:,} parameters — {parts}")
+
+
+def live_area() -> None:
+    run_id = current_run_id()
+    if not run_id:
+        st.caption("Press **Start** to train; the live curves of the run appear here.")
+        return
+    try:
+        from ui.live import live_panel
+    except ImportError:  # the live panel module is optional while it is being written
+        st.info(f"Current run: `{run_id}` (the live view is not installed).")
+        return
+    live_panel(get_store(), run_id)
+
+
+def show_errors_for(errors: ConfigError | None, path: str) -> None:
+    show_errors(form.errors_at(errors, path))

@@ -1,0 +1,179 @@
+"""The control sections of the Build & Train page: data, tasks, architecture, training.
+
+Each section draws keyed widgets (values come from session_state, see ui.config_form) and puts
+every validation message of its fields right under the widget concerned.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from mtl_core.config import ACTIVATIONS, OPTIMIZERS, ConfigError
+from mtl_core.data import SUITES
+from mtl_core.models import ARCHITECTURES
+from mtl_core.weighting import METHODS
+from ui import config_form as form
+from ui.diagram import SuiteShapes
+from ui.param_widgets import KEEP, ensure, layer_editor, params_widgets, show_errors
+
+KIND_HELP = {"loss": "weights the task losses", "gradient": "combines the task gradients"}
+MAX_SHOWN_WEIGHT = 5.0
+
+
+def _described_picker(label: str, registry: Any, key: str, fmt: Any = None) -> str:
+    """A selectbox over a registry with the chosen entry's description under it; the help
+    tooltip lists every option's one-line description."""
+    entries = registry.entries()
+    help_text = "\n\n".join(f"**{e.name}** — {e.description}" for e in entries)
+    name = st.selectbox(label, registry.names(), key=key, help=help_text,
+                        format_func=fmt or str, **KEEP)
+    st.caption(registry.get(name).description)
+    return name
+
+
+def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
+                 data_error: str | None) -> None:
+    suite = _described_picker("Task suite", SUITES, "cfg.data.suite")
+    show_errors(form.errors_at(errors, "data.suite"))
+    if suite == "csv":
+        from ui.csv_section import csv_section
+
+        csv_section(errors)
+    else:
+        with st.expander("Suite parameters", expanded=True):
+            params_widgets(SUITES.get(suite).params, form.suite_key(suite), errors,
+                           "data.params")
+    c1, c2 = st.columns(2)
+    c1.slider("Train fraction", 0.0, 1.0, step=0.01, key="cfg.data.train_fraction",
+              help="Use only this share of the training set (the data-efficiency lessons).",
+              **KEEP)
+    with c1:
+        show_errors(form.errors_at(errors, "data.train_fraction"))
+    c2.slider("Validation fraction", 0.0, 0.9, step=0.01, key="cfg.data.val_fraction",
+              help="Share of the training pool held out to validate on.", **KEEP)
+    with c2:
+        show_errors(form.errors_at(errors, "data.val_fraction"))
+    if data_error:
+        st.warning(f"Cannot read this data set: {data_error}", icon=":material/warning:")
+
+
+def tasks_section(errors: ConfigError | None, shapes: SuiteShapes | None) -> None:
+    """A row per task: include, kind, loss weight w_i in L = Σ w_i·L_i."""
+    suite = st.session_state["cfg.data.suite"]
+    params = form.config_from_state(st.session_state).get("data", {}).get("params", {})
+    names = form.task_names(suite, params)
+    st.markdown("**Tasks** — total loss $L = \\sum_i w_i L_i$")
+    if not names:
+        st.caption("This suite has no tasks yet (choose target columns above).")
+    kinds = {t.name: t for t in shapes.tasks} if shapes else {}
+    for name in names:
+        include_key, weight_key = form.task_key(name, "include"), form.task_key(name, "weight")
+        ensure(include_key, True)
+        ensure(weight_key, 1.0)
+        c1, c2, c3 = st.columns([2, 2, 4], vertical_alignment="center")
+        c1.checkbox(name, key=include_key, **KEEP)
+        spec = kinds.get(name)
+        c2.caption(_kind_text(spec) if spec else "kind: ?")
+        high = max(MAX_SHOWN_WEIGHT, float(st.session_state[weight_key]))
+        c3.slider(f"weight of {name}", 0.0, high, step=0.05, key=weight_key,
+                  label_visibility="collapsed", disabled=not st.session_state[include_key],
+                  **KEEP)
+    show_errors(form.errors_at(errors, "tasks"))
+
+
+def _kind_text(spec: Any) -> str:
+    if spec.kind == "classification":
+        return f"classification · {spec.num_classes} classes"
+    return str(spec.kind)
+
+
+def architecture_section(errors: ConfigError | None) -> None:
+    arch = _described_picker("Architecture", ARCHITECTURES, "cfg.model.architecture")
+    show_errors(form.errors_at(errors, "model.architecture"))
+    params_widgets(ARCHITECTURES.get(arch).params, form.arch_key(arch), errors, "model.params")
+
+    st.markdown("**Shared trunk**")
+    c1, c2, c3 = st.columns(3)
+    c1.selectbox("Type", ["mlp", "cnn"], key="cfg.model.trunk.type",
+                 help="mlp: dense layers; cnn: 3×3 conv + 2×2 max-pool layers (images only), "
+                      "then dense layers.", **KEEP)
+    c2.selectbox("Activation", list(ACTIVATIONS), key="cfg.model.trunk.activation", **KEEP)
+    c3.slider("Dropout", 0.0, 0.9, step=0.05, key="cfg.model.trunk.dropout", **KEEP)
+    show_errors(form.errors_at(errors, "model.trunk.type"))
+    cnn = st.session_state["cfg.model.trunk.type"] == "cnn"
+    layer_editor("cfg.model.trunk.layers", "Conv" if cnn else "Dense",
+                 unit="channels" if cnn else "width")
+    show_errors(form.errors_at(errors, "model.trunk.layers"))
+    if cnn:
+        layer_editor("cfg.model.trunk.hidden", "Dense after conv")
+        show_errors(form.errors_at(errors, "model.trunk.hidden"))
+    st.checkbox("Batch norm", key="cfg.model.trunk.batch_norm", **KEEP)
+    show_errors(form.errors_at(errors, "model.trunk.dropout"))
+
+    st.markdown("**Task heads** — every task gets its own copy")
+    layer_editor("cfg.model.heads.layers", "Head", help="Hidden dense layers of each task's "
+                 "head, before its output layer.")
+    show_errors(form.errors_at(errors, "model.heads.layers"))
+    c1, c2 = st.columns(2)
+    c1.selectbox("Head activation", list(ACTIVATIONS), key="cfg.model.heads.activation",
+                 **KEEP)
+    c2.slider("Head dropout", 0.0, 0.9, step=0.05, key="cfg.model.heads.dropout", **KEEP)
+    show_errors(form.errors_at(errors, "model.heads.dropout"))
+
+
+def _method_label(name: str) -> str:
+    kind = METHODS.get(name).extra.get("kind", "loss")
+    return f"{name}  ({kind})"
+
+
+def weighting_section(errors: ConfigError | None) -> None:
+    method = _described_picker("Weighting method", METHODS, "cfg.weighting.method",
+                               fmt=_method_label)
+    kind = METHODS.get(method).extra.get("kind", "loss")
+    st.caption(f"A {kind}-level method: it {KIND_HELP.get(kind, kind)}.")
+    show_errors(form.errors_at(errors, "weighting.method"))
+    params_widgets(METHODS.get(method).params, form.method_key(method), errors,
+                   "weighting.params")
+
+
+def training_section(errors: ConfigError | None, devices: list[str]) -> None:
+    c1, c2, c3 = st.columns(3)
+    c1.selectbox("Optimizer", list(OPTIMIZERS), key="cfg.optim.optimizer", **KEEP)
+    c2.number_input("Learning rate", min_value=0.0, step=1e-4, format="%g",
+                    key="cfg.optim.lr", **KEEP)
+    c3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%g",
+                    key="cfg.optim.weight_decay", **KEEP)
+    for col, path in ((c1, "optim.optimizer"), (c2, "optim.lr"), (c3, "optim.weight_decay")):
+        with col:
+            show_errors(form.errors_at(errors, path))
+    c1, c2, c3 = st.columns(3)
+    c1.number_input("Batch size", min_value=1, step=16, key="cfg.optim.batch_size", **KEEP)
+    c2.number_input("Epochs", min_value=1, step=1, key="cfg.optim.epochs", **KEEP)
+    c3.number_input("Early stopping patience", min_value=0, step=1,
+                    key="cfg.optim.early_stopping.patience", **KEEP,
+                    help="Stop after this many evaluations without a better validation "
+                         "loss; 0 = off.")
+    show_errors(form.errors_at(errors, "optim.batch_size") + form.errors_at(errors, "optim.epochs")
+                + form.errors_at(errors, "optim.early_stopping"))
+    c1, c2, c3 = st.columns(3)
+    c1.number_input("Evaluate every (steps)", min_value=0, step=10, key="cfg.optim.eval_every",
+                    help="0 = once per epoch.", **KEEP)
+    c2.number_input("Log every (steps)", min_value=1, step=5, key="cfg.log_every", **KEEP)
+    c3.number_input("Seed", step=1, key="cfg.seed", **KEEP)
+    show_errors(form.errors_at(errors, "optim.eval_every") + form.errors_at(errors, "log_every")
+                + form.errors_at(errors, "seed"))
+    c1, c2 = st.columns(2)
+    current = st.session_state.get("cfg.device", "auto")
+    options = ["auto", *devices] + ([current] if current not in ("auto", *devices) else [])
+    c1.selectbox("Device", options, key="cfg.device", **KEEP,
+                 help=f"Devices on this machine: {', '.join(devices)}. auto picks a GPU if "
+                      "there is one.")
+    with c1:
+        show_errors(form.errors_at(errors, "device"))
+        if current not in ("auto", *devices):
+            st.warning(f"{current} is not available here; this machine has: "
+                       f"{', '.join(devices)}.")
+    c2.text_input("Run name", key="cfg.name", **KEEP)
+    with c2:
+        show_errors(form.errors_at(errors, "name"))
