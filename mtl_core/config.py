@@ -204,9 +204,14 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> Experime
         suite = SUITES.get(cfg.data.suite)
         cfg.data.params = data_params.model_dump(mode="json")
         available = suite.extra["task_names"](data_params)
-        if cfg.tasks is None:
+        if not available:
+            errors.append(FieldError("data.params", f"suite {cfg.data.suite!r} defines no task "
+                                     "with these params (csv: list target columns in "
+                                     "data.params.targets)"))
+        elif cfg.tasks is None:
             cfg.tasks = [TaskConfig(name=n) for n in available]
-        _check_tasks(cfg.tasks, available, errors)
+        if available:
+            _check_tasks(cfg.tasks or [], available, errors)
         if cfg.model.trunk.type == "cnn" and suite.extra.get("input_kind") != "image":
             errors.append(FieldError("model.trunk.type", f"a cnn trunk needs an image suite; "
                                      f"{cfg.data.suite!r} has vector inputs, use mlp"))

@@ -120,7 +120,8 @@ def _body(store: RunStore, was_live: bool) -> None:
     query = st.text_input("Filter", key="runs_filter", placeholder="name, suite, method, status…")
     frame = runs_frame(runs)
     if query:
-        text = frame.astype(str).agg(" ".join, axis=1).str.lower()
+        cols = ["id", "name", "suite", "architecture", "method", "status"]
+        text = frame[cols].fillna("").astype(str).agg(" ".join, axis=1).str.lower()
         frame = frame[text.str.contains(query.lower(), regex=False)].reset_index(drop=True)
     metric_cols = [c for c in frame.columns if " · " in c]
     config = {"progress": st.column_config.ProgressColumn("progress", min_value=0.0,

@@ -59,7 +59,7 @@ with left:
     data_tab, arch_tab, train_tab = st.tabs(["Data & tasks", "Architecture", "Training"])
     with data_tab:
         sections.data_section(errors, shapes, data_error)
-        sections.tasks_section(errors, shapes)
+        sections.tasks_section(doc, errors, shapes)
     with arch_tab:
         sections.architecture_section(errors)
     with train_tab:

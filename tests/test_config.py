@@ -117,3 +117,8 @@ def test_load_reports_unreadable_and_malformed_files(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+def test_csv_without_targets_says_where_to_name_them():
+    errors = errors_of({"data": {"suite": "csv", "params": {"path": "x.csv"}}})
+    assert "data.params.targets" in errors["data.params"]

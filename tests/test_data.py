@@ -429,6 +429,11 @@ def test_csv_kind_override(csv_path):
         CsvParams(kinds={"pet": "ordinal"})
 
 
+def test_csv_relative_path_is_found_in_the_data_folder(csv_path):
+    data = build("csv", root=csv_path.parent, path=csv_path.name, inputs=["a"], targets=["pet"])
+    assert data.meta["path"] == str(csv_path) and len(data.train) == 40
+
+
 def test_csv_task_names_come_from_params_without_reading():
     entry = SUITES.get("csv")
     assert entry.extra["task_names"](CsvParams(path="/nowhere.csv", targets=["y", "z"])) == [

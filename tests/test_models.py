@@ -139,7 +139,13 @@ def test_blocks_cover_every_parameter_in_data_flow_order(variant: str, trunk: st
     assert sum(b.params for b in blocks) == numel(list(model.parameters()))
     by_owner = {o: sum(b.params for b in blocks if b.owner == o)
                 for o in ("shared", *model.task_names)}
-    assert by_owner == model.parameter_counts()
+    counts = model.parameter_counts()
+    if variant == "cross_stitch":  # the diagram draws each column under its task
+        columns = {t: by_owner[t] - counts[t] for t in model.task_names}
+        assert counts["shared"] == by_owner["shared"] + sum(columns.values())
+        assert all(c > 0 for c in columns.values())
+    else:
+        assert by_owner == counts
 
 
 @ALL
@@ -367,7 +373,11 @@ def test_cross_stitch_mixing_is_shared_starts_near_identity_and_is_inspectable(
     model = build("cross_stitch", trunk)
     depth = len(STAGE_PARAMS[trunk])
     assert model.supports_representation is False
-    assert model.parameter_counts()["shared"] == depth * 3 * 3
+    mixing_params = sum(p.numel() for p in model.shared.parameters())
+    assert mixing_params == depth * 3 * 3
+    # the columns count as shared too: other tasks' losses reach them through the mixing
+    columns = sum(p.numel() for own in model.private for p in own["column"].parameters())
+    assert model.parameter_counts()["shared"] == mixing_params + columns
     mixing = model.inspect(batch(trunk))["mixing"]
     assert len(mixing) == depth
     expected = [[0.9 if i == j else 0.05 for j in range(3)] for i in range(3)]
@@ -386,7 +396,7 @@ def test_cross_stitch_columns_are_coupled_only_through_the_mixing() -> None:
         reached = any(p.grad is not None and p.grad.any() for p in column)
         assert reached == coupled
         # even from the identity, the mixing weights learn: they get a gradient
-        assert all(p.grad is not None and p.grad.any() for p in model.shared_parameters())
+        assert all(p.grad is not None and p.grad.any() for p in model.shared.parameters())
 
 
 @BOTH

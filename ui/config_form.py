@@ -59,7 +59,12 @@ class FieldSpec:
             return False
         if self.low is None or self.high is None:
             return False
-        return self.kind == "float" or self.high - self.low <= 200
+        if self.kind == "int":
+            return self.high - self.low <= 200
+        # A float slider only when its steps can show the default (not 1e-8 on a 0..1 range).
+        value, step = float(self.default or 0.0), float(self.step)
+        return value == 0 or (abs(value) >= step and math.isclose(
+            round(value / step) * step, value, rel_tol=1e-9, abs_tol=1e-12))
 
     @property
     def step(self) -> float | int:
@@ -141,10 +146,18 @@ def value_to_state(spec: FieldSpec, key: str, value: Any) -> dict[str, Any]:
     if spec.kind == "int_list" and isinstance(value, list):
         return list_to_state(key, value)
     if spec.kind == "yaml":
-        return {key: yaml.safe_dump(value, default_flow_style=True).strip()}
+        return {key: yaml_text(value)}
     if spec.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return {key: float(value)}  # number widgets refuse mixed int/float
     return {key: value}
+
+
+def yaml_text(value: Any) -> str:
+    """A one-line YAML text for a value; "" for None (an empty box means None)."""
+    if value is None:
+        return ""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip() \
+        .removesuffix("...").strip()
 
 
 def value_from_state(spec: FieldSpec, state: Mapping[str, Any], key: str) -> Any:
@@ -201,6 +214,15 @@ def method_key(method: str) -> str:
 
 def task_key(task: str, what: Literal["include", "weight"]) -> str:
     return f"cfg.tasks.{task}.{what}"
+
+
+TASK_ORDER = "cfg.tasks._order"  # the config's task order (weighting params may depend on it)
+
+
+def ordered_tasks(state: Mapping[str, Any], names: list[str]) -> list[str]:
+    """The suite's task names, those the loaded config listed first and in its order."""
+    order = [n for n in state.get(TASK_ORDER, []) if n in names]
+    return order + [n for n in names if n not in order]
 
 
 CSV_KINDS = "cfg.data.params.csv.kinds"  # + ".<target column>": "auto" or a task kind
@@ -271,6 +293,7 @@ def state_from_config(cfg: ExperimentConfig | Mapping[str, Any] | None) -> dict[
         for target in cfg.data.params.get("targets", []):
             state[f"{CSV_KINDS}.{target}"] = kinds.get(target, "auto")
     weights = cfg.task_weights()
+    state[TASK_ORDER] = list(weights)
     for name in task_names(suite, cfg.data.params):
         state[task_key(name, "include")] = name in weights
         state[task_key(name, "weight")] = float(weights.get(name, 1.0))
@@ -314,7 +337,8 @@ def config_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
         if names:
             doc["tasks"] = [
                 {"name": n, "weight": state.get(task_key(n, "weight"), 1.0)}
-                for n in names if state.get(task_key(n, "include"), True)
+                for n in ordered_tasks(state, names)
+                if state.get(task_key(n, "include"), True)
             ]
 
     for section, key, registry, keyfn in (

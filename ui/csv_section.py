@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from mtl_core.config import ConfigError
-from mtl_core.data import TASK_KINDS, SUITES
+from mtl_core.data import SUITES, TASK_KINDS
 from ui import config_form as form
 from ui.param_widgets import KEEP, ensure, params_widgets, show_errors
 from ui.state import runs_dir

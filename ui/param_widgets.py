@@ -14,7 +14,13 @@ import streamlit as st
 from pydantic import BaseModel
 
 from mtl_core.config import ConfigError, FieldError
-from ui.config_form import FieldSpec, errors_at, field_specs, list_item_default
+from ui.config_form import (
+    FieldSpec,
+    errors_at,
+    field_specs,
+    list_item_default,
+    value_to_state,
+)
 
 KEEP: dict[str, Any] = {"persist_state": "session"}  # widget values survive page switches
 MAX_LAYERS = 8
@@ -60,21 +66,10 @@ def field_widget(spec: FieldSpec, key: str, errors: ConfigError | None, path: st
         ensure(f"{key}.n", len(spec.default or []))
         layer_editor(key, label, help=help_text)
     else:
-        ensure(key, _start_value(spec))
+        for k, v in value_to_state(spec, key, spec.default).items():
+            ensure(k, list(v) if isinstance(v, list) else v)
         _scalar_widget(spec, key, label, help_text)
     show_errors(errors_at(errors, path))
-
-
-def _start_value(spec: FieldSpec) -> Any:
-    if spec.kind == "float" and isinstance(spec.default, int):
-        return float(spec.default)
-    if spec.kind == "yaml":
-        import yaml
-
-        return yaml.safe_dump(spec.default, default_flow_style=True).strip()
-    if spec.kind == "str_list":
-        return list(spec.default or [])
-    return spec.default
 
 
 def _scalar_widget(spec: FieldSpec, key: str, label: str, help_text: str | None) -> None:

@@ -58,11 +58,12 @@ def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
         st.warning(f"Cannot read this data set: {data_error}", icon=":material/warning:")
 
 
-def tasks_section(errors: ConfigError | None, shapes: SuiteShapes | None) -> None:
+def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
+                  shapes: SuiteShapes | None) -> None:
     """A row per task: include, kind, loss weight w_i in L = Σ w_i·L_i."""
-    suite = st.session_state["cfg.data.suite"]
-    params = form.config_from_state(st.session_state).get("data", {}).get("params", {})
-    names = form.task_names(suite, params)
+    data = doc.get("data", {})
+    names = form.ordered_tasks(st.session_state,
+                               form.task_names(data.get("suite", ""), data.get("params", {})))
     st.markdown("**Tasks** — total loss $L = \\sum_i w_i L_i$")
     if not names:
         st.caption("This suite has no tasks yet (choose target columns above).")

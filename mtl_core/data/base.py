@@ -16,8 +16,8 @@ class TaskSpec:
     """One task: what it predicts and from which input.
 
     Targets: classification -> int64 class ids (N,); binary -> float32 0/1 (N,);
-    regression -> float32 (N,). `target_scale` is the std of a regression target in its
-    original units (targets are stored as given; the scale is for display and for lessons).
+    regression -> float32 (N,), standardised on the training pool; `target_scale` is the std
+    of the target in its original units (for display and for lessons on loss scales).
     """
 
     name: str

@@ -107,6 +107,9 @@ class Toy2dParams(Params):
     n_test: int = Field(500, ge=1, le=100_000, description="Held-out test points.")
     noise: float = Field(0.05, ge=0.0, le=0.5, description=(
         "How far points are jittered after their labels are set."))
+    distance_scale: float = Field(1.0, gt=0.0, le=10_000.0, description=(
+        "Unit of the distance task: its standardised values are multiplied by this, so its "
+        "MSE loss grows by the square (1 = standardised; 100 = a task in large units)."))
 
 
 @SUITES.register(
@@ -121,6 +124,9 @@ def build_toy_2d(params: Toy2dParams, *, seed: int, data_dir: Path) -> SuiteData
     circle: 1 inside radius sqrt(2/pi) (balanced); xor: 1 where x*y > 0; spiral: two
     interleaved arms, 1 where sin(angle - 2*pi*radius) > 0; distance: radius (regression).
     circle and distance are closely related, xor and spiral are unrelated to them.
+    `distance_scale` stretches the distance target (its target_scale shrinks to match, so
+    y * target_scale + mean is still the radius): the loss-scale lesson needs a task whose
+    loss is orders of magnitude larger than the others'.
     """
     g = torch.Generator().manual_seed(seed)
     n = params.n_samples + params.n_test
@@ -130,6 +136,7 @@ def build_toy_2d(params: Toy2dParams, *, seed: int, data_dir: Path) -> SuiteData
     x = clean + params.noise * torch.randn(n, 2, generator=g)
 
     distance, mean, scale = _standardize(radius, params.n_samples)
+    distance, scale = distance * params.distance_scale, scale / params.distance_scale
     targets = {
         "circle": (radius < _CIRCLE_RADIUS).float(),
         "xor": (clean[:, 0] * clean[:, 1] > 0).float(),

@@ -27,7 +27,7 @@ RESERVED_NAMES = ("total",)  # the sink uses "total" and "a|b" as task names of 
 
 class CsvParams(Params):
     path: str = Field("", description=(
-        "The CSV file to read; a relative path is looked up here, then in the data folder."))
+        "The CSV file; a relative path is tried in the working folder, then the data folder."))
     inputs: list[str] = Field(default_factory=list, description=(
         "Input columns; empty uses every column that is not a target."))
     targets: list[str] = Field(default_factory=list, description=(

@@ -5,10 +5,11 @@ cross-stitch matrix mixes the columns' activations: the input of column t's next
 sum_s alpha[t, s] · (output of column s). Starting near the identity, the network learns how
 much each task borrows from the others.
 
-Ownership: a column belongs to its task (it is that task's network, counted as its
-parameters); the mixing matrices are the shared parameters. Unlike in hard sharing, another
-task's loss does reach a column, through the off-diagonal mixing weights; only the heads are
-reached by their own task alone.
+Ownership: in the diagram a column belongs to its task (it is that task's network). For
+gradients it is shared: another task's loss reaches every column through the off-diagonal
+mixing weights, so `shared_parameters` holds the mixing matrices *and* the columns, and
+`task_parameters` only the head (the one part no other task's loss reaches). That keeps the
+gradient-combination methods and the conflict diagnostics correct.
 """
 from __future__ import annotations
 
@@ -91,6 +92,15 @@ class CrossStitch(SplitModel):
 
     def features(self, inputs: dict[str, Tensor]) -> list[Tensor]:
         return [inputs[key] for key in self.keys]
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        columns = [p for own in self.private for p in own["column"].parameters()]
+        return list(self.shared.parameters()) + columns
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        if task not in self.task_names:
+            raise KeyError(f"unknown task {task!r}; tasks: {', '.join(self.task_names)}")
+        return list(self.private[self.task_names.index(task)]["head"].parameters())
 
     def heads(self, features: list[Tensor]) -> dict[str, Tensor]:
         xs = [features[self.key_index(t)] for t in self.tasks]

@@ -50,19 +50,18 @@ class HardSharing(SplitModel):
     def __init__(self, model_cfg: ModelConfig, tasks: list[TaskSpec],
                  input_shapes: dict[str, tuple[int, ...]], shared_layers: int) -> None:
         super().__init__(tasks, input_shapes)
-        self.depth = shared_layers
+        self.shared_layers = shared_layers
         if shared_layers > 0:
             same_shape(tasks, input_shapes, f"hard_sharing shares {shared_layers} trunk "
                        "layer(s) across all inputs")
-        first = tasks[0]
-        self.shared = make_stages(trunk_specs(model_cfg.trunk,
-                                              input_shapes[first.input])[:shared_layers])
+        specs = {t.name: trunk_specs(model_cfg.trunk, input_shapes[t.input]) for t in tasks}
+        self.shared = make_stages(specs[tasks[0].name][:shared_layers])
         branches = []
         for task in tasks:
-            specs = trunk_specs(model_cfg.trunk, input_shapes[task.input])[shared_layers:]
-            shape = specs[-1].out_shape if specs else (
-                self.shared[-1].spec.out_shape if shared_layers else input_shapes[task.input])
-            branches.append(Branch(make_stages(specs), Head(model_cfg.heads, shape, task)))
+            own = specs[task.name]
+            shape = own[-1].out_shape if own else input_shapes[task.input]
+            branches.append(Branch(make_stages(own[shared_layers:]),
+                                   Head(model_cfg.heads, shape, task)))
         self.private = nn.ModuleList(branches)
 
     def features(self, inputs: dict[str, Tensor]) -> list[Tensor]:
@@ -73,12 +72,12 @@ class HardSharing(SplitModel):
                 for t, branch in self.owned()}
 
     def blocks(self) -> list[Block]:
-        names = [f"trunk.{i}" for i in range(self.depth)]
+        names = [f"trunk.{i}" for i in range(self.shared_layers)]
         shared = chain(names, list(self.shared), "shared", self.input_refs())
         out = list(shared)
         for task, branch in self.owned():
             inputs = [shared[-1].name] if shared else self.input_refs(task)
-            out += branch.blocks(task.name, self.depth, inputs)
+            out += branch.blocks(task.name, self.shared_layers, inputs)
         return out
 
 

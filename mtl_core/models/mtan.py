@@ -7,9 +7,11 @@ shape; the task keeps `mask * shared feature`. The task's head reads its last at
 feature. Shared: the trunk. Task-specific: the attention modules and the head.
 
 Paper differences, for simplicity: the masks are computed from the stage outputs themselves
-(not from a feature inside the stage), and each task projects its previous attended feature
-with its own small layer (the paper shares that layer between tasks) so that everything after
-the shared features is task-specific.
+(not from a feature inside the stage); each task projects its previous attended feature with
+its own small layer (the paper shares that layer between tasks) so that everything after the
+shared features is task-specific; dense stages get a one-layer mask (conv stages keep the
+paper's two 1×1 convs), and where the trunk goes from feature maps to dense layers the
+previous attended map is averaged over space before it is projected.
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -411,6 +412,13 @@ class IMTLGMethod(GradientMethod):
            "bargaining solution): weights so each task gets a fair share of progress. Solves a "
            "small convex problem each step, so it is slower.", NashMTLParams)
 class NashMTLMethod(GradientMethod):
+    def weights_from_gramian(self, gramian: Tensor) -> Tensor:
+        with warnings.catch_warnings():
+            # cvxpy notes that torchjd's problem is not DPP (no cached compilation): harmless,
+            # and it would repeat in every run's log.
+            warnings.filterwarnings("ignore", message=".*not DPP.*")
+            return super().weights_from_gramian(gramian)
+
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: NashMTLParams = self.params  # type: ignore[assignment]
         return NashMTL(n_tasks=len(active), max_norm=p.max_norm,

@@ -109,7 +109,7 @@ class Uncertainty(WeightingMethod):
     def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
         s = self.log_var
         # The regulariser is masked so the s of a switched-off task does not drift to -inf.
-        total = (0.5 * torch.exp(-s) * losses + 0.5 * s * _active(losses)).sum()
+        total = (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
         total.backward()
         return StepResult(weights=0.5 * torch.exp(-s.detach()))
 
@@ -329,7 +329,7 @@ class FAMO(WeightingMethod):
 
     def _update(self, before: Tensor, after: Tensor) -> None:
         both = (before > 0) & (after > 0)
-        delta = torch.where(both, torch.log(after + _EPS) - torch.log(before + _EPS),
+        delta = torch.where(both, torch.log(before + _EPS) - torch.log(after + _EPS),
                             torch.zeros_like(after))
         with torch.enable_grad():
             z = _masked_softmax(self.logits, both)

@@ -1,0 +1,237 @@
+"""Step time of every gradient-level method, relative to a plain `static` step.
+
+A step is forward + backward + Adam step. `static` is `losses.sum().backward()`; every
+gradient method runs `method.backward(losses, features, model)` in both `parameters` and
+`representation` mode; `libmtl_pcgrad` is PCGrad done the LibMTL way (T backward calls with
+retain_graph, flatten the shared grads, project pairwise, write the sum back). Models are a
+small MLP trunk and a small CNN trunk with one 2-layer head per task, at 2, 4 and 8 tasks.
+
+All variants of one (trunk, tasks) cell are timed in interleaved rounds in one process (so
+load from other processes hits them alike); each round times `--steps` consecutive steps after
+warm-up, and the table reports the median round, divided by the median of `static`.
+A second table compares the diagnostics' `task_gradients` (vmapped) with a loop of T
+`autograd.grad` calls.
+
+    python bench/grad_methods.py [--device cpu|cuda] [--quick] [--repeats 5] [--threads 1]
+
+Targets: parameters <= 3x static, representation <= 1.5x static, and beat the LibMTL loop.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mtl_core.diagnostics import task_gradients  # noqa: E402
+from mtl_core.models.base import MTLModel  # noqa: E402
+from mtl_core.weighting import build_method  # noqa: E402
+
+METHODS = ["pcgrad", "mgda", "cagrad", "imtl_g", "nash_mtl", "upgrad", "aligned_mtl",
+           "graddrop", "gradvac", "dualproj"]
+
+
+class BenchModel(MTLModel):
+    """A shared trunk and one `Linear-ReLU-Linear` head per task."""
+
+    def __init__(self, trunk: nn.Module, feature_dim: int, n_tasks: int, head_width: int,
+                 out_dim: int) -> None:
+        super().__init__([f"task{i}" for i in range(n_tasks)])
+        self.trunk = trunk
+        self.task_heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(feature_dim, head_width), nn.ReLU(),
+                          nn.Linear(head_width, out_dim)) for _ in range(n_tasks))
+
+    def features(self, inputs: dict[str, Tensor]) -> list[Tensor]:
+        return [self.trunk(inputs["x"])]
+
+    def heads(self, features: list[Tensor]) -> dict[str, Tensor]:
+        return {n: h(features[0]) for n, h in zip(self.task_names, self.task_heads, strict=True)}
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return list(self.trunk.parameters())
+
+    def task_parameters(self, task: str) -> list[nn.Parameter]:
+        return list(self.task_heads[self.task_names.index(task)].parameters())
+
+
+def make_setup(trunk: str, n_tasks: int, device: torch.device
+               ) -> tuple[BenchModel, dict[str, Tensor], Tensor]:
+    """The app's defaults, roughly: MLP trunk [128, 128] on 32 features (batch 128, regression
+    heads); CNN trunk [16, 32] + [64] on 28x28 images (batch 64, 10-class heads)."""
+    torch.manual_seed(0)
+    if trunk == "mlp":
+        net = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
+        model = BenchModel(net, 128, n_tasks, 32, 1)
+        x, y = torch.randn(128, 32), torch.randn(n_tasks, 128, 1)
+    else:
+        net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU())
+        model = BenchModel(net, 64, n_tasks, 32, 10)
+        x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (n_tasks, 64))
+    return model.to(device), {"x": x.to(device)}, y.to(device)
+
+
+def task_losses(model: BenchModel, out: dict[str, Tensor], y: Tensor) -> Tensor:
+    losses = []
+    for i, name in enumerate(model.task_names):
+        if y.dtype == torch.long:
+            losses.append(nn.functional.cross_entropy(out[name], y[i]))
+        else:
+            losses.append(nn.functional.mse_loss(out[name], y[i]))
+    return torch.stack(losses)
+
+
+def libmtl_pcgrad(losses: Tensor, model: BenchModel) -> None:
+    """PCGrad as LibMTL does it: one backward per task, flatten, project, write back."""
+    shared = model.shared_parameters()
+    n = losses.shape[0]
+    grads = []
+    for t in range(n):
+        losses[t].backward(retain_graph=t < n - 1)  # task params accumulate their own grad
+        grads.append(torch.cat([p.grad.flatten() for p in shared]))
+        for p in shared:
+            p.grad = None
+    grads = torch.stack(grads)
+    pc = grads.clone()
+    for i in range(n):
+        order = list(range(n))
+        random.shuffle(order)
+        for j in order:
+            dot = pc[i] @ grads[j]
+            if dot < 0:  # a host sync per pair, as in LibMTL
+                pc[i] -= dot * grads[j] / (grads[j].norm().pow(2) + 1e-8)
+    combined = pc.sum(0)
+    for p, g in zip(shared, combined.split([p.numel() for p in shared]), strict=True):
+        p.grad = g.reshape(p.shape).clone()
+
+
+def make_step(variant: str, trunk: str, n_tasks: int, device: torch.device) -> Callable[[], None]:
+    model, inputs, y = make_setup(trunk, n_tasks, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    method = None
+    if variant not in ("static", "libmtl_pcgrad"):
+        name, mode = variant.split("/")
+        method = build_method(name, {"gradients": mode}, model.task_names, model)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        features = model.features(inputs)
+        losses = task_losses(model, model.heads(features), y)
+        if method is not None:
+            method.backward(losses, features, model)
+        elif variant == "static":
+            losses.sum().backward()
+        else:
+            libmtl_pcgrad(losses, model)
+        optimizer.step()
+
+    return step
+
+
+def time_rounds(steps: dict[str, Callable[[], None]], repeats: int, n_steps: int,
+                warmup: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per step of each variant over `repeats` interleaved rounds."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(n_steps):
+                step()
+            sync()
+            times[name].append((time.perf_counter() - start) / n_steps)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def diagnostics_timing(trunk: str, n_tasks: int, device: torch.device, repeats: int
+                       ) -> tuple[float, float]:
+    """Seconds per call: task_gradients (vmapped) and a loop of T autograd.grad calls."""
+    model, inputs, y = make_setup(trunk, n_tasks, device)
+    shared = model.shared_parameters()
+    losses = task_losses(model, model(inputs), y)
+
+    def loop() -> Tensor:
+        return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+            losses[t], shared, retain_graph=True)]) for t in range(n_tasks)])
+
+    torch.testing.assert_close(task_gradients(losses, shared), loop())
+    result = time_rounds({"vmap": lambda: task_gradients(losses, shared), "loop": loop},
+                         repeats, 10, 3, device)
+    return result["vmap"], result["loop"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    parser.add_argument("--quick", action="store_true", help="2 and 4 tasks, fewer repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per round (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--tasks", type=int, nargs="*", default=None)
+    parser.add_argument("--trunks", nargs="*", default=["mlp", "cnn"])
+    parser.add_argument("--methods", nargs="*", default=METHODS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    tasks = args.tasks or ([2, 4] if args.quick else [2, 4, 8])
+    repeats = args.repeats or (3 if args.quick else 5)
+    n_steps = args.steps or (3 if args.quick else 5)
+    random.seed(0)
+
+    variants = ["static", "libmtl_pcgrad"] + [f"{m}/{mode}" for mode in
+                                               ("parameters", "representation")
+                                               for m in args.methods]
+    cells = [(trunk, n) for trunk in args.trunks for n in tasks]
+    ratios: dict[str, dict[tuple[str, int], float]] = {v: {} for v in variants}
+    static_ms: dict[tuple[str, int], float] = {}
+    started = time.perf_counter()
+    for trunk, n in cells:
+        steps = {v: make_step(v, trunk, n, device) for v in variants}
+        seconds = time_rounds(steps, repeats, n_steps, warmup=2, device=device)
+        static_ms[(trunk, n)] = seconds["static"] * 1e3
+        for v in variants:
+            ratios[v][(trunk, n)] = seconds[v] / seconds["static"]
+        print(f"  timed {trunk} x {n} tasks ({time.perf_counter() - started:.0f} s)",
+              file=sys.stderr)
+
+    device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"CPU, {args.threads} thread(s)")
+    print(f"torch {torch.__version__}, {device_name}, {platform.machine()}, "
+          f"median of {repeats} rounds x {n_steps} steps after 2 warm-up steps; "
+          f"total {time.perf_counter() - started:.0f} s\n")
+    header = " | ".join(f"{t} T={n}" for t, n in cells)
+    print(f"| step time / static | {header} |")
+    print("|---" * (len(cells) + 1) + "|")
+    print("| static (ms per step) | "
+          + " | ".join(f"{static_ms[c]:.2f} ms" for c in cells) + " |")
+    for v in variants[1:]:
+        print(f"| {v} | " + " | ".join(f"{ratios[v][c]:.2f}" for c in cells) + " |")
+
+    print("\n| task_gradients: vmapped / loop of T autograd.grad | "
+          + " | ".join(f"{t} T={n}" for t, n in cells) + " |")
+    print("|---" * (len(cells) + 1) + "|")
+    cols = []
+    for trunk, n in cells:
+        vmap_s, loop_s = diagnostics_timing(trunk, n, device, repeats)
+        cols.append(f"{vmap_s * 1e3:.2f} / {loop_s * 1e3:.2f} ms")
+    print("| ms per call | " + " | ".join(cols) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""The app shell and the Build & Train page: widget state <-> config, the diagram, AppTest flows.
+
+Unit tests cover ui.config_form (the pure widgets <-> config layer) and ui.diagram (DOT
+content); AppTest tests drive the real app.py with an empty store in a temp MTL_RUNS_DIR.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from streamlit.testing.v1 import AppTest
+
+from mtl_core.config import ExperimentConfig, parse_config
+from mtl_core.models.base import Block
+from mtl_core.store import RunStore
+from ui import config_form as form
+from ui.diagram import branch_points, build_diagram, dot_for_blocks
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TOY = {"name": "toy", "device": "cpu", "data": {"suite": "toy_2d", "params": {"n_samples": 200}},
+       "model": {"trunk": {"type": "mlp", "layers": [8]}, "heads": {"layers": []}},
+       "optim": {"epochs": 1, "batch_size": 64}, "log_every": 5}
+
+
+def _same(a: ExperimentConfig | dict, b: ExperimentConfig | dict) -> None:
+    assert parse_config(a).to_dict() == parse_config(b).to_dict()
+
+
+# --- ui.config_form ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("doc", [
+    {},
+    TOY,
+    {"data": {"suite": "toy_2d", "params": {"noise": 0.2}, "train_fraction": 0.3},
+     "tasks": [{"name": "xor", "weight": 2.5}, {"name": "circle", "weight": 0.0},
+               {"name": "spiral", "weight": 1.0}],
+     "model": {"architecture": "hard_sharing", "params": {"shared_layers": 1},
+               "trunk": {"layers": [32, 16], "activation": "tanh", "dropout": 0.2,
+                         "batch_norm": True}, "heads": {"layers": [8, 4], "dropout": 0.1}},
+     "weighting": {"method": "gradnorm", "params": {"alpha": 0.5}},
+     "optim": {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "epochs": 3,
+               "early_stopping": {"patience": 2}}, "seed": 7, "device": "cpu"},
+    {"data": {"suite": "multi_mnist", "params": {"shift": 3, "n_train": 500}},
+     "model": {"trunk": {"type": "cnn", "layers": [8, 16], "hidden": [32]}},
+     "weighting": {"method": "upgrad", "params": {"pref_vector": [1.0, 2.0]}}},
+    {"data": {"suite": "csv", "params": {"path": "t.csv", "targets": ["y", "z"],
+                                         "inputs": ["a"], "kinds": {"z": "binary"}}}},
+])
+def test_state_round_trip_gives_the_same_config(doc):
+    state = form.state_from_config(doc)
+    assert all(k.startswith(form.PREFIX) for k in state)
+    _same(form.config_from_state(state), doc)
+
+
+def test_loaded_task_order_is_kept_and_newly_included_tasks_follow():
+    state = form.state_from_config({"data": {"suite": "toy_2d"},
+                                    "tasks": [{"name": "xor", "weight": 2.0}]})
+    assert state[form.task_key("xor", "include")] is True
+    assert state[form.task_key("circle", "include")] is False
+    state[form.task_key("circle", "include")] = True
+    tasks = parse_config(form.config_from_state(state)).tasks
+    assert [(t.name, t.weight) for t in tasks] == [("xor", 2.0), ("circle", 1.0)]
+
+
+def test_mlp_hidden_widths_are_folded_into_one_list():
+    state = form.state_from_config({"model": {"trunk": {"layers": [16], "hidden": [8]}}})
+    assert form.list_from_state(state, "cfg.model.trunk.layers") == [16, 8]
+    trunk = parse_config(form.config_from_state(state)).model.trunk
+    assert (trunk.layers, trunk.hidden, trunk.depth) == ([16, 8], [], 2)
+
+
+def test_widget_edits_become_config_fields():
+    state = form.state_from_config({})
+    state["cfg.data.params.synthetic_mmoe.correlation"] = -0.4
+    state["cfg.model.trunk.layers.n"] = 3  # a new third layer copies the second's width
+    state["cfg.model.trunk.layers.1"] = 128
+    state[form.task_key("task2", "weight")] = 0.25
+    state["cfg.weighting.method"] = "dwa"
+    cfg = parse_config(form.config_from_state(state))
+    assert cfg.data.params["correlation"] == -0.4
+    assert cfg.model.trunk.layers == [64, 128, 128]
+    assert cfg.task_weights() == {"task1": 1.0, "task2": 0.25}
+    assert cfg.weighting.method == "dwa" and cfg.weighting.params == {"temperature": 2.0}
+
+
+def test_an_empty_state_means_the_defaults():
+    _same(form.config_from_state({}), {})
+
+
+def test_params_of_other_plugins_never_leak_into_the_config():
+    state = form.state_from_config({"weighting": {"method": "gradnorm"}})
+    state["cfg.weighting.method"] = "static"  # gradnorm's keys stay in the state
+    assert form.config_from_state(state)["weighting"] == {"method": "static", "params": {}}
+
+
+def test_unreadable_yaml_text_is_reported_at_its_field():
+    state = form.state_from_config({"weighting": {"method": "upgrad"}})
+    assert state["cfg.weighting.params.upgrad.pref_vector"] == ""  # None shows as empty
+    state["cfg.weighting.params.upgrad.pref_vector"] = "[1, "
+    cfg, error = form.validate(form.config_from_state(state))
+    assert cfg is None
+    assert [e.path for e in error.errors] == ["weighting.params.pref_vector"]
+
+
+def test_field_specs_pick_a_widget_per_type():
+    from mtl_core.data import SUITES
+    from mtl_core.models import ARCHITECTURES
+    from mtl_core.weighting import METHODS
+
+    mmoe = {s.name: s for s in form.field_specs(SUITES.get("synthetic_mmoe").params)}
+    assert (mmoe["correlation"].kind, mmoe["correlation"].low, mmoe["correlation"].high) == \
+        ("float", -1.0, 1.0)
+    assert mmoe["correlation"].slider and mmoe["n_sin_terms"].slider
+    assert not mmoe["n_samples"].slider  # 20..200,000 is a number box
+    shared = form.field_specs(ARCHITECTURES.get("hard_sharing").params)[0]
+    assert (shared.kind, shared.optional, shared.slider) == ("int", True, False)
+    gradvac = {s.name: s for s in form.field_specs(METHODS.get("gradvac").params)}
+    assert gradvac["beta"].slider and not gradvac["eps"].slider  # 1e-8 needs a number box
+    assert gradvac["gradients"].kind == "choice"
+    assert set(gradvac["gradients"].options) == {"parameters", "representation"}
+
+
+def test_a_new_suite_resets_task_rows_and_fits_the_trunk():
+    state = form.state_from_config({"tasks": [{"name": "task1", "weight": 3.0}]})
+    state["cfg.data.suite"] = "multi_mnist"
+    form.reset_for_suite(state, "multi_mnist")
+    assert not [k for k in state if k.startswith("cfg.tasks.")]
+    cfg = parse_config(form.config_from_state(state))
+    assert cfg.task_weights() == {"left": 1.0, "right": 1.0}
+    assert (cfg.model.trunk.type, cfg.model.trunk.hidden) == ("cnn", [64])
+
+
+# --- ui.diagram ----------------------------------------------------------------------------
+
+def _blocks() -> list[Block]:
+    return [Block("trunk.0", "Linear 2→8", "shared", 24, ["input:x"]),
+            Block("head.a.out", "Linear 8→1", "a", 9, ["trunk.0"]),
+            Block("head.b.0", "Linear 8→4", "b", 36, ["trunk.0"]),
+            Block("head.b.out", "Linear 4→3", "b", 15, ["head.b.0"])]
+
+
+def test_dot_has_a_cluster_per_owner_with_counts_and_a_branch_point():
+    dot = dot_for_blocks(_blocks(), ["a", "b"], {"x": (2,)}, {"b": "3 classes"})
+    assert dot.startswith("digraph") and dot.rstrip().endswith("}")
+    assert 'label="Shared · 24 params"' in dot
+    assert 'label="Task a · 9 params"' in dot and 'label="Task b · 51 params"' in dot
+    assert '"head.b.0" [label="Linear 8→4\\n36 params"' in dot
+    assert branch_points(_blocks()) == {"trunk.0": ["head.a.out", "head.b.0"]}
+    assert '"branch:trunk.0" -> "head.a.out"' in dot and '"branch:trunk.0" -> "head.b.0"' in dot
+    assert '"head.b.out" -> "out:b"' in dot and 'label="b\\n3 classes"' in dot
+    assert 'label="input x\\n2"' in dot
+    # shared boxes are grey, each task has its own colour
+    fill = {n: re.search(rf'"{re.escape(n)}" \[.*fillcolor="(#\w+)"', dot).group(1)
+            for n in ("trunk.0", "head.a.out", "head.b.0", "head.b.out")}
+    assert fill["trunk.0"] == "#ececec" and fill["head.b.0"] == fill["head.b.out"]
+    assert len({fill["trunk.0"], fill["head.a.out"], fill["head.b.0"]}) == 3
+
+
+def test_diagram_of_a_real_model_matches_its_parameter_counts():
+    doc = dict(TOY, tasks=[{"name": "circle"}, {"name": "distance"}])
+    diagram = build_diagram(doc)
+    assert diagram.error is None
+    assert set(diagram.counts) == {"shared", "circle", "distance"}
+    assert f'label="Shared · {diagram.counts["shared"]:,} params"' in diagram.dot
+    assert f'label="Task circle · {diagram.counts["circle"]:,} params"' in diagram.dot
+    assert "Task xor" not in diagram.dot
+    # nothing shared: no shared cluster, tasks branch straight from the input
+    single = build_diagram({**doc, "model": {**TOY["model"], "architecture": "single_task"}})
+    assert "cluster_shared" not in single.dot and '"branch:input:x"' in single.dot
+
+
+def test_diagram_explains_what_it_cannot_build():
+    doc = {"data": {"suite": "multi_mnist", "params": {"n_train": 50}}}
+    diagram = build_diagram(doc)  # no MNIST files in the temp data dir, and no download
+    assert diagram.dot is None and "MNIST" in diagram.error
+
+
+# --- the app (AppTest) ---------------------------------------------------------------------
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch):
+    """The app on its default page, with jobs capped at one and no idle workers left over."""
+    monkeypatch.setenv("MTL_MAX_JOBS", "1")
+    at = AppTest.from_file(APP, default_timeout=90)
+    yield at
+    store = RunStore(os.environ["MTL_RUNS_DIR"])
+    for pid, _, _ in store.workers():  # only workers these tests started (temp runs dir)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def _config_shown(at: AppTest) -> dict:
+    """The config exactly as the page shows it in "Config as YAML"."""
+    return yaml.safe_load(at.code[0].value)
+
+
+def _start(at: AppTest):
+    return at.button(key="train.start")
+
+
+def test_app_renders_the_train_page_with_an_empty_store(app):
+    at = app.run()
+    assert not at.exception
+    assert at.title[0].value == "Build & Train"
+    assert not _start(at).disabled and not at.error
+    assert at.button(key="train.stop").disabled and at.button(key="train.pause").disabled
+    assert at.get("graphviz_chart") and "cluster_shared" in at.get("graphviz_chart")[0].proto.spec
+    sidebar = " ".join(c.value for c in at.sidebar.caption)
+    assert "None yet" in sidebar and os.environ["MTL_RUNS_DIR"] in sidebar and "cpu" in sidebar
+    _same(_config_shown(at), {})  # a fresh page shows the default config
+
+
+def test_widget_changes_yield_the_expected_config(app):
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("toy_2d").run()
+    assert [c.label for c in at.checkbox if c.key.startswith("cfg.tasks.")] == \
+        ["circle", "xor", "spiral", "distance"]  # the rows follow the new suite
+    at.number_input(key="cfg.model.trunk.layers.0").set_value(48)
+    at.slider(key=form.task_key("xor", "weight")).set_value(2.5)
+    at.checkbox(key=form.task_key("spiral", "include")).uncheck()
+    at.selectbox(key="cfg.weighting.method").set_value("uncertainty")
+    at.run()
+    assert not at.exception
+    cfg = parse_config(_config_shown(at))
+    assert cfg.data.suite == "toy_2d" and cfg.model.trunk.layers == [48, 64]
+    assert cfg.task_weights() == {"circle": 1.0, "xor": 2.5, "distance": 1.0}
+    assert cfg.weighting.method == "uncertainty"
+    assert "Linear 2→48" in at.get("graphviz_chart")[0].proto.spec  # the diagram follows
+
+
+@pytest.mark.parametrize("change, path, words", [
+    ({"cfg.model.trunk.type": "cnn"}, "model.trunk.type", "cnn trunk needs an image suite"),
+    ({form.task_key("task1", "include"): False, form.task_key("task2", "include"): False},
+     "tasks", "at least one task"),
+    ({"cfg.model.params.hard_sharing.shared_layers": 5}, "model.params.shared_layers",
+     "allowed 0..2"),
+])
+def test_an_invalid_setting_disables_start_and_says_why(app, change, path, words):
+    at = app.run()
+    for key, value in change.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception
+    assert _start(at).disabled
+    messages = [e.value for e in at.error]
+    assert any(words in m for m in messages), messages  # under the control concerned
+    assert any(path in m and "to fix before Start" in m for m in messages)  # and by Start
+
+
+def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
+    at = app.run()
+    doc = {**TOY, "tasks": [{"name": "circle", "weight": 0.5}, {"name": "xor"}],
+           "optim": {**TOY["optim"], "lr": 0.02}}
+    at.file_uploader(key="upload.yaml").set_value(
+        ("toy.yaml", parse_config(doc).to_yaml().encode(), "text/yaml"))
+    at.run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
+    assert at.number_input(key="cfg.optim.lr").value == pytest.approx(0.02)
+    assert at.slider(key=form.task_key("circle", "weight")).value == 0.5
+    assert at.checkbox(key=form.task_key("spiral", "include")).value is False
+    assert at.number_input(key="cfg.model.trunk.layers.n").value == 1
+    _same(_config_shown(at), doc)
+
+    _start(at).click().run()
+    assert not at.exception
+    runs = RunStore(os.environ["MTL_RUNS_DIR"]).list_runs()
+    assert len(runs) == 1 and runs[0].status in ("queued", "running", "finished")
+    assert runs[0].config == parse_config(doc).to_dict()
+    assert at.session_state["run_id"] == runs[0].id and at.query_params["run"] == runs[0].id
+    assert runs[0].id in " ".join(c.value for c in at.sidebar.caption)
+    # Stop is offered for the live run and ends it
+    if RunStore(os.environ["MTL_RUNS_DIR"]).get_run(runs[0].id).is_live:
+        at.button(key="train.stop").click().run()
+        deadline = time.time() + 30
+        while RunStore(os.environ["MTL_RUNS_DIR"]).get_run(runs[0].id).is_live:
+            assert time.time() < deadline, "the run did not stop"
+            time.sleep(0.5)
+
+
+def test_a_bad_yaml_upload_changes_nothing_and_says_why(app):
+    at = app.run()
+    bad = yaml.safe_dump({"optim": {"lr": -1}, "data": {"suite": "nope"}}).encode()
+    at.file_uploader(key="upload.yaml").set_value(("bad.yaml", bad, "text/yaml"))
+    at.run()
+    text = " ".join(e.value for e in at.error)
+    assert "bad.yaml was not loaded" in text and "optim.lr" in text
+    assert at.selectbox(key="cfg.data.suite").value == "synthetic_mmoe"
+
+
+def test_reset_restores_defaults_and_values_survive_a_page_switch(app):
+    at = app.run()
+    at.slider(key="cfg.data.params.synthetic_mmoe.correlation").set_value(0.9).run()
+    at.switch_page("pages/runs.py").run()
+    at.switch_page("pages/train.py").run()
+    assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.9
+    at.button(key="train.reset").click().run()
+    assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.5
+    _same(_config_shown(at), {})
+
+
+def test_url_run_parameter_opens_that_run(app):
+    store = RunStore(os.environ["MTL_RUNS_DIR"])
+    run_id = store.create_run(parse_config({**TOY, "name": "from-url"}), status="finished")
+    app.query_params["run"] = run_id
+    at = app.run()
+    assert not at.exception
+    assert at.session_state["run_id"] == run_id
+    assert at.selectbox(key="sidebar.run_pick").value == run_id
+    assert "from-url" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("csv").run()
+    rows = "\n".join(f"{i % 7},{i * 0.5},{i % 2},{(i * 3) % 5}" for i in range(40))
+    at.file_uploader(key="upload.csv").set_value(("t.csv", f"a,b,y,z\n{rows}".encode(),
+                                                  "text/csv"))
+    at.run()
+    assert not at.exception
+    assert list(at.dataframe[0].value.columns) == ["a", "b", "y", "z"]
+    saved = Path(at.text_input(key="cfg.data.params.csv.path").value)
+    assert saved.is_file() and saved.parent == Path(os.environ["MTL_RUNS_DIR"]) / "uploads"
+    assert _start(at).disabled  # no target column yet
+    at.multiselect(key="cfg.data.params.csv.targets").set_value(["y", "z"]).run()
+    at.selectbox(key=f"{form.CSV_KINDS}.z").set_value("regression").run()
+    assert not at.exception and not _start(at).disabled
+    cfg = parse_config(_config_shown(at))
+    assert cfg.task_weights() == {"y": 1.0, "z": 1.0}
+    assert cfg.data.params["kinds"] == {"z": "regression"}
+    assert "y\\nbinary" in at.get("graphviz_chart")[0].proto.spec

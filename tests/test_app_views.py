@@ -1,0 +1,352 @@
+"""AppTest views: the runs and predictions pages and the live panel, on hand-made runs.
+
+Every run here is written through the store's own API (create_run, sink(...).metrics /
+snapshot / progress, set_status), one per suite kind: image, vector classification,
+regression and a 2-D grid suite. Nothing trains.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from mtl_core.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig, WeightingConfig
+from mtl_core.store import RunStore
+from ui.live import RUN_EVERY_KEY
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS_PAGE = str(ROOT / "pages" / "runs.py")
+PREDICTIONS_PAGE = str(ROOT / "pages" / "predictions.py")
+LIVE_SCRIPT = """
+from ui.live import live_panel
+from ui.state import current_run_id, get_store
+live_panel(get_store(), current_run_id())
+"""
+TIMEOUT = 30  # the first run of a page imports plotly and pandas
+
+
+# ---------------------------------------------------------------- hand-made runs
+
+
+def make_run(store: RunStore, name: str, suite: str, tasks: dict[str, str], *,
+             architecture: str = "hard_sharing", method: str = "static",
+             status: str = "finished", evals: int = 2) -> str:
+    """A run with train/val/diag metrics and per-eval snapshots for `tasks` ({name: kind})."""
+    cfg = ExperimentConfig(name=name, data=DataConfig(suite=suite),
+                           tasks=[TaskConfig(name=t) for t in tasks],
+                           model=ModelConfig(architecture=architecture),
+                           weighting=WeightingConfig(method=method))
+    run_id = store.create_run(cfg, status="running")
+    sink = store.sink(run_id)
+    names = list(tasks)
+    rows = []
+    for step in range(1, 41):
+        rows.append((step, step / 20, "train", "total", "loss", 3.0 / step))
+        for i, task in enumerate(names):
+            rows += [(step, step / 20, "train", task, "loss", (i + 1.0) / step),
+                     (step, step / 20, "train", task, "weight", 1.0),
+                     (step, 0.0, "diag", task, "grad_norm", 5.0 / step)]
+        for i in range(len(names)):
+            for j in range(i + 1, len(names)):
+                rows.append((step, 0.0, "diag", f"{names[i]}|{names[j]}", "cosine", 0.3))
+    sink.metrics(rows)
+    probe = {"tasks": {t: {"kind": k, "class_names": None, "input": "x"}
+                       for t, k in tasks.items()},
+             "images": {"x": [[[0, 255], [255, 0]]] * 4} if suite == "mnist_attributes" else {},
+             "targets": {t: [1, 0, 1, 0] if k != "regression" else [0.1, 0.2, 0.3, 0.4]
+                         for t, k in tasks.items()}}
+    sink.snapshot(0, "probe", probe)
+    for e in range(1, evals + 1):
+        step = 20 * e
+        val = []
+        for task, kind in tasks.items():
+            val.append((step, float(e), "val", task, "loss", 1.0 / e))
+            if kind == "regression":
+                val += [(step, float(e), "val", task, "mse", 0.5 / e),
+                        (step, float(e), "val", task, "r2", 0.4 * e)]
+            else:
+                val.append((step, float(e), "val", task, "accuracy", 0.4 * e))
+        sink.metrics(val)
+        outputs = {t: ([1, 1, 1, 1] if k == "classification" else [0.9, 0.2, 0.7, 0.1]
+                       if k == "binary" else [0.1, 0.25, 0.3, 0.5]) for t, k in tasks.items()}
+        sink.snapshot(step, "predictions", {"outputs": outputs})
+        confusion = {t: [[5, e], [1, 6]] for t, k in tasks.items() if k != "regression"}
+        scatter = {t: {"true": [0.0, 1.0, 2.0], "pred": [0.1, 0.9, 2.2]}
+                   for t, k in tasks.items() if k == "regression"}
+        if confusion:
+            sink.snapshot(step, "confusion", confusion)
+        if scatter:
+            sink.snapshot(step, "scatter", scatter)
+        if suite == "toy_2d":
+            sink.snapshot(step, "grid", {
+                "xs": [0.0, 1.0, 2.0], "ys": [0.0, 1.0],
+                "points": {"x": [0.5, 1.5], "y": [0.5, 0.5]},
+                "targets": {t: [0, 1] for t in tasks},
+                "values": {t: [[0.1, 0.5, 0.9], [0.2, 0.6, 0.8]] for t in tasks}})
+        if architecture == "mmoe":
+            sink.snapshot(step, "inspect", {"gates": {t: [0.6, 0.4] for t in tasks}})
+    sink.progress(40 if status != "running" else 25, 40, 2.0 if status != "running" else 1.25)
+    if status != "running":
+        summary = {"test": {t: ({"loss": 0.2, "r2": 0.77} if k == "regression"
+                                else {"loss": 0.3, "accuracy": 0.91})
+                            for t, k in tasks.items()}}
+        store.set_status(run_id, status, summary=summary)
+    else:
+        store.set_status(run_id, "running", heartbeat_at=time.time())
+    return run_id
+
+
+SUITES = {
+    "image": ("mnist_attributes", {"digit": "classification", "odd": "binary",
+                                   "ink": "regression"}),
+    "vector": ("synthetic_tabular", {"a": "classification", "b": "binary"}),
+    "regression": ("synthetic_mmoe", {"t1": "regression", "t2": "regression"}),
+    "grid": ("toy_2d", {"circle": "binary", "xor": "binary"}),
+}
+
+
+@pytest.fixture
+def store(isolated_dirs: Path) -> RunStore:
+    return RunStore(isolated_dirs)
+
+
+@pytest.fixture
+def runs(store: RunStore) -> dict[str, str]:
+    return {kind: make_run(store, f"{kind}-run", suite, tasks)
+            for kind, (suite, tasks) in SUITES.items()}
+
+
+def decode(obj):
+    """Plotly JSON with its typed arrays ({"dtype", "bdata", "shape"}) turned into lists."""
+    if isinstance(obj, dict):
+        if "bdata" in obj and "dtype" in obj:
+            arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
+            if "shape" in obj:
+                arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
+            return arr.tolist()
+        return {k: decode(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [decode(v) for v in obj]
+    return obj
+
+
+def plotly_specs(at: AppTest) -> dict[str, dict]:
+    """Plotly figures on the page as {widget key: figure JSON with plain lists}."""
+    return {el.key or el.proto.id: decode(json.loads(el.proto.spec))
+            for el in at.get("plotly_chart")}
+
+
+def run_page(path: str, run_id: str | None = None, **state) -> AppTest:
+    at = AppTest.from_file(path, default_timeout=TIMEOUT)
+    if run_id:
+        at.query_params["run"] = run_id
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+# ---------------------------------------------------------------- empty store
+
+
+def test_pages_render_with_an_empty_store():
+    at = run_page(RUNS_PAGE)
+    assert any("No runs yet" in i.value for i in at.info)
+    at = run_page(PREDICTIONS_PAGE)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------- runs page
+
+
+def test_runs_table_lists_every_run_with_status_and_metrics(runs):
+    at = run_page(RUNS_PAGE)
+    table = at.dataframe[0].value
+    assert set(table["id"]) == set(runs.values())
+    row = table.set_index("id").loc[runs["image"]]
+    assert row["name"] == "image-run" and row["suite"] == "mnist_attributes"
+    assert "finished" in row["status"]
+    assert row["digit · accuracy"] == pytest.approx(0.91)
+    assert row["ink · r2"] == pytest.approx(0.77)
+    assert row["architecture"] == "hard_sharing" and row["method"] == "static"
+
+
+def test_runs_page_opens_the_run_from_the_url_and_filters(runs):
+    at = run_page(RUNS_PAGE, runs["grid"])
+    assert at.selectbox(key="runs_target").value == runs["grid"]
+    at.text_input(key="runs_filter").set_value("synthetic_mmoe").run()
+    assert list(at.dataframe[0].value["id"]) == [runs["regression"]]
+
+
+def test_delete_asks_for_confirmation_then_removes(store, runs):
+    victim = runs["vector"]
+    at = run_page(RUNS_PAGE, victim)
+    at.button(key="runs_delete").click().run()
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert victim in {r.id for r in store.list_runs()}  # nothing deleted yet
+    at.button(key="runs_delete_no").click().run()
+    assert not at.warning and victim in {r.id for r in store.list_runs()}
+
+    at.button(key="runs_delete").click().run()
+    at.button(key="runs_delete_yes").click().run()
+    assert not at.exception
+    assert victim not in {r.id for r in store.list_runs()}
+    assert victim not in set(at.dataframe[0].value["id"])
+    assert not (store.runs_dir / victim).exists()
+
+
+def test_live_run_can_be_stopped_not_deleted(store):
+    rid = make_run(store, "live", "toy_2d", {"circle": "binary"}, status="running")
+    at = run_page(RUNS_PAGE, rid)
+    assert at.button(key="runs_delete").disabled
+    at.button(key="runs_stop").click().run()
+    assert store.pending_controls(rid) == ["stop"]
+
+
+def test_open_makes_it_the_current_run(runs):
+    at = run_page(RUNS_PAGE, runs["image"])
+    at.button(key="runs_open").click().run()
+    assert not at.exception
+    assert at.session_state["run_id"] == runs["image"]
+
+
+# ---------------------------------------------------------------- predictions page
+
+
+def test_predictions_image_suite_grid_confusion_and_scatter(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["image"])
+    html = at.get("html")[0].value
+    assert html.count("<img") == 4
+    assert "mtl-wrong" in html  # digit predicted 1 where the true label is 0
+    figs = plotly_specs(at)
+    assert set(figs) == {"pred_cm_digit", "pred_cm_odd", "pred_sc_ink"}
+    assert figs["pred_cm_digit"]["data"][0]["z"] == [[5, 2], [1, 6]]  # newest eval (e=2)
+    assert "step **40**" in " ".join(c.value for c in at.caption)
+
+
+def test_predictions_slider_goes_back_to_an_earlier_evaluation(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["image"])
+    slider = at.select_slider(key=f"pred_step_{runs['image']}")
+    assert slider.options == ["20", "40"] and slider.value == 40
+    slider.set_value(20).run()
+    figs = plotly_specs(at)
+    assert figs["pred_cm_digit"]["data"][0]["z"] == [[5, 1], [1, 6]]
+    assert "step **20**" in " ".join(c.value for c in at.caption)
+
+
+def test_predictions_vector_classification(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["vector"])
+    assert not at.get("html")
+    figs = plotly_specs(at)
+    assert set(figs) == {"pred_cm_a", "pred_cm_b"}
+    probe = at.dataframe[0].value  # the only table on the page
+    assert list(probe["a true"]) == ["1", "0", "1", "0"]
+    assert probe["a predicted"].iloc[1] == "1 ✗"
+
+
+def test_predictions_regression_scatter(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["regression"])
+    figs = plotly_specs(at)
+    assert set(figs) == {"pred_sc_t1", "pred_sc_t2"}
+    assert figs["pred_sc_t1"]["data"][0]["y"] == [0.1, 0.9, 2.2]
+
+
+def test_predictions_2d_decision_boundaries(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["grid"])
+    figs = plotly_specs(at)
+    assert {"pred_grid_circle", "pred_grid_xor"} <= set(figs)
+    heat = figs["pred_grid_circle"]["data"][0]
+    assert heat["type"] == "heatmap" and heat["z"] == [[0.1, 0.5, 0.9], [0.2, 0.6, 0.8]]
+    points = figs["pred_grid_circle"]["data"][-1]
+    assert points["x"] == [0.5, 1.5] and points["marker"]["color"] == [0, 1]
+
+
+def test_predictions_of_a_run_with_no_evaluation_yet(store):
+    cfg = ExperimentConfig(name="waiting", data=DataConfig(suite="toy_2d"))
+    rid = store.create_run(cfg)  # queued
+    at = run_page(PREDICTIONS_PAGE, rid)
+    assert any("first predictions" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------- live panel
+
+
+def live_app(run_id: str, **state) -> AppTest:
+    at = AppTest.from_string(LIVE_SCRIPT, default_timeout=TIMEOUT)
+    at.query_params["run"] = run_id
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_live_panel_polls_a_live_run(store):
+    rid = make_run(store, "live", "toy_2d", {"circle": "binary", "xor": "binary"},
+                   status="running")
+    at = live_app(rid)
+    assert at.session_state[RUN_EVERY_KEY] == 1.0
+    assert any("Running" in i.value for i in at.info)
+    progress = at.get("progress")[0]
+    assert progress.value == 62  # percent: 25 of 40 steps
+    assert "step 25 / 40" in progress.proto.text and "ETA" in progress.proto.text
+    loss = plotly_specs(at)["live_loss"]
+    shown = [t["name"] for t in loss["data"] if t.get("showlegend") is not False]
+    assert shown == ["circle · train", "xor · train", "total · train",
+                     "circle · val", "xor · val"]
+
+
+def test_live_panel_of_a_finished_run_does_not_poll(runs):
+    at = live_app(runs["regression"])
+    assert at.session_state[RUN_EVERY_KEY] is None
+    assert any("Finished" in s.value for s in at.success)
+    latest = at.dataframe[0].value
+    assert latest.loc["t1", "val R²"] == pytest.approx(0.8)
+
+
+def test_live_panel_widgets_shape_the_charts(runs):
+    rid = runs["grid"]
+    at = live_app(rid)
+    at.multiselect(key=f"live_tasks_{rid}").set_value(["xor"])
+    at.toggle(key="live_log").set_value(True)
+    at.slider(key="live_smooth").set_value(0.0)
+    at.toggle(key="live_total").set_value(False).run()
+    loss = plotly_specs(at)["live_loss"]
+    assert [t["name"] for t in loss["data"]] == ["xor · train", "xor · val"]
+    assert loss["layout"]["yaxis"]["type"] == "log"
+
+
+def test_live_panel_weights_and_conflict_tab(store):
+    rid = make_run(store, "mmoe", "toy_2d", {"circle": "binary", "xor": "binary"},
+                   architecture="mmoe")
+    at = live_app(rid, live_tab="Weights & conflict")
+    figs = plotly_specs(at)
+    assert {"live_weights", "live_grad_norm", "live_cosine", "live_cosine_heatmap"} <= set(figs)
+    assert figs["live_cosine_heatmap"]["data"][0]["z"] == [[1.0, 0.3], [0.3, 1.0]]
+    at.session_state["live_tab"] = "Architecture state"
+    at.run()
+    gates = plotly_specs(at)["live_inspect_gates"]
+    assert [b["name"] for b in gates["data"]] == ["circle", "xor"]
+
+
+@pytest.mark.parametrize("status,message,expected", [
+    ("queued", None, "waiting for a free slot (0 running, limit 2)"),
+    ("paused", None, "Paused"),
+    ("diverged", "loss of task 'a' became nan at step 7", "became nan at step 7"),
+    ("failed", "worker process died", "worker process died"),
+])
+def test_live_panel_status_text(store, status, message, expected):
+    cfg = ExperimentConfig(name="s", data=DataConfig(suite="toy_2d"))
+    rid = store.create_run(cfg, status="queued" if status == "queued" else "running")
+    if status != "queued":
+        store.set_status(rid, status, message, heartbeat_at=time.time())
+    at = live_app(rid)
+    texts = [e.value for e in (*at.info, *at.warning, *at.error)]
+    assert any(expected in t for t in texts), texts
+    assert at.session_state[RUN_EVERY_KEY] == (1.0 if status in ("queued", "paused") else None)
