@@ -90,9 +90,8 @@ def _sidebar() -> None:
     else:
         st.caption("None yet: press Start on Build & Train, or pick a run below.")
     st.session_state[PICK_KEY] = run_id  # the picker follows the current run
-    options: list[str | None] = [None, *(r.id for r in runs)]
-    st.selectbox("Open a run", options, key=PICK_KEY, on_change=_on_pick,
-                 format_func=lambda i: "—" if i is None else _label(by_id[i]))
+    st.selectbox("Open a run", [r.id for r in runs], key=PICK_KEY, on_change=_on_pick,
+                 format_func=lambda i: _label(by_id[i]), placeholder="Pick a run…")
     live = sum(1 for r in runs if r.status in ("running", "paused"))
     queued = sum(1 for r in runs if r.status == "queued")
     from mtl_core.data import data_dir

@@ -13,6 +13,7 @@ import copy
 import json
 import math
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -25,6 +26,7 @@ POLL_S = 0.25  # how often `train` (without --detach) reads the store
 DISPATCH_EVERY_S = 2.0  # and how often it checks that a worker exists for the run
 PLAIN_PROGRESS_EVERY_S = 5.0  # progress lines when stderr is not a terminal (CI logs)
 BAR_WIDTH = 24
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class UsageError(Exception):
@@ -57,6 +59,8 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
         except yaml.YAMLError as exc:
             raise ConfigError([FieldError(path, f"--set value {text!r} is not valid YAML: "
                                                 f"{exc}")]) from None
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
         _set_path(document, path.split("."), value)
     return document
 

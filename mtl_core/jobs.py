@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ IDLE_WORKER_STALE_S = 60.0  # an idle worker row not refreshed for this long is 
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _children: list[subprocess.Popen[bytes]] = []  # workers we started, reaped in dispatch
+_children_lock = threading.Lock()  # the Streamlit server dispatches from several threads
 
 
 def max_concurrent() -> int:
@@ -102,14 +104,16 @@ def stop(run_id: str, runs_dir: Path | None = None) -> str:
 
 
 def pause(run_id: str, runs_dir: Path | None = None) -> str:
-    """Ask a running run to pause ("requested"); "already paused" if it is."""
+    """Ask a running run to pause ("requested"); "already paused" if it is paused and no
+    resume is pending."""
     store = RunStore(runs_dir)
     run = store.get_run(run_id)
-    if run.status == "paused":
-        return "already paused"
-    if run.status == "running":
+    if run.status == "running" or (run.status == "paused"
+                                   and "resume" in store.pending_controls(run_id)):
         store.request_control(run_id, "pause")
         return "requested"
+    if run.status == "paused":
+        return "already paused"
     raise ValueError(_not_active(run_id, run.status, "paused"))
 
 
@@ -196,9 +200,12 @@ def _spawn_worker(store: RunStore, idle_timeout: float, max_jobs: int) -> int:
     # Registered now (the worker re-registers itself), so a dispatch right after this one
     # counts it as waiting instead of starting another.
     store.add_worker(proc.pid, replace=False)
-    _children.append(proc)
+    with _children_lock:
+        _children.append(proc)
     return proc.pid
 
 
 def _reap_children() -> None:
-    _children[:] = [p for p in _children if p.poll() is None]
+    """Wait for our exited workers, so they do not linger as zombies."""
+    with _children_lock:
+        _children[:] = [p for p in _children if p.poll() is None]

@@ -320,6 +320,8 @@ class RunStore:
         every worker goes through). Returns the run id, or None if there is nothing to take.
         """
         now = time.time()
+        if run_id is None and not self._has_queued():
+            return None  # idle workers poll often: no write lock when there is nothing to take
         with self._write() as conn:
             if run_id is None:
                 if max_active is not None:
@@ -343,6 +345,11 @@ class RunStore:
             conn.execute("UPDATE workers SET run_id = ?, seen_at = ? WHERE pid = ?",
                          (run_id, now, pid))
         return run_id
+
+    def _has_queued(self) -> bool:
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"
+                                ).fetchone() is not None
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run's rows and folder. ValueError while the run is live (stop it first)."""

@@ -25,7 +25,7 @@ from mtl_core.data.base import Split
 from mtl_core.metrics import confusion_matrix, predict, task_loss, task_metrics
 from mtl_core.models import MTLModel, build_model
 from mtl_core.sink import MetricRow, Sink
-from mtl_core.weighting import build_method
+from mtl_core.weighting import WeightingMethod, build_method
 
 PROBE_SIZE = 32  # fixed probe batch shown on the Predictions page
 GRID_SIZE = 60  # resolution of the decision-boundary grid for 2-D suites
@@ -179,7 +179,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                         raise _StopRequested
                 control.poll(step, epoch)
             method.end_epoch(epoch_losses / steps_per_epoch)
-            sink.checkpoint(_checkpoint(model, optimizer, step, epoch), "last")
+            sink.checkpoint(_checkpoint(model, optimizer, method, step, epoch), "last")
     except _StopRequested:
         if message is None:
             status, message = "stopped", f"stopped by request at step {step}"
@@ -188,7 +188,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
         model.load_state_dict(best_state)
     test = _evaluate(model, data.test, specs, task_weights)
     sink.metrics(_metric_rows(step, float(epoch + 1), "test", test))
-    sink.checkpoint(_checkpoint(model, optimizer, step, epoch), "final")
+    sink.checkpoint(_checkpoint(model, optimizer, method, step, epoch), "final")
     summary = {"test": _drop_total(test), "best_val": _drop_total(best_val_metrics),
                "val": _drop_total(last_val)}
     return TrainResult(status, message, step, summary)
@@ -372,7 +372,7 @@ def _drop_total(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, flo
     return {k: v for k, v in metrics.items() if k != "total"}
 
 
-def _checkpoint(model: MTLModel, optimizer: torch.optim.Optimizer, step: int,
-                epoch: int) -> dict[str, Any]:
+def _checkpoint(model: MTLModel, optimizer: torch.optim.Optimizer, method: WeightingMethod,
+                step: int, epoch: int) -> dict[str, Any]:
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "step": step, "epoch": epoch}
+            "weighting": method.state_dict(), "step": step, "epoch": epoch}

@@ -28,6 +28,7 @@ from typing import Any
 from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
 
 POLL_S = 0.25  # how often an idle worker looks for a queued run
+SEEN_EVERY_S = 5.0  # how often it refreshes its row (jobs.IDLE_WORKER_STALE_S is 60 s)
 TrainFn = Callable[..., Any]  # trainer.train(cfg, sink) -> TrainResult
 
 
@@ -67,16 +68,19 @@ class Worker:
                     return 1
                 self.run_one(claimed)
                 return 0
-            idle_since = time.monotonic()
+            idle_since = last_seen = time.monotonic()
             while not self.terminating:
                 claimed = self.store.claim_run(self.pid, max_active=max_jobs)
                 if claimed is not None:
                     self.run_one(claimed)
                     idle_since = time.monotonic()
                     continue
-                if time.monotonic() - idle_since >= idle_timeout:
+                now = time.monotonic()
+                if now - idle_since >= idle_timeout:
                     break
-                self.store.worker_seen(self.pid)
+                if now - last_seen >= SEEN_EVERY_S:  # tells dispatch this worker still waits
+                    self.store.worker_seen(self.pid)
+                    last_seen = now
                 time.sleep(POLL_S)
             return 0
         except Terminated:
@@ -152,9 +156,27 @@ def main(argv: list[str] | None = None) -> int:
 
         args.max_jobs = max_concurrent()
 
-    worker = Worker(RunStore(args.runs_dir))
+    store = RunStore(args.runs_dir)
+    try:
+        worker = Worker(store)
+    except Exception as exc:  # noqa: BLE001 - e.g. a module of the trainer fails to import
+        return _startup_failed(store, exc, args.run, args.max_jobs)
     signal.signal(signal.SIGTERM, worker.on_sigterm)
     return worker.serve(args.run, args.idle_timeout, args.max_jobs)
+
+
+def _startup_failed(store: RunStore, exc: Exception, run_id: str | None,
+                    max_jobs: int | None) -> int:
+    """A worker that cannot start fails the run it would have taken, with the reason, rather
+    than leave it queued (a dispatcher would otherwise start such workers again and again).
+    Each failed start consumes one queued run, so this cannot loop."""
+    text = traceback.format_exc()
+    print(text, file=sys.stderr, flush=True)
+    claimed = store.claim_run(os.getpid(), run_id, max_active=max_jobs)
+    if claimed is not None:
+        (store.run_dir(claimed) / "error.txt").write_text(text)
+        store.set_status(claimed, "failed", f"worker could not start: {_last_line(exc)}")
+    return 3
 
 
 if __name__ == "__main__":

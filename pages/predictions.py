@@ -69,7 +69,13 @@ def task_kinds(probe: dict[str, Any] | None, snaps: dict[str, dict[str, Any] | N
 # ---------------------------------------------------------------- page parts
 
 
+def _pick() -> None:
+    # A callback runs before the script, so the shared sidebar already shows the new run.
+    set_current_run(st.session_state.get("pred_run"))
+
+
 def _run_picker(store: RunStore) -> RunInfo | None:
+    """The run to show: the current run (?run=ID, the sidebar), changeable here."""
     runs = store.list_runs()
     if not runs:
         st.info("No runs yet. Start one on the Train page; its predictions appear here while "
@@ -77,17 +83,13 @@ def _run_picker(store: RunStore) -> RunInfo | None:
         return None
     by_id = {r.id: r for r in runs}
     current = current_run_id()
-    if current in by_id and st.session_state.get("_pred_synced") != current:
-        st.session_state["pred_run"] = current  # the current run changed elsewhere (URL, page)
-    if st.session_state.get("pred_run") not in by_id:
-        st.session_state["pred_run"] = current if current in by_id else runs[0].id
+    if current not in by_id:
+        current = runs[0].id  # no current run yet: the newest
+    st.session_state["pred_run"] = current  # the picker follows the current run
     choice = st.selectbox(
-        "Run", list(by_id), key="pred_run",
+        "Run", list(by_id), key="pred_run", on_change=_pick,
         format_func=lambda rid: f"{by_id[rid].name} · {rid} · "
                                 f"{STATUS_ICONS.get(by_id[rid].status, '')} {by_id[rid].status}")
-    if choice != current:
-        set_current_run(choice)
-    st.session_state["_pred_synced"] = choice
     return by_id[choice]
 
 

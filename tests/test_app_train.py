@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1 import app_test as app_test_module
 
 from mtl_core.config import ExperimentConfig, parse_config
 from mtl_core.models.base import Block
@@ -182,10 +184,22 @@ def test_diagram_explains_what_it_cannot_build():
 
 # --- the app (AppTest) ---------------------------------------------------------------------
 
+class _NavigationPagesManager(PagesManager):
+    """AppTest resets `PagesManager.uses_pages_directory` before every run, so an app that
+    calls st.navigation *and* has a pages/ folder falls back to the old pages/ mode from its
+    second run on (the page runs without app.py). The real server keeps the flag False once
+    st.navigation has run; this keeps it False in AppTest too."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+
 @pytest.fixture
 def app(monkeypatch: pytest.MonkeyPatch):
     """The app on its default page, with jobs capped at one and no idle workers left over."""
     monkeypatch.setenv("MTL_MAX_JOBS", "1")
+    monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
     at = AppTest.from_file(APP, default_timeout=90)
     yield at
     store = RunStore(os.environ["MTL_RUNS_DIR"])

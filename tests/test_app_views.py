@@ -307,7 +307,7 @@ def test_live_panel_of_a_finished_run_does_not_poll(runs):
     assert at.session_state[RUN_EVERY_KEY] is None
     assert any("Finished" in s.value for s in at.success)
     latest = at.dataframe[0].value
-    assert latest.loc["t1", "val R²"] == pytest.approx(0.8)
+    assert latest.loc["t1", "val R²"] == "0.8" and latest.loc["total", "val R²"] == "–"
 
 
 def test_live_panel_widgets_shape_the_charts(runs):
@@ -350,3 +350,23 @@ def test_live_panel_status_text(store, status, message, expected):
     texts = [e.value for e in (*at.info, *at.warning, *at.error)]
     assert any(expected in t for t in texts), texts
     assert at.session_state[RUN_EVERY_KEY] == (1.0 if status in ("queued", "paused") else None)
+
+
+def test_predictions_picker_changes_the_current_run(runs):
+    at = run_page(PREDICTIONS_PAGE, runs["image"])
+    at.selectbox(key="pred_run").set_value(runs["regression"]).run()
+    assert at.session_state["run_id"] == runs["regression"]
+    assert at.query_params["run"] == runs["regression"]
+    assert set(plotly_specs(at)) == {"pred_sc_t1", "pred_sc_t2"}
+
+
+def test_open_from_the_app_switches_to_the_train_page_with_the_run_in_the_url(runs):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.run()
+    at.switch_page("pages/runs.py").run()
+    at.selectbox(key="runs_target").set_value(runs["grid"]).run()
+    at.button(key="runs_open").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.session_state["run_id"] == runs["grid"]
+    assert at.query_params["run"] == runs["grid"]
+    assert at.session_state[RUN_EVERY_KEY] is None  # the Train page's live panel, not polling

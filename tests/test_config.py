@@ -122,3 +122,10 @@ def test_load_reports_unreadable_and_malformed_files(tmp_path):
 def test_csv_without_targets_says_where_to_name_them():
     errors = errors_of({"data": {"suite": "csv", "params": {"path": "x.csv"}}})
     assert "data.params.targets" in errors["data.params"]
+
+
+def test_gradnorm_needs_shared_layers():
+    errors = errors_of({"data": {"suite": "toy_2d"}, "weighting": {"method": "gradnorm"},
+                        "model": {"architecture": "single_task"}})
+    assert "shares none" in errors["weighting.method"]
+    parse_config({"data": {"suite": "toy_2d"}, "weighting": {"method": "gradnorm"}})

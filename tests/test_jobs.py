@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from mtl_core import jobs
+from mtl_core import worker as worker_module
 from mtl_core.config import ExperimentConfig
 from mtl_core.store import RunStore
 from mtl_core.trainer import TrainResult
@@ -129,6 +130,24 @@ def test_worker_with_a_run_that_is_not_queued(store: RunStore) -> None:
     store.set_status(run_id, "stopped")
     worker = fake_worker(store, lambda cfg, sink: pytest.fail("must not train"))
     assert worker.serve(run_id, idle_timeout=0.0, max_jobs=2) == 1
+
+
+def test_a_worker_that_cannot_start_fails_one_queued_run(store: RunStore,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    first = store.create_run(unchecked(TINY))
+    second = store.create_run(unchecked(TINY))
+
+    def broken(store: RunStore) -> Worker:
+        raise ImportError("cannot import name 'diagnostics' from 'mtl_core'")
+
+    monkeypatch.setattr(worker_module, "Worker", broken)
+    assert worker_module.main(["--runs-dir", str(store.runs_dir), "--idle-timeout", "0"]) == 3
+    run = store.get_run(first)
+    assert run.status == "failed"
+    assert run.message == ("worker could not start: ImportError: cannot import name "
+                           "'diagnostics' from 'mtl_core'")
+    assert "Traceback" in (store.run_dir(first) / "error.txt").read_text()
+    assert store.get_run(second).status == "queued"  # one failed start, one run consumed
 
 
 def test_queue_respects_the_limit_and_starts_runs_as_slots_free(store: RunStore) -> None:

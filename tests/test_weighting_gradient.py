@@ -7,7 +7,12 @@ from torch import Tensor, nn
 from torchjd.aggregation import IMTLG, MGDA, Aggregator, AlignedMTL, CAGrad, DualProj, UPGrad
 
 from mtl_core.config import ExperimentConfig
-from mtl_core.diagnostics import diagnostic_rows, gradient_stats, task_gradients
+from mtl_core.diagnostics import (
+    JacobianStrategy,
+    diagnostic_rows,
+    gradient_stats,
+    task_gradients,
+)
 from mtl_core.models.base import MTLModel
 from mtl_core.weighting import METHODS, build_method
 from mtl_core.weighting.gradient_level import check_gradient_method
@@ -412,3 +417,17 @@ def test_diagnostics_without_shared_parameters():
     stats = gradient_stats(grads)
     torch.testing.assert_close(stats["norms"], torch.zeros(2))
     torch.testing.assert_close(stats["cosine"], torch.zeros(2, 2))
+
+
+def test_jacobian_strategy_settles_on_one_way_and_always_returns_the_jacobian():
+    torch.manual_seed(6)
+    model = TrunkHeads(3, linear_trunk=False)
+    inputs, y = regression_data(3)
+    shared = model.shared_parameters()
+    strategy = JacobianStrategy(trials=2)
+    for _ in range(7):
+        losses, _ = mse_losses(model, inputs, y)
+        rows = torch.cat([j.reshape(3, -1) for j in strategy(losses, shared, retain_graph=True)],
+                         dim=1)
+        torch.testing.assert_close(rows, manual_jacobian(losses, shared))
+    assert strategy.choice in JacobianStrategy.CANDIDATES

@@ -201,12 +201,13 @@ def test_imtl_l_matches_torchjd_and_equalises_the_scaled_losses():
 
 
 def test_gls_weights_are_the_geometric_mean_over_t_times_each_loss():
-    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    losses = torch.tensor([0.5, 2.0, 1.0], requires_grad=True)
     model = TinyMTL()
-    result = build("gls", model).backward(losses, [], model)
-    # G = sqrt(0.5 · 2) = 1, weights G / (2 ℓ_i)
-    torch.testing.assert_close(result.weights, torch.tensor([1.0, 0.25]))
-    torch.testing.assert_close(losses.grad, torch.tensor([1.0, 0.25]))
+    result = build_method("gls", {}, ["a", "b", "c"], model).backward(losses, [], model)
+    # G = (0.5 · 2 · 1)^(1/3) = 1, weights G / (3 ℓ_i)
+    expected = torch.tensor([2 / 3, 1 / 6, 1 / 3])
+    torch.testing.assert_close(result.weights, expected)
+    torch.testing.assert_close(losses.grad, expected)
     values = losses.detach().clone().requires_grad_()
     GeometricMean()(values).backward()
     torch.testing.assert_close(losses.grad, values.grad)
@@ -352,10 +353,12 @@ def test_state_dict_survives_a_checkpoint_and_resumes_identically(name: str):
     model = TinyMTL()
     method = build(name, model)
     x, y = make_data(fast_and_slow, n=32)
-    for step in range(4):
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(4):  # the losses change between steps, as in a real run
+        opt.zero_grad()
         losses, features = forward_losses(model, x, y)
         method.backward(losses, features, model)
-        model.zero_grad()
+        opt.step()
         if step % 2 == 1:
             method.end_epoch(losses.detach() * (step + 1))
     buffer = io.BytesIO()

@@ -58,13 +58,14 @@ def branch_points(blocks: list[Block]) -> dict[str, list[str]]:
 def dot_for_blocks(blocks: list[Block], task_names: list[str],
                    input_shapes: dict[str, tuple[int, ...]] | None = None,
                    task_kinds: dict[str, str] | None = None) -> str:
-    """The diagram as DOT. Task colours follow `task_names` order, as in the live charts."""
+    """The diagram as DOT, top to bottom (input above, task outputs at the bottom: readable
+    when projected in a narrow column). Task colours follow `task_names` order, as in the live charts."""
     colours = task_colors(task_names)
     input_shapes = input_shapes or {}
     task_kinds = task_kinds or {}
     lines = [
         "digraph mtl {",
-        '  rankdir=LR; bgcolor="transparent"; nodesep=0.25; ranksep=0.35;',
+        '  rankdir=TB; bgcolor="transparent"; nodesep=0.3; ranksep=0.3;',
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
         '  edge [color="#666666", arrowsize=0.7];',
     ]

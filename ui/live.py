@@ -151,10 +151,9 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
         if opened[3]:
             _architecture_tab(store, run_id, tasks)
     st.markdown("**Latest numbers**")
-    table = latest_table(df, tasks)
-    st.dataframe(table, width="stretch", key="live_latest",
-                 column_config={c: st.column_config.NumberColumn(c, format="%.4g")
-                                for c in table.columns})
+    # Formatted as text: 4 significant digits read well on a projector, and "–" beats "None".
+    table = latest_table(df, tasks).map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
+    st.dataframe(table, width="stretch", key="live_latest")
 
 
 def _header(store: RunStore, info: RunInfo) -> None:
@@ -168,8 +167,8 @@ def _controls(run_id: str, tasks: list[str]) -> tuple[list[str], bool, float, li
     """Widgets that shape the charts (Plotly's own legend/zoom state is lost on refresh)."""
     c1, c2, c3, c4 = st.columns([3, 2, 1.2, 2])
     shown = c1.multiselect("Tasks", tasks, default=tasks, key=f"live_tasks_{run_id}")
-    splits = c2.multiselect("Loss curves", ["train", "val"], default=["train", "val"],
-                            key="live_splits")
+    splits = c2.segmented_control("Loss curves", ["train", "val"], default=["train", "val"],
+                                  selection_mode="multi", key="live_splits") or []
     log_y = c3.toggle("Log scale", key="live_log")
     smoothing = c4.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="live_smooth",
                           help="Exponential moving average of the per-step curves, like "

@@ -105,6 +105,22 @@ def params_widgets(model: type[BaseModel], key: str, errors: ConfigError | None,
     specs = [s for s in field_specs(model) if s.name not in skip]
     if not specs:
         st.caption("No parameters.")
-    for spec in specs:
-        field_widget(spec, f"{key}.{spec.name}", errors, f"{path}.{spec.name}")
+    # Two per row keeps long params lists (synthetic_tabular has ten) on one projector screen;
+    # a layer list gets a row of its own.
+    for row in _rows(specs):
+        cols = [st.container()] if row[0].kind == "int_list" else st.columns(2)
+        for col, spec in zip(cols, row, strict=False):
+            with col:
+                field_widget(spec, f"{key}.{spec.name}", errors, f"{path}.{spec.name}")
     show_errors(errors_at(errors, path, exact=True))  # e.g. "allowed params for ..."
+
+
+def _rows(specs: list[FieldSpec], per_row: int = 2) -> list[list[FieldSpec]]:
+    rows: list[list[FieldSpec]] = []
+    for spec in specs:
+        wide = spec.kind == "int_list"
+        if wide or not rows or len(rows[-1]) == per_row or rows[-1][0].kind == "int_list":
+            rows.append([spec])
+        else:
+            rows[-1].append(spec)
+    return rows

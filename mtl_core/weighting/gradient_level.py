@@ -5,7 +5,7 @@ Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` s
 - task-specific parameters get the plain gradient of their own task loss;
 - the shared part gets one combined update, computed from the matrix J of per-task gradients:
   `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
-                    obtained with torchjd's `jac` (one vmapped backward over the graph);
+                    obtained with torchjd's `jac` (T backward passes, vmapped or not);
   `representation`  J holds the per-task gradients on the shared representation `features`
                     (T x batch*feature, as in MGDA-UB); the combined feature gradient is then
                     back-propagated once through the shared trunk, so the trunk's backward
@@ -43,9 +43,9 @@ from torchjd.aggregation import (
     PCGrad,
     UPGrad,
 )
-from torchjd.autojac import jac
 from torchjd.linalg import QuadprogProjector
 
+from mtl_core.diagnostics import JacobianStrategy
 from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
@@ -252,6 +252,7 @@ class GradientMethod(WeightingMethod):
         self._layout: tuple[list[tuple[list[int], list[nn.Parameter]]],
                             list[nn.Parameter]] | None = None
         self._aggregators: dict[tuple[int, ...], Aggregator] = {}
+        self._jac = JacobianStrategy()  # vmapped or looped backward, whichever is faster
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -287,10 +288,10 @@ class GradientMethod(WeightingMethod):
                           update_norm=losses.new_zeros(()))
 
     def _parameters_backward(self, losses: Tensor) -> StepResult:
-        # One vmapped backward over the whole graph: the Jacobian (T, ...) of the losses on every
-        # shared and task parameter (torchjd's jac).
+        # T backward passes over the whole graph (torchjd's jac): the Jacobian (T, ...) of the
+        # losses on every shared and task parameter.
         n_shared = len(self.shared)
-        jacobians = jac(losses, [*self.shared, *self._own_params])
+        jacobians = self._jac(losses, [*self.shared, *self._own_params])
         self._apply_task_grads(jacobians[n_shared:])
         matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_shared]], dim=1)
         update, weights = self._combine(matrix)
@@ -304,10 +305,11 @@ class GradientMethod(WeightingMethod):
         if self._layout is None:  # the graph's shape does not change between steps
             self._layout = _features_layout(feats, self.shared)
         groups, after = self._layout
-        # One vmapped backward through the heads only: per-task gradients on the features, on
+        # T backward passes through the heads only: per-task gradients on the features, on
         # shared parameters used after the split (coupling) and on the task parameters.
         n_rep = len(feats) + len(after)
-        jacobians = jac(losses, [*feats, *after, *self._own_params], retain_graph=bool(groups))
+        jacobians = self._jac(losses, [*feats, *after, *self._own_params],
+                              retain_graph=bool(groups))
         self._apply_task_grads(jacobians[n_rep:])
         matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_rep]], dim=1)
         combined, weights = self._combine(matrix)

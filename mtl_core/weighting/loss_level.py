@@ -109,7 +109,7 @@ class Uncertainty(WeightingMethod):
     def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
         s = self.log_var
         # The regulariser is masked so the s of a switched-off task does not drift to -inf.
-        total = (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
+        total = (0.5 * torch.exp(-s) * losses + 0.5 * s * _active(losses)).sum()
         total.backward()
         return StepResult(weights=0.5 * torch.exp(-s.detach()))
 
@@ -192,12 +192,24 @@ class GradNormParams(Params):
     )
 
 
+def _check_gradnorm(cfg, params: Params) -> list[tuple[str, str]]:
+    """GradNorm balances gradient norms on the last shared layer, so there must be one."""
+    model = cfg.model
+    unshared = model.architecture == "single_task" or (
+        model.architecture == "hard_sharing" and model.params.get("shared_layers") == 0)
+    if unshared:
+        return [("weighting.method", "gradnorm needs shared layers, and this model shares none; "
+                 "share at least one trunk layer or pick another method")]
+    return []
+
+
 @METHODS.register(
     "gradnorm",
     "GradNorm (Chen et al., 2018): learns task weights so each task's gradient on the last shared "
     "layer has a size matched to how fast it trains; lagging tasks get larger weights.",
     params=GradNormParams,
     kind="loss",
+    check=_check_gradnorm,
 )
 class GradNorm(WeightingMethod):
     """Weights w_i (start at 1) are learned by their own Adam on the GradNorm loss
@@ -243,8 +255,8 @@ class GradNorm(WeightingMethod):
         ratio = torch.where(active, detached / initial, torch.zeros_like(detached))
         inverse_rate = ratio / (ratio.sum() / n)
         target = mean_norm * inverse_rate ** self.params.alpha
-        # d/dw_i |w_i·n_i − target_i| with the target held constant; switched-off tasks get 0.
-        grad_w = torch.sign(grad_norms - target) * norms * active
+        # d/dw_i |w_i·n_i − target_i| with the target held constant (0 where n_i = 0).
+        grad_w = torch.sign(grad_norms - target) * norms
 
         (w * losses).sum().backward()
 
@@ -320,8 +332,8 @@ class FAMO(WeightingMethod):
         if self._previous is not None:
             self._update(self._previous, detached)
 
-        z = _masked_softmax(self.logits.detach(), active)
-        inverse = torch.where(active, z / (detached + _EPS), torch.zeros_like(z))
+        z = _masked_softmax(self.logits.detach(), active)  # 0 for switched-off tasks
+        inverse = z / (detached + _EPS)
         weights = inverse / inverse.sum().clamp_min(torch.finfo(z.dtype).tiny)
         (weights * losses).sum().backward()
         self._previous = detached.clone()
