@@ -32,6 +32,7 @@ BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finis
 RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
+STATUS_REFRESH_S = 2.0
 
 
 @st.cache_resource
@@ -65,6 +66,22 @@ def _on_pick() -> None:
     set_current_run(st.session_state.get(PICK_KEY))
 
 
+def _current_run(run_id: str | None) -> None:
+    if not run_id:
+        st.caption("None yet: press Start on Build & Train, or pick a run below.")
+        return
+    try:
+        run = get_store().get_run(run_id)
+    except KeyError:
+        st.caption(f"Run `{run_id}` was deleted.")
+        return
+    st.badge(run.status, color=BADGE_COLOURS.get(run.status, "gray"))
+    st.caption(f"{run.name} · `{run.id}`  \n{run.suite} · {run.architecture} · {run.method}")
+    if run.total_steps:
+        st.progress(min(1.0, run.step / run.total_steps),
+                    text=f"step {run.step} / {run.total_steps}")
+
+
 def _sidebar() -> None:
     store = get_store()
     run_id = current_run_id()
@@ -79,20 +96,13 @@ def _sidebar() -> None:
             set_current_run(None)
             run_id = None
     st.markdown("**Current run**")
-    if run_id:
-        run = by_id[run_id]
-        st.badge(run.status, color=BADGE_COLOURS.get(run.status, "gray"))
-        st.caption(f"{run.name} · `{run.id}`  \n{run.suite} · {run.architecture} · "
-                   f"{run.method}")
-        if run.total_steps:
-            st.progress(min(1.0, run.step / run.total_steps),
-                        text=f"step {run.step} / {run.total_steps}")
-    else:
-        st.caption("None yet: press Start on Build & Train, or pick a run below.")
+    live = run_id is not None and by_id[run_id].is_live
+    # Refreshed on its own while the run is live (the page around it is not).
+    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_current_run)(run_id)
     st.session_state[PICK_KEY] = run_id  # the picker follows the current run
     st.selectbox("Open a run", [r.id for r in runs], key=PICK_KEY, on_change=_on_pick,
                  format_func=lambda i: _label(by_id[i]), placeholder="Pick a run…")
-    live = sum(1 for r in runs if r.status in ("running", "paused"))
+    active = sum(1 for r in runs if r.status in ("running", "paused"))
     queued = sum(1 for r in runs if r.status == "queued")
     from mtl_core.data import data_dir
     from mtl_core.jobs import max_concurrent
@@ -102,7 +112,7 @@ def _sidebar() -> None:
     except ValueError as exc:
         limit = f"invalid ({exc})"
     st.divider()
-    st.caption(f"Training: {live} active, {queued} queued, limit {limit}  \n"
+    st.caption(f"Training: {active} active, {queued} queued, limit {limit}  \n"
                f"Devices: {', '.join(_devices())}  \n"
                f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
 

@@ -9,8 +9,9 @@ small MLP trunk and a small CNN trunk with one 2-layer head per task, at 2, 4 an
 All variants of one (trunk, tasks) cell are timed in interleaved rounds in one process (so
 load from other processes hits them alike); each round times `--steps` consecutive steps after
 warm-up, and the table reports the median round, divided by the median of `static`.
-A second table compares the diagnostics' `task_gradients` (vmapped) with a loop of T
-`autograd.grad` calls.
+A second table compares the two ways `JacobianStrategy` (used by the gradient methods and by
+the diagnostics' `task_gradients`) chooses between: one vmapped backward for the T per-task
+gradients, or a loop of T `autograd.grad` calls.
 
     python bench/grad_methods.py [--device cpu|cuda] [--quick] [--repeats 5] [--threads 1]
 
@@ -32,7 +33,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl_core.diagnostics import task_gradients  # noqa: E402
+from mtl_core.diagnostics import JacobianStrategy, task_gradients  # noqa: E402
 from mtl_core.models.base import MTLModel  # noqa: E402
 from mtl_core.weighting import build_method  # noqa: E402
 
@@ -67,7 +68,7 @@ class BenchModel(MTLModel):
 def make_setup(trunk: str, n_tasks: int, device: torch.device
                ) -> tuple[BenchModel, dict[str, Tensor], Tensor]:
     """The app's defaults, roughly: MLP trunk [128, 128] on 32 features (batch 128, regression
-    heads); CNN trunk [16, 32] + [64] on 28x28 images (batch 64, 10-class heads)."""
+    heads); CNN trunk [16, 32] + [64] on 28x28 images (batch 32, 10-class heads)."""
     torch.manual_seed(0)
     if trunk == "mlp":
         net = nn.Sequential(nn.Linear(32, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU())
@@ -79,7 +80,7 @@ def make_setup(trunk: str, n_tasks: int, device: torch.device
             nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Flatten(), nn.Linear(32 * 7 * 7, 64), nn.ReLU())
         model = BenchModel(net, 64, n_tasks, 32, 10)
-        x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (n_tasks, 64))
+        x, y = torch.randn(32, 1, 28, 28), torch.randint(0, 10, (n_tasks, 32))
     return model.to(device), {"x": x.to(device)}, y.to(device)
 
 
@@ -161,7 +162,8 @@ def time_rounds(steps: dict[str, Callable[[], None]], repeats: int, n_steps: int
 
 def diagnostics_timing(trunk: str, n_tasks: int, device: torch.device, repeats: int
                        ) -> tuple[float, float]:
-    """Seconds per call: task_gradients (vmapped) and a loop of T autograd.grad calls."""
+    """Seconds per call of the per-task gradients on the shared parameters: one vmapped
+    backward, and a loop of T autograd.grad calls."""
     model, inputs, y = make_setup(trunk, n_tasks, device)
     shared = model.shared_parameters()
     losses = task_losses(model, model(inputs), y)
@@ -171,8 +173,13 @@ def diagnostics_timing(trunk: str, n_tasks: int, device: torch.device, repeats: 
             losses[t], shared, retain_graph=True)]) for t in range(n_tasks)])
 
     torch.testing.assert_close(task_gradients(losses, shared), loop())
-    result = time_rounds({"vmap": lambda: task_gradients(losses, shared), "loop": loop},
-                         repeats, 10, 3, device)
+    vmapped = JacobianStrategy()
+    vmapped.choice = None  # always one vmapped backward
+
+    def vmap() -> tuple[Tensor, ...]:
+        return vmapped(losses, shared, retain_graph=True)
+
+    result = time_rounds({"vmap": vmap, "loop": loop}, repeats, 5, 3, device)
     return result["vmap"], result["loop"]
 
 
@@ -180,8 +187,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--quick", action="store_true", help="2 and 4 tasks, fewer repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
-    parser.add_argument("--steps", type=int, default=None, help="steps per round (default 5)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per round")
+    parser.add_argument("--warmup", type=int, default=8,
+                        help="untimed steps first (the Jacobian strategy settles in 6)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--tasks", type=int, nargs="*", default=None)
     parser.add_argument("--trunks", nargs="*", default=["mlp", "cnn"])
@@ -190,8 +199,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     tasks = args.tasks or ([2, 4] if args.quick else [2, 4, 8])
-    repeats = args.repeats or (3 if args.quick else 5)
-    n_steps = args.steps or (3 if args.quick else 5)
+    repeats = args.repeats or (5 if args.quick else 9)
+    n_steps = args.steps
     random.seed(0)
 
     variants = ["static", "libmtl_pcgrad"] + [f"{m}/{mode}" for mode in
@@ -203,7 +212,7 @@ def main() -> None:
     started = time.perf_counter()
     for trunk, n in cells:
         steps = {v: make_step(v, trunk, n, device) for v in variants}
-        seconds = time_rounds(steps, repeats, n_steps, warmup=2, device=device)
+        seconds = time_rounds(steps, repeats, n_steps, args.warmup, device)
         static_ms[(trunk, n)] = seconds["static"] * 1e3
         for v in variants:
             ratios[v][(trunk, n)] = seconds[v] / seconds["static"]
@@ -213,7 +222,7 @@ def main() -> None:
     device_name = (torch.cuda.get_device_name(device) if device.type == "cuda"
                    else f"CPU, {args.threads} thread(s)")
     print(f"torch {torch.__version__}, {device_name}, {platform.machine()}, "
-          f"median of {repeats} rounds x {n_steps} steps after 2 warm-up steps; "
+          f"median of {repeats} rounds x {n_steps} steps after {args.warmup} warm-up steps; "
           f"total {time.perf_counter() - started:.0f} s\n")
     header = " | ".join(f"{t} T={n}" for t, n in cells)
     print(f"| step time / static | {header} |")
@@ -223,7 +232,7 @@ def main() -> None:
     for v in variants[1:]:
         print(f"| {v} | " + " | ".join(f"{ratios[v][c]:.2f}" for c in cells) + " |")
 
-    print("\n| task_gradients: vmapped / loop of T autograd.grad | "
+    print("\n| per-task gradients on the shared parameters: vmapped / loop of T autograd.grad | "
           + " | ".join(f"{t} T={n}" for t, n in cells) + " |")
     print("|---" * (len(cells) + 1) + "|")
     cols = []

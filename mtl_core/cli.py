@@ -169,7 +169,8 @@ def _when(timestamp: float | None) -> str:
 # -- commands -------------------------------------------------------------------------------------
 
 def _runs_dir(args: argparse.Namespace) -> Path:
-    return Path(args.runs_dir) if args.runs_dir else default_runs_dir()
+    given = getattr(args, "runs_dir", None)  # absent unless given, before or after the command
+    return Path(given) if given else default_runs_dir()
 
 
 def _existing_store(args: argparse.Namespace) -> RunStore:
@@ -438,13 +439,13 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: a --runs-dir given before the command is not overwritten by this default.
+    # SUPPRESS: a --runs-dir given before the command is not overwritten by the subcommand's
+    # default (the same action object serves the main parser and every subcommand).
     common.add_argument("--runs-dir", default=argparse.SUPPRESS, metavar="DIR",
                         help="the run store (default: $MTL_RUNS_DIR or ./runs)")
     parser = argparse.ArgumentParser(
         prog="python -m mtl_core", parents=[common],
         description="MTL Lab: train multi-task models and inspect their runs.")
-    parser.set_defaults(runs_dir=None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = sub.add_parser("train", parents=[common], help="queue a run from a YAML/JSON config",
@@ -490,3 +491,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `show RUN | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

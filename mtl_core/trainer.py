@@ -210,9 +210,12 @@ class _ControlPoller:
             raise _StopRequested
         if request == "pause":
             self.sink.status("paused")
+            last_beat = time.monotonic()
             while True:
                 time.sleep(0.2)
-                self.sink.progress(step, self.total_steps, float(epoch))  # keeps the heartbeat
+                if time.monotonic() - last_beat > 5.0:  # keeps the heartbeat fresh
+                    self.sink.progress(step, self.total_steps, float(epoch))
+                    last_beat = time.monotonic()
                 request = self.sink.control()
                 if request == "stop":
                     raise _StopRequested

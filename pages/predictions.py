@@ -119,8 +119,9 @@ def _in_columns(items: list[tuple[str, Any]], n: int = 2) -> None:
 
 def _boundaries(grid: dict[str, Any], tasks: list[str], kinds: dict[str, str]) -> None:
     st.subheader("Decision boundaries")
-    st.caption("Each task's output over the plane (orange = class 0, blue = class 1; the dark "
-               "line is p = 0.5); dots are validation points coloured by their true label.")
+    st.caption("Each task's output over the plane — for a yes/no task orange is class 0, blue "
+               "class 1 and the dark line p = 0.5; dots are validation points coloured by their "
+               "true label.")
     figs = [(f"pred_grid_{t}", charts.boundary_figure(grid, t, kinds.get(t)))
             for t in tasks if t in (grid.get("values") or {})]
     _in_columns(figs, 3 if len(figs) >= 3 else max(1, len(figs)))

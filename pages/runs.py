@@ -144,7 +144,6 @@ def _body(store: RunStore, was_live: bool) -> None:
 
 st.title("Runs")
 st.caption("Every experiment run from this lab or the command line. Click a row to pick it.")
-_store = get_store()
-jobs.reconcile(_store.runs_dir)  # runs whose worker died show as failed, not running forever
+_store = get_store()  # (app.py reconciles dead workers for every page, throttled)
 _live = any(r.status in LIVE_STATUSES for r in _store.list_runs())
 st.fragment(run_every=REFRESH_S if _live else None)(_body)(_store, _live)

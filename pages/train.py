@@ -47,6 +47,7 @@ if cfg is not None:
         cfg, errors = None, ConfigError(late)
 
 run.show_notice()
+run.warm_up_once()
 head, start, controls = st.columns([5, 2, 3], vertical_alignment="top")
 head.title("Build & Train")
 with start:

@@ -17,6 +17,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
+from mtl_core import jobs
 from mtl_core.config import ExperimentConfig, parse_config
 from mtl_core.models.base import Block
 from mtl_core.store import RunStore
@@ -196,7 +197,15 @@ class _NavigationPagesManager(PagesManager):
 
 
 @pytest.fixture
-def app(monkeypatch: pytest.MonkeyPatch):
+def warm_calls(monkeypatch: pytest.MonkeyPatch) -> list:
+    """jobs.warm_up calls (recorded, not run: an idle worker per test would load the CI)."""
+    calls: list = []
+    monkeypatch.setattr(jobs, "warm_up", lambda runs_dir=None: calls.append(runs_dir))
+    return calls
+
+
+@pytest.fixture
+def app(monkeypatch: pytest.MonkeyPatch, warm_calls: list):
     """The app on its default page, with jobs capped at one and no idle workers left over."""
     monkeypatch.setenv("MTL_MAX_JOBS", "1")
     monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
@@ -219,9 +228,11 @@ def _start(at: AppTest):
     return at.button(key="train.start")
 
 
-def test_app_renders_the_train_page_with_an_empty_store(app):
+def test_app_renders_the_train_page_with_an_empty_store(app, warm_calls):
     at = app.run()
     assert not at.exception
+    at.run()  # a second run must not start a second idle worker
+    assert [Path(p) for p in warm_calls] == [Path(os.environ["MTL_RUNS_DIR"])]
     assert at.title[0].value == "Build & Train"
     assert not _start(at).disabled and not at.error
     assert at.button(key="train.stop").disabled and at.button(key="train.pause").disabled
@@ -329,6 +340,9 @@ def test_url_run_parameter_opens_that_run(app):
     assert at.session_state["run_id"] == run_id
     assert at.selectbox(key="sidebar.run_pick").value == run_id
     assert "from-url" in " ".join(c.value for c in at.sidebar.caption)
+    at.button(key="train.clone").click().run()  # its settings fill the controls
+    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
+    _same(_config_shown(at), {**TOY, "name": "from-url"})
 
 
 def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
@@ -350,3 +364,21 @@ def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
     assert cfg.task_weights() == {"y": 1.0, "z": 1.0}
     assert cfg.data.params["kinds"] == {"z": "regression"}
     assert "y\\nbinary" in at.get("graphviz_chart")[0].proto.spec
+
+
+def test_an_image_suite_gets_a_cnn_and_a_too_deep_one_is_refused(app):
+    try:
+        from tests.idx_files import write_fake_mnist
+    except ImportError:  # tests/ on sys.path rather than the repo root
+        from idx_files import write_fake_mnist
+
+    write_fake_mnist(Path(os.environ["MTL_DATA_DIR"]))
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("multi_mnist").run()
+    assert not at.exception and not _start(at).disabled
+    assert at.selectbox(key="cfg.model.trunk.type").value == "cnn"
+    spec = at.get("graphviz_chart")[0].proto.spec
+    assert "Conv 1→16 3×3" in spec and "Task left" in spec and "left\\n10 classes" in spec
+    at.number_input(key="cfg.model.trunk.layers.n").set_value(7).run()  # 36 px halve 7 times
+    assert _start(at).disabled
+    assert any("too many conv layers" in e.value for e in at.error)

@@ -370,3 +370,15 @@ def test_open_from_the_app_switches_to_the_train_page_with_the_run_in_the_url(ru
     assert at.session_state["run_id"] == runs["grid"]
     assert at.query_params["run"] == runs["grid"]
     assert at.session_state[RUN_EVERY_KEY] is None  # the Train page's live panel, not polling
+
+
+def test_live_panel_metrics_tab_shows_each_tasks_metric(runs):
+    rid = runs["image"]
+    at = live_app(rid, live_tab="Metrics")
+    assert at.radio(key=f"live_metric_{rid}").options == ["accuracy", "r2", "mse"]
+    acc = plotly_specs(at)["live_metric_chart"]
+    assert [t["name"] for t in acc["data"]] == ["digit", "odd"]  # ink is a regression task
+    assert acc["data"][0]["y"] == pytest.approx([0.4, 0.8])
+    at.radio(key=f"live_metric_{rid}").set_value("r2").run()
+    r2 = plotly_specs(at)["live_metric_chart"]
+    assert [t["name"] for t in r2["data"]] == ["ink"]

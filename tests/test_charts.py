@@ -153,9 +153,13 @@ def test_empty_frame_gives_a_message_not_an_error():
 def test_metric_weights_and_grad_norm_figures():
     df = two_task_frame()
     acc = charts.metric_figure(df, ["left", "right"], "accuracy")
-    assert [t.name for t in acc.data] == ["left · val"]  # right has no accuracy
+    assert [t.name for t in acc.data] == ["left"]  # right has no accuracy; no test split yet
     assert list(acc.data[0].y) == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
     assert charts.metric_names(df) == ["accuracy", "r2"]
+    final = pd.concat([df, frame([(50, 5.0, "test", "left", "accuracy", 0.45)])])
+    both = charts.metric_figure(final, ["left"], "accuracy")
+    assert [t.name for t in both.data] == ["left · val", "left · test"]
+    assert list(both.data[1].y) == [0.45] and both.data[1].line.dash == "dot"
     w = charts.weights_figure(df, ["left", "right"])
     assert [t.name for t in w.data] == ["left", "right"]
     assert set(w.data[1].y) == {0.5}
@@ -280,7 +284,7 @@ def test_probe_rows_mark_wrong_predictions():
     assert len(rows) == 2
     first, second = rows[0]["tasks"], rows[1]["tasks"]
     assert first[0] == ("digit", "3", "3", True)
-    assert first[1] == ("odd", "1 (p 0.90)", "odd", True)
+    assert first[1] == ("odd", "odd (p 0.90)", "odd", True)
     assert first[2] == ("ink", "0.40", "0.50", None)  # regression has no right/wrong
     assert second[0][3] is False and second[1][3] is False
 

@@ -259,6 +259,21 @@ def test_missing_store_and_bad_arguments_exit_2(tmp_path: Path,
     assert code == 2 and "invalid choice" in err
 
 
+def test_runs_dir_option_before_or_after_the_command(finished_store: RunStore, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MTL_RUNS_DIR", str(tmp_path / "elsewhere"))
+    run_id = finished_store.list_runs()[0].id
+    where = str(finished_store.runs_dir)
+    for argv in (["--runs-dir", where, "show", run_id], ["show", run_id, "--runs-dir", where]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0 and run_id in out, err
+    code, _, err = run_cli(capsys, "show", run_id)  # MTL_RUNS_DIR is the default
+    assert code == 2 and "elsewhere" in err
+    monkeypatch.setenv("MTL_RUNS_DIR", where)
+    assert run_cli(capsys, "show", run_id)[0] == 0
+
+
 def test_control_of_an_ended_run_exits_2(finished_store: RunStore,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     run_id = finished_store.list_runs()[0].id

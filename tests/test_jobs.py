@@ -248,7 +248,10 @@ def test_stop_pause_resume_by_status(store: RunStore) -> None:
     assert jobs.pause(running, store.runs_dir) == "requested"
     assert jobs.resume(running, store.runs_dir) == "requested"  # cancels the pending pause
     assert store.pending_controls(running) == ["pause", "resume"]
+    assert store.take_control(running) == "pause"  # the trainer pauses; resume still pending
     store.set_status(running, "paused")
+    assert jobs.pause(running, store.runs_dir) == "requested"  # cancels the pending resume
+    assert store.take_control(running) == "resume" and store.take_control(running) == "pause"
     assert jobs.pause(running, store.runs_dir) == "already paused"
     assert jobs.stop(running, store.runs_dir) == "requested"
     assert store.pending_controls(running)[-1] == "stop"

@@ -342,6 +342,41 @@ def test_model_without_shared_parameters_gets_each_task_gradient():
     assert result.update_norm.item() == 0.0
 
 
+@pytest.mark.parametrize("architecture, params", [
+    ("hard_sharing", {}), ("cross_stitch", {}), ("mmoe", {"n_experts": 2}), ("mtan", {}),
+    ("single_task", {})])
+@pytest.mark.parametrize("mode", MODES)
+def test_registered_architectures_single_task_step_equals_plain_backward(architecture, params,
+                                                                         mode):
+    # The real architectures (mtan's stacked features, mmoe's gates, cross-stitch coupling):
+    # with one task the combined update is the task gradient itself.
+    from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
+    from mtl_core.data.base import TaskSpec
+    from mtl_core.models import ARCHITECTURES
+
+    entry = ARCHITECTURES.get(architecture)
+    cfg = ModelConfig(architecture=architecture, params=params,
+                      trunk=TrunkConfig(type="mlp", layers=[6], hidden=[5], activation="tanh"),
+                      heads=HeadConfig(layers=[4], activation="tanh"))
+    torch.manual_seed(0)
+    model = entry.build(cfg, entry.params.model_validate(params),
+                        [TaskSpec("y", "regression")], {"x": (3,)})
+    if mode == "representation" and not model.supports_representation:
+        pytest.skip("no shared representation")
+    x = {"x": torch.randn(5, 3)}
+    (model(x)["y"] ** 2).mean().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    features = model.features(x)
+    losses = (model.heads(features)["y"] ** 2).mean().unsqueeze(0)
+    build_method("mgda", {"gradients": mode}, model.task_names, model).backward(
+        losses, features, model)
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for name, grad in got.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Every method trains
 
@@ -371,6 +406,28 @@ def test_every_method_reduces_every_task_loss(name, mode):
     else:
         assert torch.isfinite(result.weights).all()
     assert torch.isfinite(result.update_norm) and result.update_norm > 0
+
+
+def test_gradvac_resumes_from_its_state_dict():
+    # The running target similarities survive a checkpoint: the same step from a restored
+    # method gives the original's weights, and a fresh method's differ.
+    torch.manual_seed(0)
+    model = TrunkHeads(2, linear_trunk=False)
+    inputs, y = regression_data(2)
+    method = build_method("gradvac", {}, model.task_names, model)
+    for _ in range(3):
+        losses, features = mse_losses(model, inputs, y)
+        method.backward(losses, features, model)
+    restored = build_method("gradvac", {}, model.task_names, model)
+    restored.load_state_dict(method.state_dict())
+    fresh = build_method("gradvac", {}, model.task_names, model)
+    weights = []
+    for m in (method, restored, fresh):
+        torch.manual_seed(1)  # GradVac visits the tasks in a random order
+        losses, features = mse_losses(model, inputs, y)
+        weights.append(m.backward(losses, features, model).weights)
+    torch.testing.assert_close(weights[1], weights[0])
+    assert not torch.allclose(weights[2], weights[0], atol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -222,6 +222,9 @@ def metric_figure(df: pd.DataFrame, tasks: Sequence[str], metric: str,
                   colors: Mapping[str, str] | None = None) -> go.Figure:
     """One evaluation metric (accuracy, r2, mse, ...) per task; tasks without it are skipped."""
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
+    if df is not None and not df.empty:  # name traces "task · test" only once a test exists
+        logged = set(df.loc[df["name"] == metric, "split"])
+        splits = tuple(s for s in splits if s in logged) or splits[:1]
     fig = curves_figure(df, tasks, metric, splits, log_y=log_y, smoothing=smoothing,
                         max_points=max_points, title=metric, y_title=metric, colors=colors,
                         empty_message=f"no {metric} logged yet")
@@ -321,7 +324,8 @@ def cosine_heatmap(df: pd.DataFrame, tasks: Sequence[str] | None = None,
                                hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title=f"Gradient cosine at step {at}", height=360, uirevision="cosine-hm",
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
     return fig
 
 
@@ -343,7 +347,8 @@ def matrix_heatmap(matrix: Sequence[Sequence[float]], title: str,
                                hovertemplate="%{y} ← %{x}: %{z:.3f}<extra></extra>"))
     fig.update_layout(title=title, height=300, uirevision=f"mat:{title}",
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
-    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
     return fig
 
 
@@ -425,7 +430,9 @@ def confusion_figure(matrix: Sequence[Sequence[float]], class_names: Sequence[st
                       height=380, uirevision=f"cm:{title}",
                       xaxis_title="predicted", yaxis_title="true",
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
-    fig.update_yaxes(autorange="reversed")
+    # Category axes: class ids "0", "1" would otherwise read as numbers (ticks at 0.5 ...).
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category", autorange="reversed")
     return fig
 
 
@@ -588,7 +595,7 @@ def format_label(value: Any, kind: str, class_names: Sequence[str] | None = None
     if kind == "regression":
         return f"{v:.2f}"
     if kind == "binary" and not v.is_integer():  # the trainer sends P(class 1)
-        return f"{int(v >= 0.5)} (p {v:.2f})"
+        return f"{format_label(int(v >= 0.5), kind, class_names)} (p {v:.2f})"
     cls = int(round(v))
     if class_names and 0 <= cls < len(class_names):
         return str(class_names[cls])
@@ -645,7 +652,7 @@ def has_images(probe: Mapping[str, Any] | None) -> bool:
 
 def image_grid_html(probe: Mapping[str, Any], predictions: Mapping[str, Any] | None,
                     tasks: Sequence[str] | None = None, max_images: int = 32,
-                    columns: int = 8) -> str:
+                    min_card_px: int = 120) -> str:
     """HTML grid of probe images, each with every task's predicted and true label; wrong
     predictions are red and their card gets a red border, right ones are green."""
     cards = []
@@ -666,5 +673,7 @@ def image_grid_html(probe: Mapping[str, Any], predictions: Mapping[str, Any] | N
         border = "#cf222e" if wrong else "#d0d7de"
         cards.append(f'<div class="mtl-card" style="border:2px solid {border};border-radius:6px;'
                      f'padding:4px;font-size:12px;line-height:1.3">{imgs}{"".join(lines)}</div>')
-    return (f'<div style="display:grid;grid-template-columns:repeat({columns},minmax(0,1fr));'
+    # auto-fill: as many columns as fit, so a projector and a laptop both get readable cards
+    return (f'<div style="display:grid;grid-template-columns:'
+            f'repeat(auto-fill,minmax({min_card_px}px,1fr));'
             f'gap:8px">{"".join(cards)}</div>')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -58,8 +59,8 @@ def branch_points(blocks: list[Block]) -> dict[str, list[str]]:
 def dot_for_blocks(blocks: list[Block], task_names: list[str],
                    input_shapes: dict[str, tuple[int, ...]] | None = None,
                    task_kinds: dict[str, str] | None = None) -> str:
-    """The diagram as DOT, top to bottom (input above, task outputs at the bottom: readable
-    when projected in a narrow column). Task colours follow `task_names` order, as in the live charts."""
+    """The diagram as DOT, top to bottom (input above, task outputs below: readable when
+    projected in a narrow column). Task colours follow `task_names` order, as in the charts."""
     colours = task_colors(task_names)
     input_shapes = input_shapes or {}
     task_kinds = task_kinds or {}
@@ -145,16 +146,17 @@ class Diagram:
 
 
 @st.cache_data(max_entries=16, show_spinner="Reading the data set…")
-def cached_suite_shapes(suite: str, params_json: str) -> SuiteShapes:
-    """Task specs and input shapes of a suite. Never downloads: the diagram must not wait on
-    a network; a missing data set raises DataError, whose message says what to put where."""
+def cached_suite_shapes(suite: str, params_json: str, root: str) -> SuiteShapes:
+    """Task specs and input shapes of a suite read from the data folder `root`. Never
+    downloads: the diagram must not wait on a network; a missing data set raises DataError,
+    whose message says what to put where (errors are not cached: a file put there is seen)."""
     from mtl_core.config import DataConfig
     from mtl_core.data import load_suite
 
     params = json.loads(params_json)
     if "download" in params:
         params["download"] = False
-    data = load_suite(DataConfig(suite=suite, params=params), seed=0)
+    data = load_suite(DataConfig(suite=suite, params=params), seed=0, root=Path(root))
     return SuiteShapes(list(data.tasks), dict(data.input_shapes), data.input_kind)
 
 
@@ -165,7 +167,7 @@ def cached_blocks(model_json: str, suite: str, params_json: str, tasks: tuple[st
     from mtl_core.data.base import Split, SuiteData
     from mtl_core.models import build_model
 
-    shapes = cached_suite_shapes(suite, params_json)
+    shapes = cached_suite_shapes(suite, params_json, _root())
     by_name = {t.name: t for t in shapes.tasks}
     chosen = [by_name[n] for n in tasks]
     used = {t.input for t in chosen}
@@ -182,7 +184,8 @@ def suite_shapes(data: dict[str, Any]) -> tuple[SuiteShapes | None, str | None]:
 
     try:
         cfg = DataConfig.model_validate(data)
-        return cached_suite_shapes(cfg.suite, json.dumps(cfg.params, sort_keys=True)), None
+        params_json = json.dumps(cfg.params, sort_keys=True)
+        return cached_suite_shapes(cfg.suite, params_json, _root()), None
     except Exception as exc:  # DataError, bad params: shown in the diagram's place
         return None, _message(exc)
 
@@ -212,6 +215,12 @@ def build_diagram(doc: dict[str, Any]) -> Diagram:
         return Diagram(None, error=_message(exc), error_path="model.trunk.layers")
     kinds = {t.name: _kind_text(t) for t in shapes.tasks}
     return Diagram(dot_for_blocks(blocks, tasks, inputs, kinds), counts)
+
+
+def _root() -> str:
+    from mtl_core.data import data_dir
+
+    return str(data_dir())
 
 
 def _kind_text(task: Any) -> str:

@@ -143,7 +143,7 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
             _losses_tab(df, shown, splits, log_y, smoothing, colors)
     with tabs[1]:
         if opened[1]:
-            _metrics_tab(df, shown, log_y, colors)
+            _metrics_tab(df, shown, log_y, colors, run_id)
     with tabs[2]:
         if opened[2]:
             _conflict_tab(df, shown, log_y, smoothing, colors)
@@ -187,13 +187,14 @@ def _losses_tab(df: pd.DataFrame, tasks: list[str], splits: list[str], log_y: bo
                               log_y=log_y, smoothing=smoothing, colors=colors), "live_loss")
 
 
-def _metrics_tab(df: pd.DataFrame, tasks: list[str], log_y: bool,
-                 colors: dict[str, str]) -> None:
+def _metrics_tab(df: pd.DataFrame, tasks: list[str], log_y: bool, colors: dict[str, str],
+                 run_id: str) -> None:
     names = charts.metric_names(df)
     if not names:
         st.caption("Validation metrics appear after the first evaluation.")
         return
-    metric = st.radio("Metric", names, horizontal=True, key="live_metric")
+    # Keyed per run: another run may log other metrics (accuracy vs r2).
+    metric = st.radio("Metric", names, horizontal=True, key=f"live_metric_{run_id}")
     _chart(charts.metric_figure(df, tasks, metric or names[0], log_y=log_y, colors=colors),
            "live_metric_chart")
     st.caption("Dashed: validation after each evaluation; dotted: the test set at the end.")

@@ -22,6 +22,7 @@ _YAML_DONE = "_yaml_applied_id"
 _YAML_ERROR = "_yaml_error"
 _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
 _NOTICE = "_train_notice"
+_WARMED = "_worker_warmed"
 CONTROLS_REFRESH_S = 1.0
 
 
@@ -56,6 +57,20 @@ def prepare_form_state() -> None:
     if state.get(_FORM_SUITE) != state["cfg.data.suite"]:
         form.reset_for_suite(state, state["cfg.data.suite"])
         state[_FORM_SUITE] = state["cfg.data.suite"]
+
+
+def warm_up_once() -> None:
+    """Once per browser session, have an idle worker (torch imported) wait for the next run,
+    so Start shows its first points quickly."""
+    if st.session_state.get(_WARMED):
+        return
+    st.session_state[_WARMED] = True
+    from mtl_core import jobs
+
+    try:
+        jobs.warm_up(runs_dir())
+    except (OSError, ValueError):  # e.g. a bad MTL_MAX_JOBS: Start reports it
+        pass
 
 
 def show_notice() -> None:
@@ -128,6 +143,12 @@ def _run_buttons(run_id: str | None) -> None:
         st.warning(str(exc))
     if info is not None:
         st.caption(f"Current run `{info.id}` · {info.status}")
+        if st.button("Load its settings", icon=":material/content_copy:", key="train.clone",
+                     type="tertiary", help="Fill every control with this run's config, to "
+                                           "change one thing and train again."):
+            request_load(info.config)
+            st.session_state[_NOTICE] = f"Loaded the settings of run {info.id}."
+            st.rerun(scope="app")
 
 
 # --- config as YAML, diagram, live panel -------------------------------------------------------

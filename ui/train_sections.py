@@ -68,6 +68,11 @@ def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
     if not names:
         st.caption("This suite has no tasks yet (choose target columns above).")
     kinds = {t.name: t for t in shapes.tasks} if shapes else {}
+    if names:
+        c1, c2, c3 = st.columns([2, 2, 4])
+        c1.caption("include")
+        c2.caption("kind")
+        c3.caption("loss weight $w_i$")
     for name in names:
         include_key, weight_key = form.task_key(name, "include"), form.task_key(name, "weight")
         ensure(include_key, True)

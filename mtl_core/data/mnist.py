@@ -19,7 +19,6 @@ from pathlib import Path
 import torch
 from pydantic import Field
 from torch import Tensor
-from torchvision import datasets
 
 from mtl_core.data import SUITES
 from mtl_core.data.base import DataError, Split, SuiteData, TaskSpec
@@ -33,7 +32,10 @@ _SOURCES = {"MNIST": "http://yann.lecun.com/exdb/mnist/",
             "FashionMNIST": "https://github.com/zalandoresearch/fashion-mnist"}
 _TITLES = {"MNIST": "MNIST", "FashionMNIST": "Fashion-MNIST"}
 DIGIT_NAMES = [str(d) for d in range(10)]
-FASHION_NAMES = list(datasets.FashionMNIST.classes)
+# torchvision is imported only when files are read: it costs seconds of start-up in every
+# worker and CLI call otherwise. These are torchvision's FashionMNIST.classes.
+FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"]
 MULTI_SIZE = 36  # multi_mnist canvas side: two 28x28 digits offset by up to 8 pixels
 
 
@@ -76,6 +78,8 @@ def _reason(exc: Exception) -> str:
 def read_split(data_dir: Path, *, train: bool, fashion: bool = False, download: bool = True
                ) -> tuple[Tensor, Tensor]:
     """uint8 images (N, 28, 28) and int64 labels (N,) of one MNIST / Fashion-MNIST split."""
+    from torchvision import datasets
+
     cls = datasets.FashionMNIST if fashion else datasets.MNIST
     name = cls.__name__
     raw = Path(data_dir) / name / "raw"

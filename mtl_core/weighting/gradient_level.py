@@ -253,6 +253,7 @@ class GradientMethod(WeightingMethod):
                             list[nn.Parameter]] | None = None
         self._aggregators: dict[tuple[int, ...], Aggregator] = {}
         self._jac = JacobianStrategy()  # vmapped or looped backward, whichever is faster
+        self._pending_state: dict[tuple[int, ...], dict] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
 
@@ -349,7 +350,7 @@ class GradientMethod(WeightingMethod):
     def weights_from_gramian(self, gramian: Tensor) -> Tensor:
         """Weights (T,) from the Gramian (T, T) on the CPU; zero rows get weight 0."""
         n = gramian.shape[0]
-        active = tuple(i for i in range(n) if gramian[i, i] > 0)
+        active = tuple(i for i, d in enumerate(gramian.diagonal().tolist()) if d > 0)
         weights = torch.zeros(n, dtype=gramian.dtype)
         if active:
             sub = gramian[list(active)][:, list(active)]
@@ -364,7 +365,29 @@ class GradientMethod(WeightingMethod):
     def _aggregator(self, active: tuple[int, ...]) -> Aggregator:
         if active not in self._aggregators:
             self._aggregators[active] = self.build_aggregator(active)
+            if active in self._pending_state:  # restored from a checkpoint before first use
+                self.load_aggregator_state(self._aggregators[active],
+                                           self._pending_state.pop(active))
         return self._aggregators[active]
+
+    # -- checkpoints: only GradVac's running similarities are worth keeping -----------------
+    # (Nash-MTL's state is a solver warm start: it converges to the same weights without it.)
+
+    def aggregator_state(self, aggregator: Aggregator) -> dict | None:
+        return None
+
+    def load_aggregator_state(self, aggregator: Aggregator, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        states = {",".join(map(str, key)): self.aggregator_state(agg)
+                  for key, agg in self._aggregators.items()}
+        return {"aggregators": {k: v for k, v in states.items() if v is not None}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.get("aggregators", {}).items():
+            active = tuple(int(i) for i in key.split(",") if i != "")
+            self._pending_state[active] = value
 
 
 def _register(name: str, description: str, params: type[Params] = GradientParams) -> Callable:
@@ -471,6 +494,15 @@ class GradVacMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: GradVacParams = self.params  # type: ignore[assignment]
         return GradVac(beta=p.beta, eps=p.eps)
+
+    def aggregator_state(self, aggregator: Aggregator) -> dict | None:
+        phi = aggregator.gramian_weighting._phi_t  # the running target similarities
+        return None if phi is None else {"phi": phi.tolist()}
+
+    def load_aggregator_state(self, aggregator: Aggregator, state: dict) -> None:
+        phi = torch.tensor(state["phi"], dtype=torch.float64)
+        aggregator.gramian_weighting._phi_t = phi
+        aggregator.gramian_weighting._state_key = (phi.shape[0], phi.dtype)
 
 
 @_register("dualproj", "Projects the average gradient onto the cone of directions that hurt no "
