@@ -7,8 +7,16 @@ Metric rows are `(step, epoch, split, task, name, value)`:
 - split: "train" | "val" | "test" | "diag"
 - task: a task name, "total" (weighted sum), or "a|b" for a pair of tasks (cosine)
 - name: "loss", "weight", "grad_norm", "accuracy", "mse", "mae", "r2", "cosine", "update_norm", ...
-Snapshots are JSON-able dicts of a kind: "probe" (probe inputs, written once), "predictions",
-"grid" (2-D suites), "inspect" (architecture state such as mixing matrices).
+Snapshots are JSON-able dicts, one kind each (written by mtl_core.trainer):
+- "probe" (once, step 0): {"tasks": {task: {kind, class_names, input, num_classes}},
+  "images": {input: N×H×W uint8 nested lists (image suites only)}, "targets": {task: list}}
+- "predictions" (each evaluation, on the probe batch): {"outputs": {task: list}}, the class id
+  for classification, P(class 1) for binary, the value for regression
+- "confusion": {task: K×K counts on val, rows true}; "scatter": {task: {"true", "pred"}} (val)
+- "grid" (2-D suites): {"xs", "ys", "points": {"x", "y"}, "targets": {task: list},
+  "values": {task: len(ys)×len(xs) model output}}
+- "inspect": architecture state, e.g. {"mixing": ...} (cross_stitch), {"gates": ...} (mmoe),
+  {"masks": ...} (mtan)
 """
 from __future__ import annotations
 

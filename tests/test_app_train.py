@@ -382,3 +382,24 @@ def test_an_image_suite_gets_a_cnn_and_a_too_deep_one_is_refused(app):
     at.number_input(key="cfg.model.trunk.layers.n").set_value(7).run()  # 36 px halve 7 times
     assert _start(at).disabled
     assert any("too many conv layers" in e.value for e in at.error)
+
+
+def test_run_buttons_drive_the_current_run_and_an_extra_run_waits_in_the_queue(app):
+    store = RunStore(os.environ["MTL_RUNS_DIR"])
+    busy = store.create_run(parse_config({**TOY, "name": "busy"}), status="running")
+    app.query_params["run"] = busy
+    at = app.run()
+    assert not at.button(key="train.stop").disabled
+    at.button(key="train.pause").click().run()
+    assert store.pending_controls(busy) == ["pause"]
+    store.take_control(busy)  # what the worker does when it pauses
+    store.set_status(busy, "paused")
+    at.run()
+    assert at.button(key="train.pause").label == "Resume"
+    at.button(key="train.pause").click().run()
+    assert store.pending_controls(busy) == ["resume"]
+
+    _start(at).click().run()  # the limit is 1 and `busy` holds the slot
+    new = at.session_state["run_id"]
+    assert new != busy and store.get_run(new).status == "queued"
+    assert any("Queued" in info.value for info in at.info)
