@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.state import current_run_id, get_store, runs_dir, set_current_run
+from ui.train_run import devices
 
 st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
                    initial_sidebar_state="expanded")
@@ -33,13 +34,6 @@ RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query 
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
 STATUS_REFRESH_S = 2.0
-
-
-@st.cache_resource
-def _devices() -> list[str]:
-    from mtl_core.trainer import available_devices
-
-    return available_devices()
 
 
 def _reconcile() -> None:
@@ -113,7 +107,7 @@ def _sidebar() -> None:
         limit = f"invalid ({exc})"
     st.divider()
     st.caption(f"Training: {active} active, {queued} queued, limit {limit}  \n"
-               f"Devices: {', '.join(_devices())}  \n"
+               f"Devices: {', '.join(devices())}  \n"
                f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
 
 

@@ -189,8 +189,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 and 4 tasks, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9)")
     parser.add_argument("--steps", type=int, default=2, help="steps per round")
-    parser.add_argument("--warmup", type=int, default=8,
-                        help="untimed steps first (the Jacobian strategy settles in 6)")
+    parser.add_argument("--warmup", type=int, default=10,
+                        help="untimed steps first (the Jacobian strategy settles in 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--tasks", type=int, nargs="*", default=None)
     parser.add_argument("--trunks", nargs="*", default=["mlp", "cnn"])

@@ -11,10 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid", "elu", "silu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
@@ -44,6 +51,9 @@ def _widths(value: list[int]) -> list[int]:
     return value
 
 
+Widths = Annotated[list[int], AfterValidator(_widths)]
+
+
 class TrunkConfig(_Strict):
     """Shared trunk. `mlp`: `layers` then `hidden` are dense widths. `cnn`: `layers` are conv
     channels (3x3 conv + 2x2 max-pool each), `hidden` the dense widths after flattening."""
@@ -63,13 +73,18 @@ class TrunkConfig(_Strict):
 
 
 class HeadConfig(_Strict):
-    """Task heads: dense widths before each task's output layer (may be empty)."""
+    """Task heads: dense widths before each task's output layer (may be empty).
+    `per_task` gives some tasks their own widths instead of `layers`."""
 
     layers: list[int] = Field(default_factory=lambda: [32])
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    per_task: dict[str, Widths] = Field(default_factory=dict)
 
     _check_layers = field_validator("layers")(_widths)
+
+    def layers_for(self, task: str) -> list[int]:
+        return self.per_task.get(task, self.layers)
 
 
 class ModelConfig(_Strict):
@@ -212,6 +227,11 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> Experime
             cfg.tasks = [TaskConfig(name=n) for n in available]
         if available:
             _check_tasks(cfg.tasks or [], available, errors)
+            for name in cfg.model.heads.per_task:
+                if name not in available:
+                    errors.append(FieldError(f"model.heads.per_task.{name}",
+                                             f"unknown task {name!r}; this suite has: "
+                                             f"{', '.join(available)}"))
         if cfg.model.trunk.type == "cnn" and suite.extra.get("input_kind") != "image":
             errors.append(FieldError("model.trunk.type", f"a cnn trunk needs an image suite; "
                                      f"{cfg.data.suite!r} has vector inputs, use mlp"))

@@ -34,7 +34,7 @@ class JacobianStrategy:
 
     CANDIDATES: tuple[int | None, ...] = (None, 1)
 
-    def __init__(self, trials: int = 2) -> None:
+    def __init__(self, trials: int = 3) -> None:
         self.trials = trials
         self.choice: int | None | str = "undecided"
         self._calls = 0

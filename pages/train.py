@@ -17,16 +17,8 @@ from ui import train_sections as sections
 from ui.diagram import build_diagram, suite_shapes
 
 
-@st.cache_resource
-def _devices() -> list[str]:
-    from mtl_core.trainer import available_devices
-
-    return available_devices()
-
-
-def _data_blocks_start(doc: dict, data_error: str | None) -> bool:
+def _data_blocks_start(params: dict, data_error: str | None) -> bool:
     """A data set that cannot be read stops a run, unless the worker may still download it."""
-    params = doc.get("data", {}).get("params", {})
     return data_error is not None and not params.get("download", False)
 
 
@@ -39,9 +31,9 @@ if cfg is not None:
     # Problems only building the model reveals (e.g. more conv layers than the image has
     # pixels for) would crash the worker: treat them as validation errors too.
     late = []
-    if _data_blocks_start(doc, data_error):
+    if _data_blocks_start(cfg.data.params, data_error):
         late.append(FieldError("data", f"cannot read the data set: {data_error}"))
-    elif diagram.dot is None and diagram.error:
+    elif shapes is not None and diagram.dot is None and diagram.error:
         late.append(FieldError(diagram.error_path or "model", diagram.error))
     if late:
         cfg, errors = None, ConfigError(late)
@@ -51,9 +43,10 @@ run.warm_up_once()
 head, start, controls = st.columns([5, 2, 3], vertical_alignment="top")
 head.title("Build & Train")
 with start:
-    run.start_button(cfg, errors)
+    run.start_button(cfg)
 with controls:
     run.run_buttons()
+run.problems(errors)
 
 left, right = st.columns([6, 5], gap="large")
 with left:
@@ -66,7 +59,7 @@ with left:
     with train_tab:
         sections.weighting_section(errors)
         st.divider()
-        sections.training_section(errors, _devices())
+        sections.training_section(errors, run.devices())
 with right:
     run.diagram_panel(diagram)
     run.yaml_panel(doc, cfg)

@@ -48,4 +48,5 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MTL_RUNS_DIR", str(runs))
     monkeypatch.setenv("MTL_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MTL_MAX_JOBS", os.environ.get("MTL_TEST_MAX_JOBS", "2"))
+    monkeypatch.setenv("MTL_WARM_UP", "0")  # no idle pre-started workers outliving a test
     return runs

@@ -366,6 +366,17 @@ def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
     assert "y\\nbinary" in at.get("graphviz_chart")[0].proto.spec
 
 
+def test_missing_mnist_files_are_explained_but_the_worker_may_still_download_them(app):
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("mnist_attributes").run()
+    assert not at.exception
+    assert any("Cannot read this data set" in w.value and "MNIST" in w.value
+               for w in at.warning)
+    assert not _start(at).disabled  # download is on: the worker fetches the files
+    at.checkbox(key="cfg.data.params.mnist_attributes.download").uncheck().run()
+    assert _start(at).disabled
+
+
 def test_an_image_suite_gets_a_cnn_and_a_too_deep_one_is_refused(app):
     try:
         from tests.idx_files import write_fake_mnist

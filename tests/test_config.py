@@ -129,3 +129,23 @@ def test_gradnorm_needs_shared_layers():
                         "model": {"architecture": "single_task"}})
     assert "shares none" in errors["weighting.method"]
     parse_config({"data": {"suite": "toy_2d"}, "weighting": {"method": "gradnorm"}})
+
+
+def test_per_task_head_layers_are_checked_and_used():
+    from mtl_core.data import load_suite
+    from mtl_core.models import build_model
+
+    doc = {"data": {"suite": "toy_2d", "params": {"n_samples": 100}},
+           "tasks": [{"name": "circle"}, {"name": "distance"}],
+           "model": {"heads": {"layers": [8], "per_task": {"distance": [5, 3]}}}}
+    cfg = parse_config(doc)
+    data = load_suite(cfg.data, 0, ["circle", "distance"])
+    blocks = build_model(cfg.model, data).blocks()
+    widths = {t: [b.label for b in blocks if b.owner == t] for t in ("circle", "distance")}
+    assert any("→8" in label for label in widths["circle"])
+    assert any("→5" in label for label in widths["distance"])
+    assert any("5→3" in label for label in widths["distance"])
+    bad = errors_of({**doc, "model": {"heads": {"per_task": {"nope": [4]}}}})
+    assert "unknown task 'nope'" in bad["model.heads.per_task.nope"]
+    assert "model.heads.per_task.circle" in errors_of(
+        {**doc, "model": {"heads": {"per_task": {"circle": [0]}}}})

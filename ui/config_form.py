@@ -160,6 +160,9 @@ def yaml_text(value: Any) -> str:
         .removesuffix("...").strip()
 
 
+_MISSING = object()  # "the form has no value for this field": the config default applies
+
+
 def value_from_state(spec: FieldSpec, state: Mapping[str, Any], key: str) -> Any:
     """The field's value, or `_MISSING` when the form has no opinion (default applies)."""
     if spec.kind == "int_list":
@@ -174,9 +177,6 @@ def value_from_state(spec: FieldSpec, state: Mapping[str, Any], key: str) -> Any
         except yaml.YAMLError:
             return value  # parse_config reports it at this field
     return value
-
-
-_MISSING = object()
 
 
 def params_to_state(model: type[BaseModel], key: str, params: Mapping[str, Any]
@@ -288,7 +288,7 @@ def state_from_config(cfg: ExperimentConfig | Mapping[str, Any] | None) -> dict[
     state["cfg.data.suite"] = suite
     state.update(params_to_state(SUITES.get(suite).params, suite_key(suite), cfg.data.params))
     if suite == "csv":
-        state.pop(f"{CSV_KINDS}", None)
+        state.pop(CSV_KINDS, None)  # the kinds are one selectbox per target instead
         kinds = cfg.data.params.get("kinds", {})
         for target in cfg.data.params.get("targets", []):
             state[f"{CSV_KINDS}.{target}"] = kinds.get(target, "auto")

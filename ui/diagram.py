@@ -151,9 +151,10 @@ def cached_suite_shapes(suite: str, params_json: str, root: str) -> SuiteShapes:
     downloads: the diagram must not wait on a network; a missing data set raises DataError,
     whose message says what to put where (errors are not cached: a file put there is seen)."""
     from mtl_core.config import DataConfig
-    from mtl_core.data import load_suite
+    from mtl_core.data import SUITES, load_suite
 
-    params = json.loads(params_json)
+    # Defaults filled in first: an absent `download` means True for the MNIST suites.
+    params = SUITES.get(suite).params.model_validate(json.loads(params_json)).model_dump()
     if "download" in params:
         params["download"] = False
     data = load_suite(DataConfig(suite=suite, params=params), seed=0, root=Path(root))

@@ -6,6 +6,7 @@ trunk when the suite has changed. Starting a run goes through `mtl_core.jobs` on
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import streamlit as st
@@ -48,11 +49,14 @@ def prepare_form_state() -> None:
             state[_YAML_ERROR] = None
             state[_NOTICE] = f"Loaded {upload.name} into every control."
     pending = state.pop(form.PENDING_KEY, None)
-    if pending is not None or "cfg.data.suite" not in state:
+    if pending is not None:
         try:
-            form.load_config_into(state, pending or {})
-        except ConfigError as exc:  # a preset that no longer validates: keep the form
+            form.load_config_into(state, pending)
+        except ConfigError as exc:  # e.g. a preset that no longer validates: keep the form
             state[_NOTICE] = f"Could not load that config: {exc}"
+        state[_FORM_SUITE] = state.get("cfg.data.suite")
+    if "cfg.data.suite" not in state:  # a fresh session: the defaults
+        form.load_config_into(state, {})
         state[_FORM_SUITE] = state["cfg.data.suite"]
     if state.get(_FORM_SUITE) != state["cfg.data.suite"]:
         form.reset_for_suite(state, state["cfg.data.suite"])
@@ -61,8 +65,9 @@ def prepare_form_state() -> None:
 
 def warm_up_once() -> None:
     """Once per browser session, have an idle worker (torch imported) wait for the next run,
-    so Start shows its first points quickly."""
-    if st.session_state.get(_WARMED):
+    so Start shows its first points quickly. MTL_WARM_UP=0 turns this off (tests, tiny
+    machines)."""
+    if st.session_state.get(_WARMED) or os.environ.get("MTL_WARM_UP", "1") == "0":
         return
     st.session_state[_WARMED] = True
     from mtl_core import jobs
@@ -73,6 +78,14 @@ def warm_up_once() -> None:
         pass
 
 
+@st.cache_resource
+def devices() -> list[str]:
+    """The devices this machine can train on (probed once per server)."""
+    from mtl_core.trainer import available_devices
+
+    return available_devices()
+
+
 def show_notice() -> None:
     notice = st.session_state.pop(_NOTICE, None)
     if notice:
@@ -81,7 +94,7 @@ def show_notice() -> None:
 
 # --- run buttons ----------------------------------------------------------------------------
 
-def start_button(cfg: ExperimentConfig | None, errors: ConfigError | None) -> None:
+def start_button(cfg: ExperimentConfig | None) -> None:
     if st.button("Start", type="primary", icon=":material/play_arrow:", disabled=cfg is None,
                  key="train.start", width="stretch",
                  help="Queue this config as a new run; several runs may train at once."):
@@ -95,11 +108,16 @@ def start_button(cfg: ExperimentConfig | None, errors: ConfigError | None) -> No
         set_current_run(run_id)
         st.session_state[_NOTICE] = f"Run {run_id} queued."
         st.rerun()  # the sidebar and the live panel follow the new current run
-    if errors is not None:
-        n = len(errors.errors)
-        st.error(f"{n} setting{'s' if n > 1 else ''} to fix before Start:\n"
-                 + "\n".join(f"- **{e.path or 'config'}**: {e.message}" for e in errors.errors),
-                 icon=":material/block:")
+
+
+def problems(errors: ConfigError | None) -> None:
+    """Every problem in one full-width box under the Start button (some sit in other tabs)."""
+    if errors is None:
+        return
+    n = len(errors.errors)
+    st.error(f"{n} setting{'s' if n > 1 else ''} to fix before Start:\n"
+             + "\n".join(f"- **{e.path or 'config'}**: {e.message}" for e in errors.errors),
+             icon=":material/block:")
 
 
 def run_buttons() -> None:

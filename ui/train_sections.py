@@ -55,7 +55,10 @@ def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
     with c2:
         show_errors(form.errors_at(errors, "data.val_fraction"))
     if data_error:
-        st.warning(f"Cannot read this data set: {data_error}", icon=":material/warning:")
+        download = st.session_state.get(f"{form.suite_key(suite)}.download", False)
+        then = (" The diagram never downloads; a run started now will try to download the "
+                "files.") if download else ""
+        st.warning(f"Cannot read this data set: {data_error}.{then}", icon=":material/warning:")
 
 
 def tasks_section(doc: dict[str, Any], errors: ConfigError | None,

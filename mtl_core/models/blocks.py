@@ -137,7 +137,8 @@ def run(stages: nn.ModuleList, x: Tensor) -> Tensor:
 
 
 class Head(nn.Module):
-    """A task's head: dense stages per `HeadConfig.layers`, then a Linear to `output_dim`.
+    """A task's head: dense stages per `HeadConfig.layers_for(task)`, then a Linear to
+    `output_dim`.
 
     Returns logits (B, C) for classification and (B,) when `output_dim` is 1 (binary logit,
     regression value), the shapes the trainer's losses take.
@@ -148,7 +149,7 @@ class Head(nn.Module):
         self.squeeze = task.output_dim == 1
         specs: list[StageSpec] = []
         shape = tuple(in_shape)
-        for width in cfg.layers:
+        for width in cfg.layers_for(task.name):
             specs.append(StageSpec("dense", shape, (width,), cfg.activation, cfg.dropout))
             shape = (width,)
         specs.append(StageSpec("dense", shape, (task.output_dim,), activation=None))

@@ -2,14 +2,17 @@
 GradDrop, GradVac and DualProj, all on top of torchjd's aggregators.
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
-- task-specific parameters get the plain gradient of their own task loss;
+- task-specific parameters get the plain gradient of their own task loss (untouched by the
+  combination; a cross_stitch column, which other tasks also reach through the mixing, gets
+  what `loss.backward()` would give it);
 - the shared part gets one combined update, computed from the matrix J of per-task gradients:
   `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
-                    obtained with torchjd's `jac` (T backward passes, vmapped or not);
+                    obtained with torchjd's `jac`: T backward passes over the whole graph,
+                    vmapped or looped, whichever `JacobianStrategy` measured faster;
   `representation`  J holds the per-task gradients on the shared representation `features`
-                    (T x batch*feature, as in MGDA-UB); the combined feature gradient is then
-                    back-propagated once through the shared trunk, so the trunk's backward
-                    costs what it costs in a plain `loss.backward()`.
+                    (T x batch*feature, as in MGDA-UB): T backward passes through the heads
+                    only; the combined feature gradient is then back-propagated once through
+                    the shared trunk, which costs what it costs in a plain `loss.backward()`.
 
 Gramian-based methods (all but GradDrop) only need the T x T Gramian G = J J^T to choose their
 weights w; the update is then w @ J. We move G to the CPU once, in float64, and run torchjd's

@@ -1,0 +1,288 @@
+"""Loss-weight sweeps: how to choose the weights w_i with the validation set.
+
+A sweep trains the same config once per point of a weight grid (static weighting, weights on
+the simplex: all ≥ 0, summing to 1), optionally plus adaptive methods with uniform weights as
+extra points. Its runs go through the jobs queue, so they run in parallel up to
+`MTL_MAX_JOBS`. The result is the Pareto front of the tasks' validation metrics and the grid
+point chosen by validation.
+
+Tagging: a sweep has a short id (6 hex digits) and each of its runs is named
+"<label> #<sweep id>", e.g. "sweep w=0.25/0.75 #3fa2c1" or "sweep method=pcgrad #3fa2c1". The
+store needs no new column; `sweep_runs` finds the runs by that suffix, and the weights and
+method shown are read from each run's stored config, never parsed from the name.
+
+Metrics: each task's primary metric (`mtl_core.baselines.primary_metric`: accuracy for
+classification/binary, MSE for regression). Validation values are those of the model the
+test metrics belong to: the last evaluation, or the best one when early stopping restored it.
+"""
+from __future__ import annotations
+
+import math
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mtl_core.baselines import primary_metric
+from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
+from mtl_core.metrics import HIGHER_IS_BETTER
+from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
+
+MAX_SWEEP_RUNS = 200  # a guard against a grid nobody meant to train (3 tasks, N=20 is 210)
+_TAG = re.compile(r" #(?P<id>[0-9a-f]{6})$")
+
+
+# --- the grid and the configs --------------------------------------------------------------
+
+
+def weight_grid(n_tasks: int, n: int) -> list[tuple[float, ...]]:
+    """Weights on the simplex with step 1/(n−1): for 2 tasks (w1, 1 − w1) with w1 going
+    0 → 1 in n points; for more, every (k_1, ..., k_T)/(n−1) with k_i ≥ 0 integers summing to
+    n − 1 (C(n+T−2, T−1) points), in lexicographic order of (k_1, ..., k_T). Each weight is an
+    exact fraction k/(n−1), so (0.25, 0.75) is exactly that; vertices like (1, 0) are included
+    (one positive weight is enough to train)."""
+    if n_tasks < 2:
+        raise ValueError(f"a weight sweep needs at least 2 tasks (got {n_tasks})")
+    if n < 2:
+        raise ValueError(f"a weight sweep needs at least 2 points per task (got N={n})")
+    steps = n - 1
+    points: list[tuple[float, ...]] = []
+
+    def fill(prefix: tuple[int, ...], left: int) -> None:
+        if len(prefix) == n_tasks - 1:
+            points.append(tuple(k / steps for k in (*prefix, left)))
+            return
+        for k in range(left + 1):
+            fill((*prefix, k), left - k)
+
+    fill((), steps)
+    return points
+
+
+def grid_size(n_tasks: int, n: int) -> int:
+    """len(weight_grid(n_tasks, n)), without building it."""
+    return math.comb(n - 1 + n_tasks - 1, n_tasks - 1)
+
+
+def weights_label(weights: Iterable[float]) -> str:
+    return "w=" + "/".join(f"{w:.3g}" for w in weights)
+
+
+def sweep_configs(cfg: ExperimentConfig | dict[str, Any], n: int,
+                  extra_methods: Sequence[str] = ()) -> list[ExperimentConfig]:
+    """One validated config per grid point (static weighting, named "sweep w=0.25/0.75"),
+    then one per extra method with uniform weights 1/T, the centre of the simplex, so its
+    points sit on the same scale as the grid's (named "sweep method=pcgrad")."""
+    cfg = parse_config(cfg)
+    tasks = list(cfg.task_weights())
+    size = grid_size(len(tasks), n) if len(tasks) >= 2 and n >= 2 else 0
+    if size + len(extra_methods) > MAX_SWEEP_RUNS:
+        raise ValueError(f"this sweep would train {size + len(extra_methods)} runs; "
+                         f"at most {MAX_SWEEP_RUNS}: lower N")
+    for method in extra_methods:
+        if method == "static":
+            raise ValueError("static is what the grid already trains; extra methods are "
+                             "adaptive ones such as uncertainty, pcgrad or mgda")
+    out = [_variant(cfg, tasks, weights, "static", f"sweep {weights_label(weights)}")
+           for weights in weight_grid(len(tasks), n)]
+    uniform = tuple(1.0 / len(tasks) for _ in tasks)
+    out += [_variant(cfg, tasks, uniform, method, f"sweep method={method}")
+            for method in dict.fromkeys(extra_methods)]
+    return out
+
+
+def _variant(cfg: ExperimentConfig, tasks: list[str], weights: Sequence[float], method: str,
+             name: str) -> ExperimentConfig:
+    variant = cfg.model_copy(deep=True)
+    variant.name = name
+    variant.tasks = [TaskConfig(name=t, weight=w) for t, w in zip(tasks, weights, strict=True)]
+    if method != cfg.weighting.method:
+        variant.weighting.params = {}  # the base method's params would not fit another one
+    variant.weighting.method = method
+    return parse_config(variant)
+
+
+# --- submitting and finding ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SweepSubmission:
+    sweep_id: str
+    run_ids: list[str]
+
+
+def submit_sweep(cfg: ExperimentConfig | dict[str, Any], n: int,
+                 runs_dir: str | Path | None = None,
+                 extra_methods: Sequence[str] = ()) -> SweepSubmission:
+    """Validate every config first (nothing is queued if one fails), then queue them all
+    through mtl_core.jobs, tagged with a fresh sweep id."""
+    from mtl_core import jobs
+
+    configs = sweep_configs(cfg, n, extra_methods)
+    store = RunStore(runs_dir)
+    taken = set(list_sweeps(store))
+    sweep_id = secrets.token_hex(3)
+    while sweep_id in taken:
+        sweep_id = secrets.token_hex(3)
+    run_ids = []
+    for variant in configs:
+        variant.name = f"{variant.name} #{sweep_id}"
+        run_ids.append(jobs.submit(variant, store.runs_dir))
+    return SweepSubmission(sweep_id, run_ids)
+
+
+def sweep_id_of(name: str) -> str | None:
+    match = _TAG.search(name)
+    return match.group("id") if match else None
+
+
+def list_sweeps(store: RunStore) -> list[str]:
+    """Sweep ids, newest first."""
+    return list(dict.fromkeys(i for run in store.list_runs()
+                              if (i := sweep_id_of(run.name)) is not None))
+
+
+def sweep_runs(store: RunStore, sweep_id: str) -> list[RunInfo]:
+    """The sweep's runs in the order they were submitted (grid first, then extra methods)."""
+    runs = [run for run in store.list_runs() if sweep_id_of(run.name) == sweep_id]
+    return sorted(runs, key=lambda r: r.created_at)
+
+
+def sweep_progress(store: RunStore, sweep_id: str) -> dict[str, int]:
+    """{status: number of runs} for the sweep."""
+    counts: dict[str, int] = {}
+    for run in sweep_runs(store, sweep_id):
+        counts[run.status] = counts.get(run.status, 0) + 1
+    return counts
+
+
+def wait_for_sweep(sweep_id: str, runs_dir: str | Path | None = None,
+                   timeout: float | None = None, poll_s: float = 0.5,
+                   on_progress: Callable[[dict[str, int]], None] | None = None
+                   ) -> dict[str, int]:
+    """Block until no run of the sweep is live (or `timeout` s passed); returns the final
+    counts. Re-dispatches while waiting, so a queue outliving its idle workers still drains."""
+    from mtl_core import jobs
+
+    store = RunStore(runs_dir)
+    start, last = time.monotonic(), None
+    while True:
+        counts = sweep_progress(store, sweep_id)
+        if counts != last and on_progress is not None:
+            on_progress(counts)
+        last = counts
+        if not any(counts.get(s) for s in LIVE_STATUSES):
+            return counts
+        if timeout is not None and time.monotonic() - start > timeout:
+            return counts
+        if counts.get("queued"):
+            jobs.dispatch(store.runs_dir)
+        time.sleep(poll_s)
+
+
+# --- the front and the choice -------------------------------------------------------------
+
+
+def pareto_front(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]
+                 ) -> list[int]:
+    """Indices (ascending) of the non-dominated points. p dominates q when p is at least as
+    good in every objective and strictly better in one; equal points do not dominate each
+    other, so ties are all on the front. A point with a NaN is never on the front and never
+    dominates."""
+    signs = [1.0 if h else -1.0 for h in higher_is_better]
+    scored = [None if any(math.isnan(v) for v in p) else [s * v for s, v in zip(signs, p,
+                                                                            strict=True)]
+              for p in points]
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and any(
+            x > y for x, y in zip(a, b, strict=True))
+
+    return [i for i, p in enumerate(scored) if p is not None
+            and not any(q is not None and dominates(q, p) for q in scored)]
+
+
+def chosen_by_validation(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]
+                         ) -> int | None:
+    """The index of the best point by its mean normalised validation metric: each task's
+    metric is min-max scaled over the points to [0, 1] with 1 = best (a task where all points
+    tie scores 1), then averaged. Scaling makes an accuracy and an MSE comparable, and the
+    chosen point is always on the Pareto front. Points with a NaN are skipped; the first
+    wins a tie; None when no point is usable. (A total validation loss would depend on the
+    very weights being chosen, so it is not used.)"""
+    usable = [i for i, p in enumerate(points) if not any(math.isnan(v) for v in p)]
+    if not usable:
+        return None
+    scores = {i: 0.0 for i in usable}
+    for k, higher in enumerate(higher_is_better):
+        values = [points[i][k] for i in usable]
+        lo, hi = min(values), max(values)
+        for i in usable:
+            v = points[i][k]
+            if hi == lo:
+                scores[i] += 1.0
+            else:
+                scores[i] += (v - lo) / (hi - lo) if higher else (hi - v) / (hi - lo)
+    return max(usable, key=lambda i: (scores[i], -i))
+
+
+# --- the table ----------------------------------------------------------------------------
+
+
+def _val_metrics(run: RunInfo) -> dict[str, dict[str, float]]:
+    """Validation metrics of the model whose test metrics are reported."""
+    patience = run.config.get("optim", {}).get("early_stopping", {}).get("patience", 0)
+    if patience and run.summary.get("best_val"):
+        return run.summary["best_val"]
+    return run.summary.get("val") or {}
+
+
+def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
+    """One row per run of the sweep, in submission order. Columns: run_id, name, method,
+    status, w_<task> (configured weights), val_<task> and test_<task> (primary metric, NaN
+    until finished), on_front (on the Pareto front of the finished runs' val metrics, extra
+    methods included), chosen (the grid point chosen by validation; extra methods are not
+    candidates, they are not a weight one could set). `df.attrs` holds "tasks", "metrics"
+    ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id"."""
+    runs = sweep_runs(store, sweep_id)
+    tasks = [t["name"] for t in runs[0].config.get("tasks") or []] if runs else []
+    metrics: dict[str, str] = {}
+    for run in runs:  # metric names come from whichever run has logged some
+        for task, values in (run.summary.get("test") or _val_metrics(run)).items():
+            metrics.setdefault(task, primary_metric(values))
+
+    rows = []
+    for run in runs:
+        weights = {t["name"]: t["weight"] for t in run.config.get("tasks") or []}
+        val, test = _val_metrics(run), run.summary.get("test") or {}
+        row: dict[str, Any] = {"run_id": run.id, "name": run.name, "method": run.method,
+                               "status": run.status}
+        for task in tasks:
+            row[f"w_{task}"] = weights.get(task, float("nan"))
+        finished = run.status == "finished"
+        for split, values in (("val", val), ("test", test)):
+            for task in tasks:
+                value = (values.get(task) or {}).get(metrics.get(task, ""))
+                row[f"{split}_{task}"] = float(value) if finished and value is not None \
+                    else float("nan")
+        rows.append(row)
+
+    frame = pd.DataFrame(rows, columns=["run_id", "name", "method", "status",
+                                        *(f"w_{t}" for t in tasks),
+                                        *(f"val_{t}" for t in tasks),
+                                        *(f"test_{t}" for t in tasks)])
+    directions = [HIGHER_IS_BETTER[metrics[t]] if t in metrics else True for t in tasks]
+    points = frame[[f"val_{t}" for t in tasks]].to_numpy(dtype=float).tolist()
+    front = set(pareto_front(points, directions)) if tasks else set()
+    frame["on_front"] = [i in front for i in range(len(frame))]
+    grid = [i for i in range(len(frame)) if frame["method"].iat[i] == "static"]
+    pick = chosen_by_validation([points[i] for i in grid], directions) if grid else None
+    frame["chosen"] = [pick is not None and i == grid[pick] for i in range(len(frame))]
+    frame.attrs.update(tasks=tasks, metrics=metrics, sweep_id=sweep_id,
+                       higher_is_better=dict(zip(tasks, directions, strict=True)))
+    return frame
