@@ -247,7 +247,8 @@ def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
     status, w_<task> (configured weights), val_<task> and test_<task> (primary metric, NaN
     until finished), on_front (on the Pareto front of the finished runs' val metrics, extra
     methods included), chosen (the grid point chosen by validation; extra methods are not
-    candidates, they are not a weight one could set). `df.attrs` holds "tasks", "metrics"
+    candidates, they are not a weight one could set; so an extra method that beats every
+    grid point can leave the chosen one off the front). `df.attrs` holds "tasks", "metrics"
     ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id"."""
     runs = sweep_runs(store, sweep_id)
     tasks = [t["name"] for t in runs[0].config.get("tasks") or []] if runs else []

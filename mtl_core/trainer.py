@@ -64,7 +64,8 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def make_optimizer(cfg: ExperimentConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg: ExperimentConfig,
+                   params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=0.9, weight_decay=o.weight_decay)
@@ -230,7 +231,7 @@ def _flush(sink: Sink, step: int, epoch: float, names: list[str], task_weights: 
     """Write one logging window; return (row, task, value) of the first non-finite loss."""
     host_losses = losses.tolist()  # the one host sync of the window
     for i, row in enumerate(host_losses):
-        for name, value in zip(names, row):
+        for name, value in zip(names, row, strict=True):
             if not math.isfinite(value):
                 sink.metrics(diag_rows)
                 return i, name, str(value)
@@ -238,7 +239,7 @@ def _flush(sink: Sink, step: int, epoch: float, names: list[str], task_weights: 
     mean_weights = weights.tolist()
     total = float((losses.mean(0) * task_weights).sum())
     rows: list[MetricRow] = [(step, epoch, "train", "total", "loss", total)]
-    for name, loss, weight in zip(names, means, mean_weights):
+    for name, loss, weight in zip(names, means, mean_weights, strict=True):
         rows.append((step, epoch, "train", name, "loss", loss))
         rows.append((step, epoch, "train", name, "weight", weight))
     sink.metrics(rows + [(s, epoch, *rest) for s, _, *rest in diag_rows])
@@ -250,14 +251,8 @@ def _diagnostic_rows(step: int, epoch: int, raw: Tensor, shared: list[torch.nn.P
     """Per-task gradient norms and pairwise cosines on the shared parameters."""
     if not shared:
         return []
-    grads = diagnostics.task_gradients(raw, shared)
-    stats = diagnostics.gradient_stats(grads)
-    norms, cos = stats["norms"].tolist(), stats["cosine"].tolist()
-    rows: list[MetricRow] = [(step, 0.0, "diag", n, "grad_norm", v) for n, v in zip(names, norms)]
-    for i in range(len(names)):
-        for j in range(i + 1, len(names)):
-            rows.append((step, 0.0, "diag", f"{names[i]}|{names[j]}", "cosine", cos[i][j]))
-    return rows
+    stats = diagnostics.gradient_stats(diagnostics.task_gradients(raw, shared))
+    return diagnostics.diagnostic_rows(step, float(epoch), names, stats)
 
 
 @torch.no_grad()
@@ -276,7 +271,8 @@ def _evaluate(model: MTLModel, split: Split, specs: list, task_weights: Tensor,
     outputs = outputs if outputs is not None else _forward_chunked(model, split)
     device_metrics = {s.name: task_metrics(s, outputs[s.name], split.targets[s.name])
                       for s in specs}
-    total = sum(w * device_metrics[s.name]["loss"] for s, w in zip(specs, task_weights))
+    total = sum(w * device_metrics[s.name]["loss"]
+                for s, w in zip(specs, task_weights, strict=True))
     host = {task: {k: float(v) for k, v in m.items()} for task, m in device_metrics.items()}
     host["total"] = {"loss": float(total)}
     return host

@@ -200,6 +200,7 @@ class _NavigationPagesManager(PagesManager):
 def warm_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """jobs.warm_up calls (recorded, not run: an idle worker per test would load the CI)."""
     calls: list = []
+    monkeypatch.setenv("MTL_WARM_UP", "1")  # conftest turns it off; here it is only recorded
     monkeypatch.setattr(jobs, "warm_up", lambda runs_dir=None: calls.append(runs_dir))
     return calls
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from idx_files import write_fake_mnist
+
 from mtl_core.config import load_config, parse_config
 from mtl_core.sink import MemorySink
 from mtl_core.trainer import train

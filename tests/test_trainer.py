@@ -54,7 +54,8 @@ def test_logs_what_the_design_lists(tiny_doc):
 def test_grid_snapshot_matches_the_plane(tiny_doc):
     _, sink = run(tiny_doc({"optim": {"epochs": 1}}))
     step, payload = [(s, p) for s, k, p in sink.snapshots if k == "grid"][-1]
-    assert len(payload["xs"]) == len(payload["ys"]) == len(payload["values"][next(iter(payload["values"]))])
+    first = next(iter(payload["values"].values()))
+    assert len(payload["xs"]) == len(payload["ys"]) == len(first) == len(first[0])
     for values in payload["values"].values():
         assert all(math.isfinite(v) for row in values for v in row)
 

@@ -5,7 +5,9 @@ Every widget of the form has a stable, namespaced key under "cfg." that mirrors 
 widget through session_state *before* the widgets render. Plugin params are namespaced by the
 plugin ("cfg.data.params.synthetic_mmoe.correlation"), so switching suite/architecture/method
 never feeds one plugin's values to another. Lists of ints (layer widths) are a count plus one
-key per item ("...layers.n", "...layers.0", ...).
+key per item ("...layers.n", "...layers.0", ...). Per-task heads are a toggle
+("cfg.model.heads.same") plus one such list per task ("cfg.model.heads.per_task.<task>");
+only included tasks whose widths differ from the shared head go into the config.
 
 `config_from_state` never raises: a key that is absent means "use the default", and a value the
 form cannot interpret is passed through as-is so `parse_config` names the field that is wrong.
@@ -24,7 +26,13 @@ import yaml
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 
-from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config
+from mtl_core.config import (
+    ConfigError,
+    ExperimentConfig,
+    FieldError,
+    HeadConfig,
+    parse_config,
+)
 
 PREFIX = "cfg."
 PENDING_KEY = "pending_config"  # a config dict to load into the form on the next run
@@ -227,6 +235,14 @@ def ordered_tasks(state: Mapping[str, Any], names: list[str]) -> list[str]:
 
 CSV_KINDS = "cfg.data.params.csv.kinds"  # + ".<target column>": "auto" or a task kind
 
+# Per-task heads: a toggle, and (toggle off) one width list per task. Only the tasks whose
+# widths differ from the shared `heads.layers` go into `model.heads.per_task`.
+HEADS_SAME = "cfg.model.heads.same"
+
+
+def head_key(task: str) -> str:
+    return f"cfg.model.heads.per_task.{task}"
+
 _SCALARS = ("name", "seed", "device", "log_every", "data.train_fraction", "data.val_fraction",
             "model.trunk.type", "model.trunk.activation", "model.trunk.dropout",
             "model.trunk.batch_norm", "model.heads.activation", "model.heads.dropout",
@@ -294,9 +310,11 @@ def state_from_config(cfg: ExperimentConfig | Mapping[str, Any] | None) -> dict[
             state[f"{CSV_KINDS}.{target}"] = kinds.get(target, "auto")
     weights = cfg.task_weights()
     state[TASK_ORDER] = list(weights)
-    for name in task_names(suite, cfg.data.params):
+    names = task_names(suite, cfg.data.params)
+    for name in names:
         state[task_key(name, "include")] = name in weights
         state[task_key(name, "weight")] = float(weights.get(name, 1.0))
+    state.update(_heads_to_state(cfg, names))
 
     arch = cfg.model.architecture
     state["cfg.model.architecture"] = arch
@@ -340,6 +358,9 @@ def config_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
                 for n in ordered_tasks(state, names)
                 if state.get(task_key(n, "include"), True)
             ]
+            per_task = _heads_from_state(state, doc)
+            if per_task:
+                _put(doc, "model.heads.per_task", per_task)
 
     for section, key, registry, keyfn in (
         ("model", "architecture", ARCHITECTURES, arch_key),
@@ -353,6 +374,39 @@ def config_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
             _put(doc, f"{section}.params",
                  params_from_state(registry.get(name).params, state, keyfn(name)))
     return doc
+
+
+def _heads_to_state(cfg: ExperimentConfig, names: list[str]) -> dict[str, Any]:
+    """The toggle, and each task's widths when some task has a head of its own."""
+    heads = cfg.model.heads
+    custom = any(widths != heads.layers for widths in heads.per_task.values())
+    state: dict[str, Any] = {HEADS_SAME: not custom}
+    if custom:
+        for name in names:
+            state.update(list_to_state(head_key(name), heads.layers_for(name)))
+    return state
+
+
+def _heads_from_state(state: Mapping[str, Any], doc: Mapping[str, Any]) -> dict[str, list[int]]:
+    """`model.heads.per_task` for the included tasks whose widths differ from the shared ones
+    (a task whose editor is untouched, or equal to them, simply uses `heads.layers`)."""
+    if state.get(HEADS_SAME, True):
+        return {}
+    shared = doc.get("model", {}).get("heads", {}).get("layers", HeadConfig().layers)
+    out = {}
+    for task in doc.get("tasks", []):
+        widths = list_from_state(state, head_key(task["name"]))
+        if widths is not None and widths != shared:
+            out[task["name"]] = widths
+    return out
+
+
+def forget_head_overrides(state: MutableMapping[str, Any]) -> None:
+    """Drop every task's own head widths (the toggle is back on "same head for every task"):
+    turning it off again starts each task from the shared layout."""
+    prefix = head_key("")
+    for key in [k for k in state if isinstance(k, str) and k.startswith(prefix)]:
+        del state[key]
 
 
 def _csv_kinds(state: Mapping[str, Any], targets: list[str]) -> dict[str, str]:
@@ -393,12 +447,14 @@ def load_config_into(state: MutableMapping[str, Any], cfg: ExperimentConfig | Ma
 
 
 def reset_for_suite(state: MutableMapping[str, Any], suite: str) -> None:
-    """A new suite: its own task rows (all included, weight 1) and a trunk that fits its
-    inputs (cnn for images, mlp for vectors)."""
+    """A new suite: its own task rows (all included, weight 1), one head layout for every
+    task, and a trunk that fits its inputs (cnn for images, mlp for vectors)."""
     from mtl_core.data import SUITES
 
     for key in [k for k in state if isinstance(k, str) and k.startswith("cfg.tasks.")]:
         del state[key]
+    forget_head_overrides(state)  # the new suite has other tasks
+    state[HEADS_SAME] = True
     kind = SUITES.get(suite).extra.get("input_kind", "vector") if suite in SUITES else "vector"
     preset = TRUNK_PRESETS.get(kind, TRUNK_PRESETS["vector"])
     state["cfg.model.trunk.type"] = preset["type"]

@@ -7,7 +7,7 @@ they are about.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import streamlit as st
@@ -26,9 +26,10 @@ KEEP: dict[str, Any] = {"persist_state": "session"}  # widget values survive pag
 MAX_LAYERS = 8
 
 
-def show_errors(errors: Sequence[FieldError]) -> None:
+def show_errors(errors: Sequence[FieldError], with_path: bool = False) -> None:
+    """Messages under a widget; `with_path` names the field (its widget is not drawn)."""
     for err in errors:
-        st.error(err.message, icon=":material/error:")
+        st.error(str(err) if with_path else err.message, icon=":material/error:")
 
 
 def ensure(key: str, default: Any) -> None:
@@ -99,12 +100,20 @@ def _scalar_widget(spec: FieldSpec, key: str, label: str, help_text: str | None)
 
 
 def params_widgets(model: type[BaseModel], key: str, errors: ConfigError | None,
-                   path: str, skip: Sequence[str] = ()) -> None:
+                   path: str, skip: Sequence[str] = (),
+                   only: Callable[[str], bool] | None = None) -> None:
     """Widgets for every field of a params model; `path` is the config path of the params
-    ("data.params"), used to put each validation message under its widget."""
+    ("data.params"), used to put each validation message under its widget. `only`, given a
+    field's config path, says whether to draw it (class mode); a field not drawn keeps its
+    value, and its messages still show."""
     specs = [s for s in field_specs(model) if s.name not in skip]
     if not specs:
         st.caption("No parameters.")
+    if only is not None:
+        hidden = [s for s in specs if not only(f"{path}.{s.name}")]
+        specs = [s for s in specs if s not in hidden]
+        for spec in hidden:
+            show_errors(errors_at(errors, f"{path}.{spec.name}"), with_path=True)
     # Two per row keeps long params lists (synthetic_tabular has ten) on one projector screen;
     # a layer list gets a row of its own.
     for row in _rows(specs):

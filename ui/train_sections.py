@@ -1,10 +1,13 @@
 """The control sections of the Build & Train page: data, tasks, architecture, training.
 
 Each section draws keyed widgets (values come from session_state, see ui.config_form) and puts
-every validation message of its fields right under the widget concerned.
+every validation message of its fields right under the widget concerned. In class mode
+(`View.class_mode`) the advanced controls are not drawn, except the knobs a loaded lesson names;
+their values stay in session_state, so the config keeps them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import streamlit as st
@@ -20,6 +23,39 @@ from ui.param_widgets import KEEP, ensure, layer_editor, params_widgets, show_er
 KIND_HELP = {"loss": "weights the task losses", "gradient": "combines the task gradients"}
 MAX_SHOWN_WEIGHT = 5.0
 
+# Config paths (and everything below them) that class mode hides unless a lesson names them.
+# "yaml" is the YAML upload, which has no config path of its own.
+ADVANCED: tuple[str, ...] = (
+    "seed", "device", "log_every", "yaml", "data.val_fraction", "model.params",
+    "model.trunk.activation", "model.trunk.dropout", "model.trunk.batch_norm",
+    "model.heads.activation", "model.heads.dropout", "weighting.params",
+    "optim.optimizer", "optim.weight_decay", "optim.batch_size", "optim.eval_every",
+    "optim.early_stopping",
+)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + ".")
+
+
+@dataclass(frozen=True)
+class View:
+    """Which controls the page draws: all of them, or (class mode) the essentials plus the
+    knobs (config paths) of the loaded lesson."""
+
+    class_mode: bool = False
+    knobs: tuple[str, ...] = ()
+
+    def shows(self, path: str) -> bool:
+        """Whether the control of a config path is drawn. A knob shows its own control and
+        the group holding it ("weighting.params.alpha" draws that one param of the method)."""
+        if not self.class_mode or not any(_under(path, a) for a in ADVANCED):
+            return True
+        return any(_under(path, k) or _under(k, path) for k in self.knobs)
+
+
+FULL_VIEW = View()
+
 
 def _described_picker(label: str, registry: Any, key: str, fmt: Any = None) -> str:
     """A selectbox over a registry with the chosen entry's description under it; the help
@@ -33,7 +69,7 @@ def _described_picker(label: str, registry: Any, key: str, fmt: Any = None) -> s
 
 
 def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
-                 data_error: str | None) -> None:
+                 data_error: str | None, view: View = FULL_VIEW) -> None:
     suite = _described_picker("Task suite", SUITES, "cfg.data.suite")
     show_errors(form.errors_at(errors, "data.suite"))
     if suite == "csv":
@@ -43,15 +79,16 @@ def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
     else:
         with st.expander("Suite parameters", expanded=True):
             params_widgets(SUITES.get(suite).params, form.suite_key(suite), errors,
-                           "data.params")
+                           "data.params", only=view.shows)
     c1, c2 = st.columns(2)
     c1.slider("Train fraction", 0.0, 1.0, step=0.01, key="cfg.data.train_fraction",
               help="Use only this share of the training set (the data-efficiency lessons).",
               **KEEP)
     with c1:
         show_errors(form.errors_at(errors, "data.train_fraction"))
-    c2.slider("Validation fraction", 0.0, 0.9, step=0.01, key="cfg.data.val_fraction",
-              help="Share of the training pool held out to validate on.", **KEEP)
+    if view.shows("data.val_fraction"):
+        c2.slider("Validation fraction", 0.0, 0.9, step=0.01, key="cfg.data.val_fraction",
+                  help="Share of the training pool held out to validate on.", **KEEP)
     with c2:
         show_errors(form.errors_at(errors, "data.val_fraction"))
     if data_error:
@@ -97,18 +134,25 @@ def _kind_text(spec: Any) -> str:
     return str(spec.kind)
 
 
-def architecture_section(errors: ConfigError | None) -> None:
+def architecture_section(errors: ConfigError | None, doc: dict[str, Any],
+                         view: View = FULL_VIEW) -> None:
     arch = _described_picker("Architecture", ARCHITECTURES, "cfg.model.architecture")
     show_errors(form.errors_at(errors, "model.architecture"))
-    params_widgets(ARCHITECTURES.get(arch).params, form.arch_key(arch), errors, "model.params")
+    if view.shows("model.params"):
+        params_widgets(ARCHITECTURES.get(arch).params, form.arch_key(arch), errors,
+                       "model.params", only=view.shows)
+    else:
+        show_errors(form.errors_at(errors, "model.params"), with_path=True)
 
     st.markdown("**Shared trunk**")
     c1, c2, c3 = st.columns(3)
     c1.selectbox("Type", ["mlp", "cnn"], key="cfg.model.trunk.type",
                  help="mlp: dense layers; cnn: 3×3 conv + 2×2 max-pool layers (images only), "
                       "then dense layers.", **KEEP)
-    c2.selectbox("Activation", list(ACTIVATIONS), key="cfg.model.trunk.activation", **KEEP)
-    c3.slider("Dropout", 0.0, 0.9, step=0.05, key="cfg.model.trunk.dropout", **KEEP)
+    if view.shows("model.trunk.activation"):
+        c2.selectbox("Activation", list(ACTIVATIONS), key="cfg.model.trunk.activation", **KEEP)
+    if view.shows("model.trunk.dropout"):
+        c3.slider("Dropout", 0.0, 0.9, step=0.05, key="cfg.model.trunk.dropout", **KEEP)
     show_errors(form.errors_at(errors, "model.trunk.type"))
     cnn = st.session_state["cfg.model.trunk.type"] == "cnn"
     layer_editor("cfg.model.trunk.layers", "Conv" if cnn else "Dense",
@@ -117,17 +161,44 @@ def architecture_section(errors: ConfigError | None) -> None:
     if cnn:
         layer_editor("cfg.model.trunk.hidden", "Dense after conv")
         show_errors(form.errors_at(errors, "model.trunk.hidden"))
-    st.checkbox("Batch norm", key="cfg.model.trunk.batch_norm", **KEEP)
+    if view.shows("model.trunk.batch_norm"):
+        st.checkbox("Batch norm", key="cfg.model.trunk.batch_norm", **KEEP)
     show_errors(form.errors_at(errors, "model.trunk.dropout"))
 
+    heads_section(errors, [t["name"] for t in doc.get("tasks") or []], view)
+
+
+def heads_section(errors: ConfigError | None, tasks: list[str], view: View = FULL_VIEW) -> None:
+    """One head layout for every task, or (toggle off) one per included task."""
     st.markdown("**Task heads** — every task gets its own copy")
-    layer_editor("cfg.model.heads.layers", "Head", help="Hidden dense layers of each task's "
-                 "head, before its output layer.")
-    show_errors(form.errors_at(errors, "model.heads.layers"))
+    ensure(form.HEADS_SAME, True)
+    same = st.toggle("Same head for every task", key=form.HEADS_SAME, **KEEP,
+                     help="Off: give each task a head of its own width and depth (e.g. a "
+                          "deeper head for the harder task).")
+    if same:
+        form.forget_head_overrides(st.session_state)  # off again starts from the shared head
+        layer_editor("cfg.model.heads.layers", "Head", help="Hidden dense layers of each "
+                     "task's head, before its output layer.")
+        show_errors(form.errors_at(errors, "model.heads.layers"))
+    else:
+        shared = form.list_from_state(st.session_state, "cfg.model.heads.layers") or []
+        if not tasks:
+            st.caption("No task included yet.")
+        for task in tasks:
+            key = form.head_key(task)
+            if f"{key}.n" not in st.session_state:  # a task starts from the shared head
+                st.session_state.update(form.list_to_state(key, shared))
+            layer_editor(key, f"Head of {task}", help=f"Hidden dense layers of the head of "
+                         f"task {task}, before its output layer.")
+            show_errors(form.errors_at(errors, f"model.heads.per_task.{task}"))
+        show_errors(form.errors_at(errors, "model.heads.layers"))
+    show_errors(form.errors_at(errors, "model.heads.per_task", exact=True))
     c1, c2 = st.columns(2)
-    c1.selectbox("Head activation", list(ACTIVATIONS), key="cfg.model.heads.activation",
-                 **KEEP)
-    c2.slider("Head dropout", 0.0, 0.9, step=0.05, key="cfg.model.heads.dropout", **KEEP)
+    if view.shows("model.heads.activation"):
+        c1.selectbox("Head activation", list(ACTIVATIONS), key="cfg.model.heads.activation",
+                     **KEEP)
+    if view.shows("model.heads.dropout"):
+        c2.slider("Head dropout", 0.0, 0.9, step=0.05, key="cfg.model.heads.dropout", **KEEP)
     show_errors(form.errors_at(errors, "model.heads.dropout"))
 
 
@@ -136,53 +207,69 @@ def _method_label(name: str) -> str:
     return f"{name}  ({kind})"
 
 
-def weighting_section(errors: ConfigError | None) -> None:
+def weighting_section(errors: ConfigError | None, view: View = FULL_VIEW) -> None:
     method = _described_picker("Weighting method", METHODS, "cfg.weighting.method",
                                fmt=_method_label)
     kind = METHODS.get(method).extra.get("kind", "loss")
     st.caption(f"A {kind}-level method: it {KIND_HELP.get(kind, kind)}.")
     show_errors(form.errors_at(errors, "weighting.method"))
-    params_widgets(METHODS.get(method).params, form.method_key(method), errors,
-                   "weighting.params")
+    if view.shows("weighting.params"):
+        params_widgets(METHODS.get(method).params, form.method_key(method), errors,
+                       "weighting.params", only=view.shows)
+    else:
+        show_errors(form.errors_at(errors, "weighting.params"), with_path=True)
 
 
-def training_section(errors: ConfigError | None, devices: list[str]) -> None:
+def training_section(errors: ConfigError | None, devices: list[str],
+                     view: View = FULL_VIEW) -> None:
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Optimizer", list(OPTIMIZERS), key="cfg.optim.optimizer", **KEEP)
+    if view.shows("optim.optimizer"):
+        c1.selectbox("Optimizer", list(OPTIMIZERS), key="cfg.optim.optimizer", **KEEP)
     c2.number_input("Learning rate", min_value=0.0, step=1e-4, format="%g",
                     key="cfg.optim.lr", **KEEP)
-    c3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%g",
-                    key="cfg.optim.weight_decay", **KEEP)
+    if view.shows("optim.weight_decay"):
+        c3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%g",
+                        key="cfg.optim.weight_decay", **KEEP)
     for col, path in ((c1, "optim.optimizer"), (c2, "optim.lr"), (c3, "optim.weight_decay")):
         with col:
             show_errors(form.errors_at(errors, path))
     c1, c2, c3 = st.columns(3)
-    c1.number_input("Batch size", min_value=1, step=16, key="cfg.optim.batch_size", **KEEP)
+    if view.shows("optim.batch_size"):
+        c1.number_input("Batch size", min_value=1, step=16, key="cfg.optim.batch_size", **KEEP)
     c2.number_input("Epochs", min_value=1, step=1, key="cfg.optim.epochs", **KEEP)
-    c3.number_input("Early stopping patience", min_value=0, step=1,
-                    key="cfg.optim.early_stopping.patience", **KEEP,
-                    help="Stop after this many evaluations without a better validation "
-                         "loss; 0 = off.")
+    if view.shows("optim.early_stopping.patience"):
+        c3.number_input("Early stopping patience", min_value=0, step=1,
+                        key="cfg.optim.early_stopping.patience", **KEEP,
+                        help="Stop after this many evaluations without a better validation "
+                             "loss; 0 = off.")
     show_errors(form.errors_at(errors, "optim.batch_size") + form.errors_at(errors, "optim.epochs")
                 + form.errors_at(errors, "optim.early_stopping"))
     c1, c2, c3 = st.columns(3)
-    c1.number_input("Evaluate every (steps)", min_value=0, step=10, key="cfg.optim.eval_every",
-                    help="0 = once per epoch.", **KEEP)
-    c2.number_input("Log every (steps)", min_value=1, step=5, key="cfg.log_every", **KEEP)
-    c3.number_input("Seed", step=1, key="cfg.seed", **KEEP)
+    if view.shows("optim.eval_every"):
+        c1.number_input("Evaluate every (steps)", min_value=0, step=10,
+                        key="cfg.optim.eval_every", help="0 = once per epoch.", **KEEP)
+    if view.shows("log_every"):
+        c2.number_input("Log every (steps)", min_value=1, step=5, key="cfg.log_every", **KEEP)
+    if view.shows("seed"):
+        c3.number_input("Seed", step=1, key="cfg.seed", **KEEP)
     show_errors(form.errors_at(errors, "optim.eval_every") + form.errors_at(errors, "log_every")
                 + form.errors_at(errors, "seed"))
     c1, c2 = st.columns(2)
+    if view.shows("device"):
+        _device_picker(c1, errors, devices)
+    c2.text_input("Run name", key="cfg.name", **KEEP)
+    with c2:
+        show_errors(form.errors_at(errors, "name"))
+
+
+def _device_picker(col: Any, errors: ConfigError | None, devices: list[str]) -> None:
     current = st.session_state.get("cfg.device", "auto")
     options = ["auto", *devices] + ([current] if current not in ("auto", *devices) else [])
-    c1.selectbox("Device", options, key="cfg.device", **KEEP,
-                 help=f"Devices on this machine: {', '.join(devices)}. auto picks a GPU if "
-                      "there is one.")
-    with c1:
+    col.selectbox("Device", options, key="cfg.device", **KEEP,
+                  help=f"Devices on this machine: {', '.join(devices)}. auto picks a GPU if "
+                       "there is one.")
+    with col:
         show_errors(form.errors_at(errors, "device"))
         if current not in ("auto", *devices):
             st.warning(f"{current} is not available here; this machine has: "
                        f"{', '.join(devices)}.")
-    c2.text_input("Run name", key="cfg.name", **KEEP)
-    with c2:
-        show_errors(form.errors_at(errors, "name"))

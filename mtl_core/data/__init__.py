@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -82,4 +83,4 @@ def load_suite(
 
 
 # Importing the suite modules registers them.
-from mtl_core.data import synthetic, mnist, table  # noqa: E402,F401
+from mtl_core.data import synthetic, mnist, table  # noqa: E402,F401,I001 (order = menu order)

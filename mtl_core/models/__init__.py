@@ -11,7 +11,8 @@ model alone cannot see (e.g. a branch point deeper than the trunk).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from mtl_core.models.base import Block, MTLModel
 from mtl_core.registry import Registry
@@ -31,4 +32,4 @@ def build_model(cfg: ModelConfig, data: SuiteData) -> MTLModel:
     return entry.build(cfg, params, data.tasks, data.input_shapes)
 
 
-from mtl_core.models import hard_sharing, single_task, cross_stitch, mmoe, mtan  # noqa: E402,F401
+from mtl_core.models import hard_sharing, single_task, cross_stitch, mmoe, mtan  # noqa: E402,F401,I001

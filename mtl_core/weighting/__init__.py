@@ -27,4 +27,4 @@ def build_method(name: str, params: dict, task_names: list[str],
     return entry.build(task_names, entry.params.model_validate(params), model)
 
 
-from mtl_core.weighting import loss_level, gradient_level  # noqa: E402,F401
+from mtl_core.weighting import loss_level, gradient_level  # noqa: E402,F401,I001

@@ -2,9 +2,9 @@
 GradDrop, GradVac and DualProj, all on top of torchjd's aggregators.
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
-- task-specific parameters get the plain gradient of their own task loss (untouched by the
-  combination; a cross_stitch column, which other tasks also reach through the mixing, gets
-  what `loss.backward()` would give it);
+- task-specific parameters get the plain gradient of their own task loss, untouched by the
+  combination (were one also reached by other tasks' losses, it would get what
+  `loss.backward()` gives it: the sum);
 - the shared part gets one combined update, computed from the matrix J of per-task gradients:
   `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
                     obtained with torchjd's `jac`: T backward passes over the whole graph,
@@ -245,8 +245,7 @@ class GradientMethod(WeightingMethod):
                    if p.requires_grad and id(p) not in task_ids and id(p) not in shared_ids]
         self.shared = shared
         # Task parameters without repeats. Each gets the sum of the task-loss gradients that reach
-        # it: its own task's gradient (the contract), and for a cross_stitch column, which other
-        # tasks reach through the mixing, the same gradient as a plain loss.backward().
+        # it: by the contract only its own task's, and otherwise what loss.backward() gives.
         unique: dict[int, nn.Parameter] = {}
         for params_t in self.task_params:
             for p in params_t:

@@ -1,0 +1,277 @@
+"""End to end in a real browser: Playwright drives Chromium against `streamlit run app.py`.
+
+One Streamlit server per module, on a free port, with its own run store and a pre-started
+worker (MTL_WARM_UP on, as a user gets it). Before it starts, a run is trained to the end with
+the CLI, so one test opens a finished run by its link. Screenshots go to
+test-artifacts/browser/. Without Chromium these tests skip, except under CI=true, where a
+missing browser is a failure.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from browser_support import (
+    ROOT,
+    VIEWPORT,
+    AppServer,
+    find_chromium,
+    launch_chromium,
+    open_page,
+    screenshot,
+    settle,
+    trace_points,
+    wait_until,
+)
+
+from mtl_core.store import RunStore
+
+pytestmark = pytest.mark.browser
+
+TOY_TASKS = ["circle", "xor", "spiral", "distance"]  # the toy_2d suite's tasks, in order
+CLI_CONFIG = {
+    "name": "cli-finished",
+    "seed": 0,
+    "device": "cpu",
+    "data": {"suite": "toy_2d", "params": {"n_samples": 300, "n_test": 100}},
+    "model": {"trunk": {"type": "mlp", "layers": [16]}, "heads": {"layers": [8]}},
+    "optim": {"lr": 0.01, "batch_size": 64, "epochs": 3},
+    "log_every": 2,
+}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium binary; skip without one, except under CI=true (then fail)."""
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    path = find_chromium()
+    problem = None
+    if path is None:
+        problem = ("Chromium was not found (looked at $MTL_CHROMIUM, `chromium`, "
+                   "`chromium-browser` and /usr/bin/chromium); install it with "
+                   "`apt-get install chromium` (scripts/setup.sh does as root)")
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright Python package is missing (pip install -r " \
+                      "requirements-dev.txt)"
+    if problem:
+        if in_ci:
+            pytest.fail(f"browser tests must run in CI, but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> tuple[Path, str]:
+    """A run store holding one run trained to the end with `python -m mtl_core train`."""
+    base = tmp_path_factory.mktemp("browser")
+    runs = base / "runs"
+    config = base / "cli.yaml"
+    config.write_text(yaml.safe_dump(CLI_CONFIG))
+    env = dict(os.environ, MTL_WARM_UP="0", MTL_DATA_DIR=str(base / "data"))
+    done = subprocess.run([sys.executable, "-m", "mtl_core", "train", str(config),
+                           "--runs-dir", str(runs)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, f"the CLI run failed:\n{done.stdout}\n{done.stderr}"
+    run_id = done.stdout.strip().splitlines()[-1].strip()
+    assert RunStore(runs).get_run(run_id).status == "finished"
+    return runs, run_id
+
+
+@pytest.fixture(scope="module")
+def app(cli_run: tuple[Path, str]) -> Iterator[AppServer]:
+    """The app on a free port over the CLI run's store, with a pre-started worker."""
+    runs, _ = cli_run
+    server = AppServer.start(runs, env={"MTL_WARM_UP": "1", "MTL_MAX_JOBS": "2",
+                                        "MTL_DATA_DIR": str(runs.parent / "data")})
+    try:
+        yield server
+    finally:
+        server.stop()  # the server's process group and every worker it started
+        assert not server.worker_pids(), "worker processes outlived the server"
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, chromium)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, app: AppServer) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)  # 2 shared cores: a rerun can take a few seconds
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def task_points(page: Any, tasks: list[str]) -> dict[str, int] | None:
+    """Points of each task's (smoothed) train loss curve, None until all are drawn."""
+    traces = trace_points(page, "live_loss")
+    if not traces or any(f"{t} · train" not in traces for t in tasks):
+        return None
+    return {t: traces[f"{t} · train"] for t in tasks}
+
+
+def boundary_charts(page: Any, tasks: list[str]) -> bool:
+    """Whether the Predictions page shows a decision-boundary chart with data per task."""
+    return all((trace_points(page, f"pred_grid_{t}") or {}) for t in tasks)
+
+
+def status_of(runs: Path, run_id: str) -> str:
+    return RunStore(runs).get_run(run_id).status
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page: Any,
+                                                           cli_run: tuple[Path, str]) -> None:
+    runs, run_id = cli_run
+    page.goto(f"{app.url}/?run={run_id}")
+    points = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the run's loss curves")
+    info = RunStore(runs).get_run(run_id)
+    logged = info.step // CLI_CONFIG["log_every"] + 1  # step 1, then every log_every steps
+    assert all(n >= logged for n in points.values()), (points, info.step)
+    page.get_by_text("Finished in").first.wait_for()
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("finished", exact=True).wait_for()
+    assert run_id in sidebar.inner_text()
+    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    screenshot(page, "cli_run_curves")
+
+    open_page(page, "Predictions")
+    page.get_by_text("Decision boundaries").wait_for()
+    wait_until(lambda: boundary_charts(page, TOY_TASKS), 60, "a decision boundary per task")
+    assert run_id in page.locator(".st-key-pred_run").inner_text()
+    assert f"step **{info.step}**" not in page.content()  # markdown rendered, not raw
+    page.get_by_text(f"Showing the evaluation at step {info.step}").wait_for()
+    screenshot(page, "cli_run_predictions")
+
+
+def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
+                                                               page: Any) -> None:
+    page.goto(app.url)
+    # A new user: the default suite's form, then they pick toy_2d (four tasks).
+    page.locator(".st-key-cfg-tasks-task1-weight input[type=range]").wait_for()
+    settle(page)
+    page.locator(".st-key-cfg-data-suite").click()
+    page.get_by_role("option", name="toy_2d", exact=True).click()
+    weight = page.locator(".st-key-cfg-tasks-circle-weight input[type=range]")
+    weight.wait_for(state="attached")
+    settle(page)
+
+    # The task weight slider: 1.00 → 0.50 with the keyboard (step 0.05).
+    weight.focus()
+    for _ in range(10):
+        weight.press("ArrowLeft")
+    wait_until(lambda: weight.input_value() == "0.5", 30, "the circle weight to read 0.5")
+    settle(page)
+
+    # A layer width of the shared trunk: 64 → 48.
+    page.get_by_role("tab", name="Architecture").click()
+    width = page.locator(".st-key-cfg-model-trunk-layers-0 input")
+    width.fill("48")
+    width.press("Enter")
+    settle(page)
+    page.get_by_text("Linear 2→48").first.wait_for()  # the architecture diagram follows
+
+    # Long enough to watch (stopped below), with a point every 5 steps.
+    page.get_by_role("tab", name="Training").click()
+    for key, value in (("cfg-optim-epochs", "500"), ("cfg-log_every", "5")):
+        box = page.locator(f".st-key-{key} input")
+        box.fill(value)
+        box.press("Enter")
+        settle(page)
+        assert box.input_value() == value
+    screenshot(page, "e2e_1_form")
+
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/?run=*", timeout=60_000)
+    run_id = page.url.split("run=", 1)[1].split("&", 1)[0]
+    runs = app.runs_dir
+    cfg = RunStore(runs).get_run(run_id).config
+    assert cfg["data"]["suite"] == "toy_2d"
+    assert cfg["model"]["trunk"]["layers"][0] == 48
+    assert {t["name"]: t["weight"] for t in cfg["tasks"]} == {
+        "circle": 0.5, "xor": 1.0, "spiral": 1.0, "distance": 1.0}
+    assert (cfg["optim"]["epochs"], cfg["log_every"]) == (500, 5)
+
+    # Curves for every task grow over at least two refreshes.
+    seen: list[dict[str, int]] = []
+
+    def grown_twice() -> bool:
+        now = task_points(page, TOY_TASKS)
+        if now and (not seen or now != seen[-1]):
+            seen.append(now)
+        return len(seen) >= 3
+
+    page.locator(".st-key-live_loss").wait_for(timeout=120_000)
+    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    screenshot(page, "e2e_2_first_points")
+    wait_until(grown_twice, 120, "three successive states of the loss chart", interval=0.1)
+    for task in TOY_TASKS:
+        counts = [s[task] for s in seen]
+        assert all(a < b for a, b in zip(counts, counts[1:], strict=False)), (task, counts)
+    screenshot(page, "e2e_3_curves_grew")
+
+    # The Predictions page of the live run: a decision boundary per task.
+    open_page(page, "Predictions")
+    page.get_by_text("Decision boundaries").wait_for()
+    wait_until(lambda: boundary_charts(page, TOY_TASKS), 60, "a decision boundary per task")
+    page.get_by_text("refreshing while the run is live").wait_for()
+    assert run_id in page.locator(".st-key-pred_run").inner_text()
+    screenshot(page, "e2e_4_predictions")
+
+    # Back to Build & Train, Stop.
+    open_page(page, "Build & Train")
+    stop = page.locator(".st-key-train-stop button")
+    wait_until(stop.is_enabled, 30, "an enabled Stop button")
+    assert status_of(runs, run_id) == "running", "the run ended before the test could stop it"
+    stop.click()
+    wait_until(lambda: status_of(runs, run_id) == "stopped", 60, "the run to be stopped")
+    page.get_by_text("Stopped").first.wait_for()
+    before = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the stopped run's curves")
+    screenshot(page, "e2e_5_stopped")
+
+    # Reload: the run is still the current one, stopped, its curves drawn.
+    page.reload()
+    after = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the curves after reload")
+    assert all(after[t] >= before[t] > 0 for t in TOY_TASKS), (before, after)
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("stopped", exact=True).wait_for()
+    assert run_id in sidebar.inner_text()
+    page.get_by_text("Stopped").first.wait_for()
+    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    screenshot(page, "e2e_6_after_reload")
+
+    # The Runs page lists it, stopped.
+    open_page(page, "Runs")
+    target = page.locator(".st-key-runs_target")
+    target.wait_for()
+    wait_until(lambda: run_id in target.inner_text(), 30, "the run on the Runs page")
+    assert "stopped" in target.inner_text()
+    screenshot(page, "e2e_7_runs_page")
