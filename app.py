@@ -2,7 +2,9 @@
 
 Page config, navigation over pages/, and the sidebar every page shares: the current run with
 its status, a run picker, and where runs and data live. Runs dir: $MTL_RUNS_DIR (default
-./runs); data dir: $MTL_DATA_DIR. `?run=ID` in the URL opens that run (ui.state).
+./runs); data dir: $MTL_DATA_DIR. `?run=ID` in the URL opens that run (ui.state); `?cfg=TOKEN`
+loads a shared config into the Train page and `?mode=class` turns on class mode, which also
+keeps the sidebar to the current run (ui.train_run.follow_url).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui.state import current_run_id, get_store, runs_dir, set_current_run
-from ui.train_run import devices
+from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices, follow_url
 
 st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
                    initial_sidebar_state="expanded")
@@ -93,6 +95,12 @@ def _sidebar() -> None:
     live = run_id is not None and by_id[run_id].is_live
     # Refreshed on its own while the run is live (the page around it is not).
     st.fragment(run_every=STATUS_REFRESH_S if live else None)(_current_run)(run_id)
+    if class_mode():  # lean: the class needs its current run, not the machine's details
+        st.divider()
+        st.caption(":material/school: Class mode")
+        st.page_link(TRAIN_PAGE, label="Show all controls", icon=":material/tune:",
+                     query_params=LEAVE_CLASS_MODE)
+        return
     st.session_state[PICK_KEY] = run_id  # the picker follows the current run
     st.selectbox("Open a run", [r.id for r in runs], key=PICK_KEY, on_change=_on_pick,
                  format_func=lambda i: _label(by_id[i]), placeholder="Pick a run…")
@@ -114,6 +122,7 @@ def _sidebar() -> None:
 pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
          for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
 page = st.navigation(pages)
+follow_url()
 _reconcile()
 with st.sidebar:
     _sidebar()

@@ -20,7 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mtl_core.store import DB_NAME, RUN_STATUSES, RunInfo, RunStore, default_runs_dir
+from mtl_core.store import (
+    DB_NAME,
+    LIVE_STATUSES,
+    RUN_STATUSES,
+    RunInfo,
+    RunStore,
+    default_runs_dir,
+)
 
 POLL_S = 0.25  # how often `train` (without --detach) reads the store
 DISPATCH_EVERY_S = 2.0  # and how often it checks that a worker exists for the run
@@ -190,7 +197,8 @@ def _get_run(store: RunStore, run_id: str) -> RunInfo:
                          "`python -m mtl_core runs` lists the runs there") from None
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _load_config(args: argparse.Namespace) -> Any:
+    """The validated config of `args.config` with `--set` overrides; UsageError if invalid."""
     from mtl_core import jobs
     from mtl_core.config import ConfigError, loads_config_text, parse_config
 
@@ -208,16 +216,94 @@ def cmd_train(args: argparse.Namespace) -> int:
         jobs.max_concurrent()  # a bad MTL_MAX_JOBS is refused before anything is queued
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mtl_core import jobs
+
+    cfg = _load_config(args)
     runs_dir = _runs_dir(args)
     run_id = jobs.submit(cfg, runs_dir)
+    baseline_ids = _submit_baselines(cfg, runs_dir) if args.with_baselines else {}
     if args.detach:
         print(f"queued run {run_id} in {runs_dir}", file=sys.stderr)
         print(run_id)
         return 0
-    run = _wait(RunStore(runs_dir), run_id, runs_dir)
+    store = RunStore(runs_dir)
+    run = _wait(store, run_id, runs_dir)
     print(_result_text(run))
+    if baseline_ids:
+        for task, base_id in baseline_ids.items():
+            print(f"baseline for {task}: waiting for run {base_id}", file=sys.stderr)
+            _wait(store, base_id, runs_dir)
+        print(comparison_text(run_id, runs_dir))
     print(run_id)
     return 0 if run.status == "finished" else 1
+
+
+def _submit_baselines(cfg: Any, runs_dir: Path) -> dict[str, str]:
+    from mtl_core.baselines import find_baselines, find_or_submit_baselines
+
+    existing = find_baselines(cfg, runs_dir)
+    ids = find_or_submit_baselines(cfg, runs_dir)
+    for task, base_id in ids.items():
+        how = "reused" if existing.get(task) == base_id else "queued"
+        print(f"single-task baseline for {task}: {how} run {base_id}", file=sys.stderr)
+    return ids
+
+
+def comparison_text(run_id: str, runs_dir: Path) -> str:
+    """Each task's metric against its single-task baseline, and Δm (lower is better)."""
+    from mtl_core.baselines import compare_run
+
+    comp = compare_run(run_id, runs_dir)
+    rows = [[r.task, r.metric, _number(r.value), _number(r.baseline),
+             "-" if r.better is None else ("better" if r.better else "worse")]
+            for r in comp.rows]
+    table = format_table(["task", "metric", "multi-task", "single-task", ""], rows)
+    if comp.delta_m is None:
+        verdict = f"Δm: not available ({comp.note})"
+    else:
+        verdict = (f"Δm = {comp.delta_m:+.2f}% (mean relative change against the single-task "
+                   "baselines; negative = multi-task is better)")
+    return f"\nagainst single-task baselines ({comp.split}):\n{table}\n{verdict}"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mtl_core.sweep import submit_sweep, sweep_table, wait_for_sweep
+
+    cfg = _load_config(args)
+    runs_dir = _runs_dir(args)
+    methods = [m for m in (args.methods or "").split(",") if m]
+    try:
+        submission = submit_sweep(cfg, args.grid, runs_dir, extra_methods=methods)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"sweep {submission.sweep_id}: {len(submission.run_ids)} runs queued in {runs_dir}",
+          file=sys.stderr)
+    if args.detach:
+        print(submission.sweep_id)
+        return 0
+
+    def progress(counts: dict[str, int]) -> None:
+        done = sum(v for k, v in counts.items() if k not in LIVE_STATUSES)
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        print(f"\rsweep {submission.sweep_id}: {done}/{len(submission.run_ids)} done ({parts})",
+              end="", file=sys.stderr, flush=True)
+
+    counts = wait_for_sweep(submission.sweep_id, runs_dir, on_progress=progress)
+    print(file=sys.stderr)
+    table = sweep_table(RunStore(runs_dir), submission.sweep_id)
+    shown = [c for c in table.columns if c.startswith(("w_", "val_", "test_"))]
+    rows = [[str(r["method"]), *(_number(r[c]) for c in shown),
+             ("front" if r["on_front"] else "") + (" chosen" if r["chosen"] else "")]
+            for _, r in table.iterrows()]
+    print(format_table(["method", *shown, ""], rows))
+    metrics = table.attrs.get("metrics", {})
+    print("val_/test_ columns: " + ", ".join(f"{t}: {m}" for t, m in metrics.items()))
+    print(submission.sweep_id)
+    return 0 if counts.get("finished", 0) == len(submission.run_ids) else 1
 
 
 def _wait(store: RunStore, run_id: str, runs_dir: Path) -> RunInfo:
@@ -366,6 +452,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     for key, title in (("test", "test metrics (final)"), ("best_val", "best validation")):
         if run.summary.get(key):
             print(f"\n{title}:\n{metrics_table(run.summary[key])}")
+    if run.summary.get("test") and run.architecture != "single_task":
+        from mtl_core.baselines import find_baselines
+
+        if find_baselines(run.config, store.runs_dir):
+            print(comparison_text(run.id, store.runs_dir))
     if not run.summary.get("test"):
         print(f"\nno final test metrics (the run is {run.status})")
         latest = _latest_val(store, run.id)
@@ -456,7 +547,27 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set tasks.0.weight=0.5 (repeatable)")
     train.add_argument("--detach", action="store_true",
                        help="return at once instead of showing progress until the run ends")
+    train.add_argument("--with-baselines", action="store_true",
+                       help="also train (or reuse) a single-task baseline per task and print "
+                            "each task against its baseline and Δm")
     train.set_defaults(func=cmd_train)
+
+    sweep = sub.add_parser("sweep", parents=[common],
+                           help="a loss-weight sweep: a grid of task weights, its Pareto front",
+                           description="Queue one run per point of a weight grid (2 tasks: w1 "
+                                       "over N points in [0, 1], w2 = 1 - w1; 3+: a simplex "
+                                       "grid), wait, and print the Pareto front of the tasks' "
+                                       "validation metrics with the point chosen by validation. "
+                                       "Prints the sweep id as the last line of stdout.")
+    sweep.add_argument("config", metavar="CONFIG", help="the base experiment config")
+    sweep.add_argument("--grid", type=int, default=5, metavar="N",
+                       help="points per weight axis (default 5)")
+    sweep.add_argument("--methods", metavar="M1,M2",
+                       help="adaptive methods to add as extra points, e.g. uncertainty,pcgrad")
+    sweep.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
+                       help="override a config field of the base config (repeatable)")
+    sweep.add_argument("--detach", action="store_true", help="queue the runs and return at once")
+    sweep.set_defaults(func=cmd_sweep)
 
     runs = sub.add_parser("runs", parents=[common], help="list runs, newest first")
     runs.add_argument("--status", action="append", choices=RUN_STATUSES,

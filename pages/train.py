@@ -4,7 +4,8 @@ The page reads every widget value from session_state first (ui.train_run.prepare
 turns it into a config document and validates it *before* drawing the widgets, so each
 validation message can sit right under the control concerned and Start is disabled while any
 is left. Training happens in worker processes (mtl_core.jobs); this page only submits runs and
-draws what the store holds.
+draws what the store holds. The URL's `?cfg=` follows the controls (ui.train_run), and class
+mode (`?mode=class`) draws only the essential controls plus a loaded lesson's knobs.
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def _data_blocks_start(params: dict, data_error: str | None) -> bool:
 
 
 run.prepare_form_state()
+view = run.current_view()
 doc = form.config_from_state(st.session_state)
 cfg, errors = form.validate(doc)
+shareable = cfg  # valid as a config, even where this machine cannot read its data
 shapes, data_error = suite_shapes(doc.get("data", {}))
 diagram = build_diagram(doc)
 if cfg is not None:
@@ -38,6 +41,7 @@ if cfg is not None:
     if late:
         cfg, errors = None, ConfigError(late)
 
+run.sync_config_url(shareable)
 run.show_notice()
 run.warm_up_once()
 head, start, controls = st.columns([5, 2, 3], vertical_alignment="top")
@@ -46,23 +50,26 @@ with start:
     run.start_button(cfg)
 with controls:
     run.run_buttons()
+run.class_banner(view)
+run.share_error()
 run.problems(errors)
 
 left, right = st.columns([6, 5], gap="large")
 with left:
     data_tab, arch_tab, train_tab = st.tabs(["Data & tasks", "Architecture", "Training"])
     with data_tab:
-        sections.data_section(errors, shapes, data_error)
+        sections.data_section(errors, shapes, data_error, view)
         sections.tasks_section(doc, errors, shapes)
     with arch_tab:
-        sections.architecture_section(errors)
+        sections.architecture_section(errors, doc, view)
     with train_tab:
-        sections.weighting_section(errors)
+        sections.weighting_section(errors, view)
         st.divider()
-        sections.training_section(errors, run.devices())
+        sections.training_section(errors, run.devices(), view)
 with right:
     run.diagram_panel(diagram)
-    run.yaml_panel(doc, cfg)
+    run.yaml_panel(doc, cfg, view)
+    run.share_panel(shareable, view)
 
 st.divider()
 run.live_area()

@@ -256,6 +256,11 @@ def trace_points(page: Any, key: str) -> dict[str, int] | None:
     return page.evaluate(TRACE_POINTS_JS, key)
 
 
+def selectbox_text(page: Any, key: str) -> str:
+    """The text a keyed st.selectbox shows (its combobox input's value)."""
+    return page.locator(f".st-key-{key} input[role=combobox]").input_value()
+
+
 def open_page(page: Any, title: str) -> None:
     """Click a page of the sidebar navigation (e.g. "Predictions")."""
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()

@@ -10,6 +10,7 @@ import re
 import signal
 import time
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
@@ -18,10 +19,11 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 
 from mtl_core import jobs
-from mtl_core.config import ExperimentConfig, parse_config
+from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config
 from mtl_core.models.base import Block
 from mtl_core.store import RunStore
 from ui import config_form as form
+from ui import share
 from ui.diagram import branch_points, build_diagram, dot_for_blocks
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -53,6 +55,8 @@ def _same(a: ExperimentConfig | dict, b: ExperimentConfig | dict) -> None:
      "weighting": {"method": "upgrad", "params": {"pref_vector": [1.0, 2.0]}}},
     {"data": {"suite": "csv", "params": {"path": "t.csv", "targets": ["y", "z"],
                                          "inputs": ["a"], "kinds": {"z": "binary"}}}},
+    {"data": {"suite": "toy_2d"}, "tasks": [{"name": "distance"}, {"name": "xor"}],
+     "model": {"heads": {"layers": [8], "per_task": {"distance": [16, 4], "xor": []}}}},
 ])
 def test_state_round_trip_gives_the_same_config(doc):
     state = form.state_from_config(doc)
@@ -89,6 +93,60 @@ def test_widget_edits_become_config_fields():
     assert cfg.model.trunk.layers == [64, 128, 128]
     assert cfg.task_weights() == {"task1": 1.0, "task2": 0.25}
     assert cfg.weighting.method == "dwa" and cfg.weighting.params == {"temperature": 2.0}
+
+
+def _heads(state: dict) -> dict[str, list[int]]:
+    return parse_config(form.config_from_state(state)).model.heads.per_task
+
+
+def test_per_task_heads_hold_only_the_tasks_whose_widths_differ():
+    state = form.state_from_config({"data": {"suite": "toy_2d"}})
+    assert state[form.HEADS_SAME] is True
+    assert not [k for k in state if k.startswith(form.head_key(""))]
+    state[form.HEADS_SAME] = False  # toggle off: untouched editors use the shared head
+    assert _heads(state) == {}
+    state.update(form.list_to_state(form.head_key("xor"), [32]))  # equal to the shared [32]
+    state.update(form.list_to_state(form.head_key("distance"), [16, 4]))
+    state.update(form.list_to_state(form.head_key("spiral"), []))
+    assert _heads(state) == {"distance": [16, 4], "spiral": []}
+    state[form.task_key("spiral", "include")] = False  # a task left out has no head
+    assert _heads(state) == {"distance": [16, 4]}
+    cfg = parse_config(form.config_from_state(state))
+    assert cfg.model.heads.layers_for("distance") == [16, 4]
+    assert cfg.model.heads.layers_for("xor") == [32]
+    state[form.HEADS_SAME] = True  # back on: one head for all, the overrides are ignored
+    assert _heads(state) == {}
+    form.forget_head_overrides(state)  # (what the page does then)
+    assert not [k for k in state if k.startswith(form.head_key(""))]
+
+
+def test_loading_per_task_heads_fills_every_tasks_editor_and_a_new_suite_drops_them():
+    state = form.state_from_config({"data": {"suite": "toy_2d"}, "model": {"heads": {
+        "layers": [8], "per_task": {"distance": [16, 4], "xor": [8]}}}})
+    assert state[form.HEADS_SAME] is False
+    assert form.list_from_state(state, form.head_key("distance")) == [16, 4]
+    assert form.list_from_state(state, form.head_key("circle")) == [8]  # the shared head
+    assert _heads(state) == {"distance": [16, 4]}  # xor's entry said what [8] says anyway
+    state["cfg.data.suite"] = "synthetic_mmoe"
+    form.reset_for_suite(state, "synthetic_mmoe")
+    assert state[form.HEADS_SAME] is True and _heads(state) == {}
+    assert not [k for k in state if k.startswith(form.head_key(""))]
+
+
+def test_class_view_hides_advanced_controls_but_shows_a_lessons_knobs():
+    from ui.train_sections import FULL_VIEW, View
+
+    assert FULL_VIEW.shows("seed") and FULL_VIEW.shows("weighting.params.alpha")
+    view = View(class_mode=True)
+    assert [view.shows(p) for p in ("optim.lr", "optim.epochs", "tasks", "data.suite",
+                                    "model.heads.per_task.xor", "model.trunk.layers")] == [True] * 6
+    assert not any(view.shows(p) for p in ("seed", "device", "log_every", "yaml",
+                                           "optim.weight_decay", "optim.early_stopping.patience",
+                                           "weighting.params.alpha", "model.params"))
+    lesson = View(class_mode=True, knobs=("weighting.params.alpha", "optim.early_stopping"))
+    assert lesson.shows("weighting.params") and lesson.shows("weighting.params.alpha")
+    assert not lesson.shows("weighting.params.lr")
+    assert lesson.shows("optim.early_stopping.patience") and not lesson.shows("seed")
 
 
 def test_an_empty_state_means_the_defaults():
@@ -199,6 +257,7 @@ class _NavigationPagesManager(PagesManager):
 @pytest.fixture
 def warm_calls(monkeypatch: pytest.MonkeyPatch) -> list:
     """jobs.warm_up calls (recorded, not run: an idle worker per test would load the CI)."""
+    monkeypatch.setenv("MTL_WARM_UP", "1")  # conftest turns it off; here it is only recorded
     calls: list = []
     monkeypatch.setenv("MTL_WARM_UP", "1")  # conftest turns it off; here it is only recorded
     monkeypatch.setattr(jobs, "warm_up", lambda runs_dir=None: calls.append(runs_dir))
@@ -222,7 +281,7 @@ def app(monkeypatch: pytest.MonkeyPatch, warm_calls: list):
 
 def _config_shown(at: AppTest) -> dict:
     """The config exactly as the page shows it in "Config as YAML"."""
-    return yaml.safe_load(at.code[0].value)
+    return yaml.safe_load(next(c.value for c in at.code if c.language == "yaml"))
 
 
 def _start(at: AppTest):
@@ -415,3 +474,179 @@ def test_run_buttons_drive_the_current_run_and_an_extra_run_waits_in_the_queue(a
     new = at.session_state["run_id"]
     assert new != busy and store.get_run(new).status == "queued"
     assert any("Queued" in info.value for info in at.info)
+
+
+# --- per-task heads, shared links and class mode (AppTest) ----------------------------------
+
+SHARED = {"name": "shared", "seed": 3, "device": "cpu",
+          "data": {"suite": "toy_2d", "params": {"n_samples": 200}},
+          "tasks": [{"name": "xor", "weight": 2.0}, {"name": "distance", "weight": 1.0}],
+          "model": {"trunk": {"layers": [8]},
+                    "heads": {"layers": [4], "per_task": {"distance": [6, 3]}}},
+          "weighting": {"method": "gradnorm", "params": {"alpha": 0.5}},
+          "optim": {"epochs": 2, "weight_decay": 0.001}, "log_every": 5}
+
+ADVANCED_KEYS = ("cfg.seed", "cfg.device", "cfg.log_every", "cfg.optim.optimizer",
+                 "cfg.optim.weight_decay", "cfg.optim.batch_size", "cfg.optim.eval_every",
+                 "cfg.optim.early_stopping.patience", "cfg.data.val_fraction",
+                 "cfg.model.trunk.activation", "cfg.model.trunk.dropout",
+                 "cfg.model.trunk.batch_norm", "cfg.model.heads.activation",
+                 "cfg.model.heads.dropout", "upload.yaml")
+ESSENTIAL_KEYS = ("cfg.data.suite", "cfg.data.train_fraction", form.task_key("xor", "weight"),
+                  "cfg.model.architecture", "cfg.model.trunk.type", "cfg.model.trunk.layers.n",
+                  form.HEADS_SAME, "cfg.weighting.method", "cfg.optim.lr", "cfg.optim.epochs",
+                  "cfg.name", "train.start")
+
+
+def _walk(node):
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from _walk(child)
+
+
+def _keys(block) -> list[str]:
+    """Keys of every keyed widget drawn in a block (main area or sidebar), in page order."""
+    return [n.key for n in _walk(block) if isinstance(getattr(n, "key", None), str)]
+
+
+def _form_config(at: AppTest):
+    """The config the widgets describe (what Start would queue)."""
+    return parse_config(form.config_from_state(at.session_state.to_dict()))
+
+
+def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatch):
+    at = app.run()
+    at.file_uploader(key="upload.yaml").set_value(
+        ("toy.yaml", parse_config(TOY).to_yaml().encode(), "text/yaml"))
+    at.run()
+    assert at.toggle(key=form.HEADS_SAME).value is True
+    assert not [k for k in _keys(at.main) if k.startswith(form.head_key(""))]
+    at.toggle(key=form.HEADS_SAME).set_value(False).run()
+    keys = _keys(at.main)
+    assert "cfg.model.heads.layers.n" not in keys  # one editor per included task instead
+    assert [k for k in keys if k.startswith(form.head_key("")) and k.endswith(".n")] == \
+        [form.head_key(t) + ".n" for t in ("circle", "xor", "spiral", "distance")]
+    assert _form_config(at).model.heads.per_task == {}  # each starts from the shared head
+    at.number_input(key=form.head_key("distance") + ".n").set_value(2).run()
+    at.number_input(key=form.head_key("distance") + ".0").set_value(6)
+    at.number_input(key=form.head_key("distance") + ".1").set_value(3)
+    at.run()
+    assert not at.exception and not _start(at).disabled
+    assert parse_config(_config_shown(at)).model.heads.per_task == {"distance": [6, 3]}
+    assert _form_config(at).model.heads.layers_for("xor") == []
+    spec = at.get("graphviz_chart")[0].proto.spec
+    assert "Linear 8→6" in spec and "Linear 6→3" in spec and "Linear 3→1" in spec
+    assert "Linear 8→1" in spec  # the other heads keep the shared (empty) layout
+
+    # a problem with one task's head is shown under that task's editor (the widgets cannot
+    # make one: widths are at least 1; a check of the engine could)
+    def validate(doc):
+        return None, ConfigError([FieldError("model.heads.per_task.distance", "too deep")])
+
+    monkeypatch.setattr(form, "validate", validate)
+    at.run()
+    assert _start(at).disabled
+    order = [(n.type, getattr(n, "key", None), getattr(n, "value", None)) for n in _walk(at.main)]
+    where = next(i for i, (t, _, v) in enumerate(order) if t == "error" and v == "too deep")
+    before = [k for _, k, _ in order[:where] if isinstance(k, str)]
+    assert before[-1] == form.head_key("distance") + ".1"
+    assert any("model.heads.per_task.distance" in e.value and "to fix before Start" in e.value
+               for e in at.error)
+    monkeypatch.undo()
+
+    at.toggle(key=form.HEADS_SAME).set_value(True).run()  # back to one head for all
+    assert _form_config(at).model.heads.per_task == {}
+    assert form.head_key("distance") + ".n" not in at.session_state
+
+
+def test_a_shared_link_sets_every_widget_and_the_url_follows_the_controls(app):
+    cfg = parse_config(SHARED)
+    token = share.encode_config(cfg)
+    app.query_params["cfg"] = token
+    at = app.run()
+    assert not at.exception and not at.error
+    assert _form_config(at) == cfg  # every widget holds the shared config
+    _same(_config_shown(at), SHARED)
+    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
+    assert at.checkbox(key=form.task_key("circle", "include")).value is False
+    assert at.toggle(key=form.HEADS_SAME).value is False
+    assert at.number_input(key=form.head_key("distance") + ".n").value == 2
+    assert at.number_input(key="cfg.seed").value == 3
+    assert at.query_params["cfg"] == token
+
+    at.number_input(key="cfg.optim.epochs").set_value(5).run()  # an edit after loading
+    edited = _form_config(at)
+    assert edited.optim.epochs == 5
+    assert share.decode_config(at.query_params["cfg"]) == edited  # the URL follows
+    at.query_params["cfg"] = token  # the old link again in the same session (e.g. Back)
+    at.run()
+    assert _form_config(at) == edited  # read once per session: the edit stays
+    assert share.decode_config(at.query_params["cfg"]) == edited
+
+    link = next(c.value for c in at.code if c.language != "yaml")  # the Share link panel
+    reload = AppTest.from_file(APP, default_timeout=90)  # a reload is a new session
+    reload.query_params.update(parse_qs(urlsplit(link).query))
+    reload.run()
+    assert not reload.exception and _form_config(reload) == edited
+
+    at.button(key="train.reset").click().run()  # the default config needs no ?cfg= at all
+    assert "cfg" not in at.query_params
+
+
+def test_a_damaged_link_says_so_and_keeps_the_defaults(app):
+    app.query_params["cfg"] = "eNqrrgUAAXUA-A"
+    at = app.run()
+    assert not at.exception
+    assert any("config in this link was not loaded" in e.value and "damaged" in e.value
+               for e in at.error)
+    _same(_config_shown(at), {})
+    assert "cfg" not in at.query_params
+
+
+def test_class_mode_hides_advanced_controls_and_keeps_their_values(app):
+    app.query_params.update({"cfg": share.encode_config(parse_config(SHARED)), "mode": "class"})
+    at = app.run()
+    assert not at.exception
+    keys = _keys(at.main)
+    assert not [k for k in ADVANCED_KEYS if k in keys]
+    assert not [k for k in keys if k.startswith("cfg.weighting.params.")]  # method params
+    assert [k for k in ESSENTIAL_KEYS if k in keys] == list(ESSENTIAL_KEYS)
+    assert form.head_key("distance") + ".n" in keys  # the per-task heads it loaded
+    assert any("Class mode — advanced controls hidden" in m.value for m in at.markdown)
+    way_out = [link for link in at.main.get("page_link") if link.value == "Show all controls"]
+    assert way_out and way_out[0].proto.query_string == "mode=full"
+    # the sidebar keeps to the current run
+    assert "sidebar.run_pick" not in _keys(at.sidebar)
+    assert not any("Runs:" in c.value for c in at.sidebar.caption)
+    # hidden is not gone: the config still has the link's seed, weight decay and alpha
+    assert _form_config(at) == parse_config(SHARED)
+    assert at.query_params["mode"] == "class"
+
+    at.query_params.pop("mode")  # a page switch clears the URL: class mode stays, and says so
+    at.query_params.pop("cfg")
+    at.switch_page("pages/runs.py").run()
+    assert at.query_params["mode"] == "class" and "cfg" in at.query_params
+    at.switch_page("pages/train.py").run()
+    assert "cfg.seed" not in _keys(at.main)
+
+    at.query_params["mode"] = "full"  # what the "Show all controls" link opens
+    at.run()
+    keys = _keys(at.main)
+    assert [k for k in ADVANCED_KEYS if k in keys] == list(ADVANCED_KEYS)
+    assert "mode" not in at.query_params and "sidebar.run_pick" in _keys(at.sidebar)
+    assert not any("Class mode" in m.value for m in at.markdown)
+
+
+def test_class_mode_shows_the_knobs_a_lesson_names(app):
+    app.query_params.update({"cfg": share.encode_config(parse_config(SHARED)), "mode": "class"})
+    at = app.run()
+    at.session_state["lesson_knobs"] = ["optim.weight_decay", "weighting.params.alpha", "seed"]
+    at.run()
+    assert not at.exception
+    keys = _keys(at.main)
+    assert {"cfg.optim.weight_decay", "cfg.weighting.params.gradnorm.alpha", "cfg.seed"} <= \
+        set(keys)
+    assert "cfg.weighting.params.gradnorm.lr" not in keys  # the method's other param
+    assert not {"cfg.device", "cfg.optim.optimizer", "upload.yaml"} & set(keys)
+    assert any("optim.weight_decay" in m.value for m in at.markdown)  # the banner names them
+    assert at.number_input(key="cfg.optim.weight_decay").value == pytest.approx(0.001)

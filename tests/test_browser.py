@@ -25,6 +25,7 @@ from browser_support import (
     launch_chromium,
     open_page,
     screenshot,
+    selectbox_text,
     settle,
     trace_points,
     wait_until,
@@ -166,8 +167,7 @@ def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page
     open_page(page, "Predictions")
     page.get_by_text("Decision boundaries").wait_for()
     wait_until(lambda: boundary_charts(page, TOY_TASKS), 60, "a decision boundary per task")
-    assert run_id in page.locator(".st-key-pred_run").inner_text()
-    assert f"step **{info.step}**" not in page.content()  # markdown rendered, not raw
+    assert run_id in selectbox_text(page, "pred_run")
     page.get_by_text(f"Showing the evaluation at step {info.step}").wait_for()
     screenshot(page, "cli_run_predictions")
 
@@ -243,7 +243,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     page.get_by_text("Decision boundaries").wait_for()
     wait_until(lambda: boundary_charts(page, TOY_TASKS), 60, "a decision boundary per task")
     page.get_by_text("refreshing while the run is live").wait_for()
-    assert run_id in page.locator(".st-key-pred_run").inner_text()
+    assert run_id in selectbox_text(page, "pred_run")
     screenshot(page, "e2e_4_predictions")
 
     # Back to Build & Train, Stop.
@@ -270,8 +270,8 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # The Runs page lists it, stopped.
     open_page(page, "Runs")
-    target = page.locator(".st-key-runs_target")
-    target.wait_for()
-    wait_until(lambda: run_id in target.inner_text(), 30, "the run on the Runs page")
-    assert "stopped" in target.inner_text()
+    page.locator(".st-key-runs_target").wait_for()
+    label = wait_until(lambda: run_id in selectbox_text(page, "runs_target")
+                       and selectbox_text(page, "runs_target"), 30, "the run on the Runs page")
+    assert "stopped" in label, label
     screenshot(page, "e2e_7_runs_page")

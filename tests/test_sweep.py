@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 
 import pytest
 
+from mtl_core import jobs
 from mtl_core.config import parse_config
 from mtl_core.store import RunStore
 from mtl_core.sweep import (
@@ -137,10 +140,21 @@ def test_sweep_ids_are_read_back_from_run_names():
 
 
 # --- a real sweep through the jobs queue ----------------------------------------------------
+@pytest.fixture
+def end_workers(isolated_dirs):
+    """Workers a test starts wait 30 s for more runs; end them afterwards (they serve a runs
+    dir only this test uses)."""
+    yield isolated_dirs
+    if (isolated_dirs / "runs.db").exists():
+        for pid, _, _ in RunStore(isolated_dirs).workers():
+            if jobs.pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+
 
 
 @pytest.mark.slow  # the slow one (~10-40 s: worker processes train 4 small runs); runs in CI
-def test_a_tiny_sweep_runs_through_jobs_and_marks_the_front(tiny_doc, isolated_dirs):
+def test_a_tiny_sweep_runs_through_jobs_and_marks_the_front(tiny_doc, isolated_dirs,
+                                                             end_workers):
     # Just enough training (36 steps) for the weights to make a difference.
     doc = tiny_doc({"data": {"params": {"n_samples": 400, "n_test": 100}},
                     "tasks": [{"name": "circle"}, {"name": "distance"}],

@@ -1,8 +1,20 @@
-"""Build & Train page plumbing: form state on entry, run buttons, config as YAML, diagram.
+"""Build & Train page plumbing: form state on entry, run buttons, config as YAML, diagram,
+and the URL (shared configs, class mode).
 
 `prepare_form_state` runs first on every page run, before any widget: it loads a pending
-config (YAML upload, preset, reset) into the widget keys, and resets the task rows and the
-trunk when the suite has changed. Starting a run goes through `mtl_core.jobs` only.
+config (YAML upload, preset, shared link, reset) into the widget keys, and resets the task rows
+and the trunk when the suite has changed. Starting a run goes through `mtl_core.jobs` only.
+
+The URL (`follow_url`, run by app.py before every page; `sync_config_url`, by the Train page):
+- `?cfg=<token>` (ui.share) is read once per browser session, on its first page run, and loaded
+  into every control. From then on the session owns the form and the URL follows it: the Train
+  page writes the token of the current config whenever it changes (no `cfg` at all for the
+  default config; while a setting is invalid, the last valid config stays), and every page
+  puts it back after a page switch cleared it. A reload (a new session) therefore reopens
+  exactly the current controls, and the address bar is always a link to them.
+- `?mode=class` turns class mode on for the session and `?mode=<anything else>` turns it off
+  (the "Show all controls" link uses `mode=full`); with neither, the session keeps its mode,
+  and every page puts `mode=class` back in the URL while it is on.
 """
 from __future__ import annotations
 
@@ -14,9 +26,11 @@ import yaml
 
 from mtl_core.config import ConfigError, ExperimentConfig, loads_config_text, parse_config
 from ui import config_form as form
+from ui import share
 from ui.diagram import Diagram
 from ui.param_widgets import show_errors
 from ui.state import current_run_id, get_store, runs_dir, set_current_run
+from ui.train_sections import FULL_VIEW, View
 
 YAML_UPLOAD_KEY = "upload.yaml"
 _YAML_DONE = "_yaml_applied_id"
@@ -25,6 +39,13 @@ _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
 _NOTICE = "_train_notice"
 _WARMED = "_worker_warmed"
 CONTROLS_REFRESH_S = 1.0
+TRAIN_PAGE = "pages/train.py"
+CLASS_MODE_KEY = "class_mode"  # bool: class mode is on for this session
+LESSON_KNOBS_KEY = "lesson_knobs"  # config paths a loaded lesson focuses on (lessons page)
+_URL_READ = "_url_cfg_read"  # the ?cfg= of the session's first page run has been taken
+_URL_TOKEN = "_url_cfg_token"  # the token of the current config ("" = the default config)
+_SHARE_ERROR = "_share_error"
+LEAVE_CLASS_MODE = {share.MODE_PARAM: "full"}  # the query of the "Show all controls" link
 
 
 def request_load(cfg: ExperimentConfig | dict[str, Any]) -> None:
@@ -90,6 +111,99 @@ def show_notice() -> None:
     notice = st.session_state.pop(_NOTICE, None)
     if notice:
         st.toast(notice, icon=":material/check_circle:")
+
+
+# --- the URL: shared configs and class mode --------------------------------------------------
+
+def follow_url() -> None:
+    """Take `?cfg=` (once per session) and `?mode=`, then put back in the URL what a page
+    switch cleared. Runs before any page (app.py)."""
+    state, params = st.session_state, st.query_params
+    mode = params.get(share.MODE_PARAM)
+    if mode is not None:
+        state[CLASS_MODE_KEY] = mode == share.CLASS_MODE
+        if mode != share.CLASS_MODE:
+            del params[share.MODE_PARAM]
+    elif state.get(CLASS_MODE_KEY):
+        params[share.MODE_PARAM] = share.CLASS_MODE
+    if not state.get(_URL_READ):
+        state[_URL_READ] = True
+        token = params.get(share.CFG_PARAM)
+        if token:
+            try:
+                request_load(share.decode_config(token))
+            except ConfigError as exc:
+                state[_SHARE_ERROR] = "The config in this link was not loaded:\n" + "\n".join(
+                    f"- {e}" for e in exc.errors)
+            else:
+                state[_NOTICE] = "Loaded the shared config into every control."
+    elif _URL_TOKEN in state:
+        _put_token(state[_URL_TOKEN])
+
+
+def sync_config_url(cfg: ExperimentConfig | None) -> None:
+    """Mirror the current (valid) config in `?cfg=`; the default config needs none."""
+    if cfg is None:
+        return
+    token = "" if share.is_default(cfg) else share.encode_config(cfg)
+    st.session_state[_URL_TOKEN] = token
+    _put_token(token)
+
+
+def _put_token(token: str) -> None:
+    params = st.query_params
+    if not token:
+        if share.CFG_PARAM in params:
+            del params[share.CFG_PARAM]
+    elif params.get(share.CFG_PARAM) != token:
+        params[share.CFG_PARAM] = token
+
+
+def class_mode() -> bool:
+    return bool(st.session_state.get(CLASS_MODE_KEY, False))
+
+
+def current_view() -> View:
+    """What the Train page draws: everything, or the class-mode essentials + lesson knobs."""
+    if not class_mode():
+        return FULL_VIEW
+    knobs = st.session_state.get(LESSON_KNOBS_KEY) or ()
+    return View(class_mode=True, knobs=tuple(str(k) for k in knobs))
+
+
+def class_banner(view: View) -> None:
+    """The class-mode banner with its way out (a link to the page with mode=full)."""
+    if not view.class_mode:
+        return
+    with st.container(border=True):
+        c1, c2 = st.columns([3, 1], vertical_alignment="center")
+        lesson = (f"  \nThis lesson's knobs: {', '.join(f'`{k}`' for k in view.knobs)}"
+                  if view.knobs else "")
+        c1.markdown(f":material/school: **Class mode — advanced controls hidden**{lesson}")
+        c2.page_link(TRAIN_PAGE, label="Show all controls", icon=":material/tune:",
+                     query_params=LEAVE_CLASS_MODE)
+
+
+def share_error() -> None:
+    """Why a `?cfg=` link could not be loaded (once)."""
+    problem = st.session_state.pop(_SHARE_ERROR, None)
+    if problem:
+        st.error(problem, icon=":material/link_off:")
+
+
+def share_panel(cfg: ExperimentConfig | None, view: View) -> None:
+    """A link that opens this page with every control as it is now."""
+    with st.expander("Share link", icon=":material/link:"):
+        if cfg is None:
+            st.caption("Fix the settings above first: a link holds a valid config.")
+            return
+        as_class = st.checkbox("Class mode link (advanced controls hidden)",
+                               value=view.class_mode, key="share.class_mode")
+        base = st.context.url or "/"  # unknown outside a browser (tests)
+        st.code(share.share_url(base, cfg, class_mode=as_class), language=None,
+                wrap_lines=True)
+        st.caption("Copy it (icon at the right): whoever opens it gets these settings in every "
+                   "control. The address bar always holds this link too.")
 
 
 # --- run buttons ----------------------------------------------------------------------------
@@ -171,7 +285,8 @@ def _run_buttons(run_id: str | None) -> None:
 
 # --- config as YAML, diagram, live panel -------------------------------------------------------
 
-def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None) -> None:
+def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None,
+               view: View = FULL_VIEW) -> None:
     with st.expander("Config as YAML", icon=":material/description:"):
         text = cfg.to_yaml() if cfg else yaml.safe_dump(doc, sort_keys=False)
         name = (cfg.name if cfg else str(doc.get("name", "config"))) or "config"
@@ -185,8 +300,9 @@ def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None) -> None:
             st.session_state[form.PENDING_KEY] = {}
             st.session_state[_NOTICE] = "Every control is back to its default."
             st.rerun()
-        st.file_uploader("Load a YAML config into the controls", type=["yaml", "yml", "json"],
-                         key=YAML_UPLOAD_KEY)
+        if view.shows("yaml"):
+            st.file_uploader("Load a YAML config into the controls",
+                             type=["yaml", "yml", "json"], key=YAML_UPLOAD_KEY)
         problem = st.session_state.get(_YAML_ERROR)
         if problem:
             st.error(problem, icon=":material/error:")
