@@ -1,7 +1,9 @@
-"""Runs: every run in the store, and what can be done with one (open, stop, delete, export).
+"""Runs: every run in the store, and what can be done with one (open, stop, delete, export,
+compare with its single-task baselines: Δm).
 
 The page only reads the store and writes control requests through `mtl_core.jobs`. While any
-run is live the body refreshes every few seconds (a fragment) so statuses and progress move.
+run is live the body refreshes every few seconds (a fragment) so statuses and progress move;
+baselines are runs too, so the "Baselines & Δm" view follows them the same way.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from streamlit.errors import StreamlitAPIException
 
 from mtl_core import jobs
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
+from ui.baselines_view import baselines_view
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
 from ui.state import current_run_id, get_store, set_current_run
 
@@ -140,6 +143,10 @@ def _body(store: RunStore, was_live: bool) -> None:
     run = by_id[target]
     _details(run)
     _actions(store, run)
+    st.subheader("Baselines & Δm", anchor="baselines")
+    st.caption("Does sharing help? Each task of this run against a single-task model trained "
+               "alone with the same settings.")
+    baselines_view(store, run.id, key="runs_bl", poll=False)  # this fragment already polls
 
 
 st.title("Runs")

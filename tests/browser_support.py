@@ -33,9 +33,10 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 T = TypeVar("T")
 
 # Points per trace of the Plotly chart inside `.st-key-<key>`: {trace name: point count}.
+# Streamlit may keep a stale copy of an element beside the fresh one while a run replaces it.
 # Plotly 6 ships arrays base64-encoded in `data`; `_fullData` holds the decoded ones.
 TRACE_POINTS_JS = """(key) => {
-  const el = document.querySelector(`.st-key-${key} .js-plotly-plot`);
+  const el = document.querySelector(`.st-key-${key}:not([data-stale="true"]) .js-plotly-plot`);
   if (!el || !el._fullData) return null;
   const out = {};
   for (const t of el._fullData) {
@@ -256,9 +257,14 @@ def trace_points(page: Any, key: str) -> dict[str, int] | None:
     return page.evaluate(TRACE_POINTS_JS, key)
 
 
+def element(page: Any, key: str) -> Any:
+    """The (fresh, not stale) element container of the widget or chart keyed `key`."""
+    return page.locator(f'.st-key-{key}:not([data-stale="true"])').first
+
+
 def selectbox_text(page: Any, key: str) -> str:
     """The text a keyed st.selectbox shows (its combobox input's value)."""
-    return page.locator(f".st-key-{key} input[role=combobox]").input_value()
+    return element(page, key).locator("input[role=combobox]").input_value()
 
 
 def open_page(page: Any, title: str) -> None:

@@ -543,8 +543,9 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
     def validate(doc):
         return None, ConfigError([FieldError("model.heads.per_task.distance", "too deep")])
 
-    monkeypatch.setattr(form, "validate", validate)
-    at.run()
+    with monkeypatch.context() as patch:
+        patch.setattr(form, "validate", validate)
+        at.run()
     assert _start(at).disabled
     order = [(n.type, getattr(n, "key", None), getattr(n, "value", None)) for n in _walk(at.main)]
     where = next(i for i, (t, _, v) in enumerate(order) if t == "error" and v == "too deep")
@@ -552,7 +553,6 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
     assert before[-1] == form.head_key("distance") + ".1"
     assert any("model.heads.per_task.distance" in e.value and "to fix before Start" in e.value
                for e in at.error)
-    monkeypatch.undo()
 
     at.toggle(key=form.HEADS_SAME).set_value(True).run()  # back to one head for all
     assert _form_config(at).model.heads.per_task == {}

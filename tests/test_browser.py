@@ -14,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
@@ -21,6 +22,7 @@ from browser_support import (
     ROOT,
     VIEWPORT,
     AppServer,
+    element,
     find_chromium,
     launch_chromium,
     open_page,
@@ -161,7 +163,7 @@ def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("finished", exact=True).wait_for()
     assert run_id in sidebar.inner_text()
-    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    element(page, "live_loss").scroll_into_view_if_needed()
     screenshot(page, "cli_run_curves")
 
     open_page(page, "Predictions")
@@ -176,11 +178,11 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
                                                                page: Any) -> None:
     page.goto(app.url)
     # A new user: the default suite's form, then they pick toy_2d (four tasks).
-    page.locator(".st-key-cfg-tasks-task1-weight input[type=range]").wait_for()
+    element(page, "cfg-tasks-task1-weight").locator("input[type=range]").wait_for()
     settle(page)
-    page.locator(".st-key-cfg-data-suite").click()
+    element(page, "cfg-data-suite").click()
     page.get_by_role("option", name="toy_2d", exact=True).click()
-    weight = page.locator(".st-key-cfg-tasks-circle-weight input[type=range]")
+    weight = element(page, "cfg-tasks-circle-weight").locator("input[type=range]")
     weight.wait_for(state="attached")
     settle(page)
 
@@ -193,7 +195,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # A layer width of the shared trunk: 64 → 48.
     page.get_by_role("tab", name="Architecture").click()
-    width = page.locator(".st-key-cfg-model-trunk-layers-0 input")
+    width = element(page, "cfg-model-trunk-layers-0").locator("input")
     width.fill("48")
     width.press("Enter")
     settle(page)
@@ -202,7 +204,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     # Long enough to watch (stopped below), with a point every 5 steps.
     page.get_by_role("tab", name="Training").click()
     for key, value in (("cfg-optim-epochs", "500"), ("cfg-log_every", "5")):
-        box = page.locator(f".st-key-{key} input")
+        box = element(page, key).locator("input")
         box.fill(value)
         box.press("Enter")
         settle(page)
@@ -210,8 +212,8 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     screenshot(page, "e2e_1_form")
 
     page.get_by_role("button", name="Start").click()
-    page.wait_for_url("**/?run=*", timeout=60_000)
-    run_id = page.url.split("run=", 1)[1].split("&", 1)[0]
+    page.wait_for_url(lambda url: "run" in parse_qs(urlparse(url).query), timeout=60_000)
+    run_id = parse_qs(urlparse(page.url).query)["run"][0]
     runs = app.runs_dir
     cfg = RunStore(runs).get_run(run_id).config
     assert cfg["data"]["suite"] == "toy_2d"
@@ -229,8 +231,8 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
             seen.append(now)
         return len(seen) >= 3
 
-    page.locator(".st-key-live_loss").wait_for(timeout=120_000)
-    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    element(page, "live_loss").wait_for(timeout=120_000)
+    element(page, "live_loss").scroll_into_view_if_needed()
     screenshot(page, "e2e_2_first_points")
     wait_until(grown_twice, 120, "three successive states of the loss chart", interval=0.1)
     for task in TOY_TASKS:
@@ -248,7 +250,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # Back to Build & Train, Stop.
     open_page(page, "Build & Train")
-    stop = page.locator(".st-key-train-stop button")
+    stop = element(page, "train-stop").locator("button")
     wait_until(stop.is_enabled, 30, "an enabled Stop button")
     assert status_of(runs, run_id) == "running", "the run ended before the test could stop it"
     stop.click()
@@ -265,12 +267,12 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     sidebar.get_by_text("stopped", exact=True).wait_for()
     assert run_id in sidebar.inner_text()
     page.get_by_text("Stopped").first.wait_for()
-    page.locator(".st-key-live_loss").scroll_into_view_if_needed()
+    element(page, "live_loss").scroll_into_view_if_needed()
     screenshot(page, "e2e_6_after_reload")
 
     # The Runs page lists it, stopped.
     open_page(page, "Runs")
-    page.locator(".st-key-runs_target").wait_for()
+    element(page, "runs_target").wait_for()
     label = wait_until(lambda: run_id in selectbox_text(page, "runs_target")
                        and selectbox_text(page, "runs_target"), 30, "the run on the Runs page")
     assert "stopped" in label, label

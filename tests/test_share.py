@@ -103,6 +103,8 @@ def test_share_url_carries_the_token_and_class_mode():
     assert query.keys() == {"cfg", "mode"} and query["mode"] == ["class"]
     assert share.decode_config(query["cfg"][0]) == cfg
     assert share.share_url("/", parse_config({}), class_mode=True) == "/?mode=class"
+    assert share.share_url("http://lab:8501", parse_config({}), class_mode=True) == \
+        "http://lab:8501/?mode=class"  # what st.context.url gives on the default page
 
 
 @pytest.mark.parametrize("token, words", [

@@ -20,7 +20,7 @@ import json
 import re
 import zlib
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config
 from ui.config_form import TRUNK_PRESETS, task_names
@@ -214,5 +214,8 @@ def share_query(cfg: ExperimentConfig, class_mode: bool = False) -> dict[str, st
 
 def share_url(base: str, cfg: ExperimentConfig, class_mode: bool = False) -> str:
     """`base` (the app's address, without a query) with the config's query string."""
+    base = base.split("?", 1)[0].split("#", 1)[0]
+    if urlsplit(base).netloc and not urlsplit(base).path:
+        base += "/"  # http://host:8501 -> http://host:8501/
     query = urlencode(share_query(cfg, class_mode))
-    return f"{base.split('?', 1)[0]}?{query}" if query else base.split("?", 1)[0]
+    return f"{base}?{query}" if query else base

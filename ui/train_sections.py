@@ -7,6 +7,7 @@ their values stay in session_state, so the config keeps them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -188,7 +189,7 @@ def heads_section(errors: ConfigError | None, tasks: list[str], view: View = FUL
             key = form.head_key(task)
             if f"{key}.n" not in st.session_state:  # a task starts from the shared head
                 st.session_state.update(form.list_to_state(key, shared))
-            layer_editor(key, f"Head of {task}", help=f"Hidden dense layers of the head of "
+            layer_editor(key, task, help=f"Hidden dense layers of the head of "
                          f"task {task}, before its output layer.")
             show_errors(form.errors_at(errors, f"model.heads.per_task.{task}"))
         show_errors(form.errors_at(errors, "model.heads.layers"))
@@ -222,43 +223,45 @@ def weighting_section(errors: ConfigError | None, view: View = FULL_VIEW) -> Non
 
 def training_section(errors: ConfigError | None, devices: list[str],
                      view: View = FULL_VIEW) -> None:
-    c1, c2, c3 = st.columns(3)
-    if view.shows("optim.optimizer"):
-        c1.selectbox("Optimizer", list(OPTIMIZERS), key="cfg.optim.optimizer", **KEEP)
-    c2.number_input("Learning rate", min_value=0.0, step=1e-4, format="%g",
-                    key="cfg.optim.lr", **KEEP)
-    if view.shows("optim.weight_decay"):
-        c3.number_input("Weight decay", min_value=0.0, step=1e-4, format="%g",
-                        key="cfg.optim.weight_decay", **KEEP)
-    for col, path in ((c1, "optim.optimizer"), (c2, "optim.lr"), (c3, "optim.weight_decay")):
-        with col:
-            show_errors(form.errors_at(errors, path))
-    c1, c2, c3 = st.columns(3)
-    if view.shows("optim.batch_size"):
-        c1.number_input("Batch size", min_value=1, step=16, key="cfg.optim.batch_size", **KEEP)
-    c2.number_input("Epochs", min_value=1, step=1, key="cfg.optim.epochs", **KEEP)
-    if view.shows("optim.early_stopping.patience"):
-        c3.number_input("Early stopping patience", min_value=0, step=1,
-                        key="cfg.optim.early_stopping.patience", **KEEP,
-                        help="Stop after this many evaluations without a better validation "
-                             "loss; 0 = off.")
-    show_errors(form.errors_at(errors, "optim.batch_size") + form.errors_at(errors, "optim.epochs")
-                + form.errors_at(errors, "optim.early_stopping"))
-    c1, c2, c3 = st.columns(3)
-    if view.shows("optim.eval_every"):
-        c1.number_input("Evaluate every (steps)", min_value=0, step=10,
-                        key="cfg.optim.eval_every", help="0 = once per epoch.", **KEEP)
-    if view.shows("log_every"):
-        c2.number_input("Log every (steps)", min_value=1, step=5, key="cfg.log_every", **KEEP)
-    if view.shows("seed"):
-        c3.number_input("Seed", step=1, key="cfg.seed", **KEEP)
-    show_errors(form.errors_at(errors, "optim.eval_every") + form.errors_at(errors, "log_every")
-                + form.errors_at(errors, "seed"))
+    """Optimizer and schedule, three controls a row; class mode closes the gaps of the
+    controls it hides."""
+    number = st.number_input
+    controls: list[tuple[str, Callable[[], Any]]] = [
+        ("optim.optimizer", lambda: st.selectbox("Optimizer", list(OPTIMIZERS),
+                                                 key="cfg.optim.optimizer", **KEEP)),
+        ("optim.lr", lambda: number("Learning rate", min_value=0.0, step=1e-4, format="%g",
+                                    key="cfg.optim.lr", **KEEP)),
+        ("optim.weight_decay", lambda: number("Weight decay", min_value=0.0, step=1e-4,
+                                              format="%g", key="cfg.optim.weight_decay",
+                                              **KEEP)),
+        ("optim.batch_size", lambda: number("Batch size", min_value=1, step=16,
+                                            key="cfg.optim.batch_size", **KEEP)),
+        ("optim.epochs", lambda: number("Epochs", min_value=1, step=1, key="cfg.optim.epochs",
+                                        **KEEP)),
+        ("optim.early_stopping", lambda: number(
+            "Early stopping patience", min_value=0, step=1,
+            key="cfg.optim.early_stopping.patience", **KEEP,
+            help="Stop after this many evaluations without a better validation loss; "
+                 "0 = off.")),
+        ("optim.eval_every", lambda: number("Evaluate every (steps)", min_value=0, step=10,
+                                            key="cfg.optim.eval_every",
+                                            help="0 = once per epoch.", **KEEP)),
+        ("log_every", lambda: number("Log every (steps)", min_value=1, step=5,
+                                     key="cfg.log_every", **KEEP)),
+        ("seed", lambda: number("Seed", step=1, key="cfg.seed", **KEEP)),
+    ]
+    shown = [(path, draw) for path, draw in controls if view.shows(path)]
+    for start in range(0, len(shown), 3):
+        for col, (path, draw) in zip(st.columns(3), shown[start:start + 3], strict=False):
+            with col:
+                draw()
+                show_errors(form.errors_at(errors, path))
     c1, c2 = st.columns(2)
     if view.shows("device"):
         _device_picker(c1, errors, devices)
-    c2.text_input("Run name", key="cfg.name", **KEEP)
-    with c2:
+    name_col = c2 if view.shows("device") else c1
+    name_col.text_input("Run name", key="cfg.name", **KEEP)
+    with name_col:
         show_errors(form.errors_at(errors, "name"))
 
 
