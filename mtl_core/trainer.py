@@ -122,9 +122,9 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
         for epoch in range(cfg.optim.epochs):
             order = torch.randperm(n_train, generator=order_rng).to(device)
             epoch_losses.zero_()
+            model.train()  # once per epoch and after each evaluation, not per step (it recurses)
             for start in range(0, n_train, batch_size):
                 batch = data.train.take(order[start:start + batch_size])
-                model.train()
                 features = model.features(batch.inputs)
                 outputs = model.heads(features)
                 raw = torch.stack([task_loss(s, outputs[s.name], batch.targets[s.name])
@@ -165,6 +165,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 if step % eval_every == 0 or step == total_steps:
                     last_val = _evaluate_and_snapshot(model, data, probe, specs, task_weights,
                                                       sink, step, epoch)
+                    model.train()
                     val_total = last_val["total"]["loss"]
                     if val_total < best_val - cfg.optim.early_stopping.min_delta:
                         best_val, evals_since_best = val_total, 0

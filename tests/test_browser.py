@@ -118,14 +118,17 @@ def browser(chromium: str) -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, app: AppServer) -> Iterator[Any]:
+def page(browser: Any, app: AppServer, request: pytest.FixtureRequest) -> Iterator[Any]:
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(60_000)  # 2 shared cores: a rerun can take a few seconds
     try:
         yield page
     finally:
-        context.close()
+        try:  # what the page showed last, for a test that failed
+            screenshot(page, f"last_{request.node.name}")
+        finally:
+            context.close()
 
 
 # ---------------------------------------------------------------- helpers
