@@ -29,7 +29,10 @@ def get_store() -> RunStore:
 def current_run_id() -> str | None:
     if "run_id" not in st.session_state:
         st.session_state["run_id"] = st.query_params.get("run")
-    return st.session_state["run_id"]
+    run_id = st.session_state["run_id"]
+    if run_id and st.query_params.get("run") != run_id:
+        st.query_params["run"] = run_id  # a page switch clears the URL: a reload keeps the run
+    return run_id
 
 
 def set_current_run(run_id: str | None) -> None:
