@@ -43,6 +43,8 @@ sys.path.insert(0, str(ROOT))
 from browser_support import (  # noqa: E402
     VIEWPORT,
     AppServer,
+    button,
+    element,
     find_chromium,
     launch_chromium,
     settle,
@@ -62,7 +64,8 @@ ARM_JS = """() => {
     }
   }, true);
   const timer = setInterval(() => {
-    const el = document.querySelector('.st-key-live_loss .js-plotly-plot');
+    const el = document.querySelector(
+      '.st-key-live_loss:not([data-stale="true"]) .js-plotly-plot');
     if (el && el._fullData && el._fullData.some(t => t.x && t.x.length > 0)) {
       window.__firstPointAt = Date.now(); clearInterval(timer);
     }
@@ -101,7 +104,7 @@ def _open_app(browser: Any, server: AppServer) -> tuple[Any, Any]:
     page = context.new_page()
     page.set_default_timeout(90_000)
     page.goto(server.url)
-    page.locator(".st-key-train-start button").wait_for()
+    button(page, "train-start").wait_for()
     settle(page)
     return context, page
 
@@ -131,7 +134,7 @@ def start_latency(browser: Any, server: AppServer, warm: bool) -> dict[str, floa
             assert not server.worker_pids(), "a cold start found a worker already running"
         page.evaluate(ARM_JS)
         before = {r.id for r in RunStore(server.runs_dir).list_runs()}
-        page.locator(".st-key-train-start button").click()
+        button(page, "train-start").click()
         page.wait_for_function("window.__firstPointAt !== null", timeout=120_000)
         click = page.evaluate("window.__clickAt") / 1000
         drawn = page.evaluate("window.__firstPointAt") / 1000
@@ -154,7 +157,7 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
     """Two runs train; timestamps of the live panel's refreshes over `seconds`."""
     server.kill_workers()
     context, page = _open_app(browser, server)
-    frames: list[float] = []
+    frames: list[float] = []  # the server's deltas carrying the panel's progress text
 
     def on_socket(ws: Any) -> None:
         def on_frame(payload: Any) -> None:
@@ -165,16 +168,16 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
 
     page.on("websocket", on_socket)
     page.reload()  # reconnect so the websocket listener sees the app's socket
-    page.locator(".st-key-train-start button").wait_for()
+    button(page, "train-start").wait_for()
     settle(page)
     try:
         page.get_by_role("tab", name="Training").click()
-        box = page.locator(".st-key-cfg-optim-epochs input")
+        box = element(page, "cfg-optim-epochs").locator("input")
         box.fill("500")
         box.press("Enter")
         settle(page)
         for _ in range(2):  # two runs at once (MTL_MAX_JOBS=2); the second is shown
-            page.locator(".st-key-train-start button").click()
+            button(page, "train-start").click()
             settle(page)
         store = RunStore(server.runs_dir)
         wait_until(lambda: len(store.list_runs(["running"])) == 2, 90, "two running runs")
@@ -192,6 +195,7 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
         _end_runs(server)
     sent = [t for t in frames if start <= t <= end]
     gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
+
     return {"seconds": end - start, "refreshes": len(sent),
             "per_s": len(sent) / (end - start),
             "median_gap": statistics.median(gaps) if gaps else float("nan"),

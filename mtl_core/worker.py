@@ -2,8 +2,9 @@
 
     python -m mtl_core.worker --runs-dir DIR [--run RUN_ID] [--idle-timeout S] [--max-jobs N]
 
-torch and the trainer are imported before the first claim, so a worker started ahead of time
-(`mtl_core.jobs.warm_up`) turns Start into a first logged point without the import delay.
+torch and the trainer are imported (and the first optimizer's lazy imports paid, `preload`)
+before the first claim, so a worker started ahead of time (`mtl_core.jobs.warm_up`) turns
+Start into a first logged point without the import delay.
 Without --run the worker takes the oldest queued run whenever fewer than --max-jobs runs are
 active, trains it, sets its terminal status, and looks for the next one until it has been idle
 for --idle-timeout seconds. With --run it trains just that run (if still queued) and exits.
@@ -44,6 +45,7 @@ class Worker:
 
             train = train or trainer.train
             resolve_device = resolve_device or trainer.resolve_device
+            preload()
         self.store = store
         self.train = train
         self.resolve_device = resolve_device
@@ -119,6 +121,16 @@ class Worker:
         print(f"[worker {self.pid}] run {run_id}: {status}" + (f" ({message})" if message else ""),
               file=sys.stderr, flush=True)
         return status
+
+
+def preload() -> None:
+    """Pay, before the first claim, what a first run would otherwise pay between Start and its
+    first logged point: building the first optimizer makes torch import torch._dynamo, about
+    1 s on 2 CPU cores (measured by bench/ui_latency.py). Every optimizer class goes through
+    the same import."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def _last_line(exc: BaseException) -> str:

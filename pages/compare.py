@@ -57,7 +57,8 @@ def _curves(store: RunStore, runs: list[RunInfo], labels: dict[str, str],
     name = c1.selectbox("Curve", names, key="cmp_metric") or "loss"
     splits = c2.segmented_control("Splits", list(SPLITS), default=["train", "val"],
                                   selection_mode="multi", key="cmp_splits") or ["val"]
-    shown = c3.multiselect("Tasks", tasks, default=tasks, key="cmp_tasks")
+    # Keyed by the task list: runs with other tasks start again from all of theirs.
+    shown = c3.multiselect("Tasks", tasks, default=tasks, key=f"cmp_tasks_{'|'.join(tasks)}")
     log_y = c4.toggle("Log scale", key="cmp_log")
     smoothing = c5.slider("Smoothing", 0.0, 0.99, 0.0, 0.01, key="cmp_smooth",
                           help="Exponential moving average of the per-step (train) curves.")
@@ -122,7 +123,7 @@ def _body(store: RunStore, run_ids: list[str], was_live: bool) -> None:
     with baselines:
         target = st.selectbox("Run", [r.id for r in runs], key="cmp_bl_run",
                               format_func=lambda i: labels[i])
-        baselines_view(store, target, key="cmp_bl", poll=False)
+        baselines_view(store, target, key="cmp_bl")  # polls while its baselines train
 
 
 st.title("Compare runs")

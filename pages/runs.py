@@ -40,6 +40,8 @@ def _pick_target(frame: pd.DataFrame, event: Any, by_id: dict[str, RunInfo]) -> 
     if st.session_state.get(TARGET_KEY) not in by_id:
         current = current_run_id()
         st.session_state[TARGET_KEY] = current if current in by_id else next(iter(by_id))
+    else:  # set it anyway: the browser shows the label anew (the run's status may have moved)
+        st.session_state[TARGET_KEY] = st.session_state[TARGET_KEY]
     return st.selectbox("Run", list(by_id), key=TARGET_KEY,
                         format_func=lambda rid: _label(by_id[rid]))
 

@@ -12,6 +12,7 @@ train (a fragment that stops polling when they have all ended).
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pandas as pd
@@ -24,8 +25,10 @@ from mtl_core.sweep import (
     MAX_SWEEP_RUNS,
     grid_size,
     submit_sweep,
+    sweep_configs,
     sweep_id_of,
     sweep_progress,
+    sweep_runs,
     sweep_table,
 )
 from ui import config_form as form
@@ -41,6 +44,7 @@ PICK_KEY = "sweep_pick"
 DEFAULT_LESSON = "choosing_weights:0"
 MAX_TASKS = 3
 _NOTICE = "_sweep_notice"
+RUN_EVERY_KEY = "_sweep_run_every"  # the refresh the last full run chose
 
 
 def _chart(fig: Any, key: str) -> None:
@@ -128,7 +132,7 @@ def _new_sweep(store: RunStore) -> None:
         return
     options = suite_tasks(cfg)
     chosen = [t for t, w in cfg.task_weights().items() if w > 0 and t in options]
-    key = f"sweep_tasks_{cfg.data.suite}"
+    key = f"sweep_tasks_{cfg.data.suite}_{'_'.join(chosen)}"  # a new base: its own tasks
     if not set(st.session_state.get(key) or []) <= set(options):
         del st.session_state[key]
     st.caption(f"Base: **{cfg.name}** · {cfg.data.suite} · {cfg.model.architecture} · "
@@ -192,10 +196,11 @@ def sweeps_in(runs: list[RunInfo]) -> dict[str, list[RunInfo]]:
 
 
 def _sweep_label(sweep_id: str, runs: list[RunInfo]) -> str:
+    # Nothing that changes while it trains: a keyed selectbox keeps showing its first labels.
     first = runs[-1]  # the oldest: the first grid point
     tasks = ", ".join(t["name"] for t in first.config.get("tasks") or [])
-    ended = sum(r.status not in LIVE_STATUSES for r in runs)
-    return f"#{sweep_id} · {first.suite}: {tasks} · {ended}/{len(runs)} ended"
+    started = time.strftime("%H:%M", time.localtime(first.created_at))
+    return f"#{sweep_id} · {first.suite}: {tasks} · started {started}"
 
 
 def _figures(table: pd.DataFrame) -> None:
@@ -246,14 +251,53 @@ def _choice(store: RunStore, table: pd.DataFrame) -> None:
     st.success(f"**Chosen by validation: {weights}** (run `{row['run_id']}`).")
     st.markdown("**Only now look at the test set** — it estimates how the chosen weights do "
                 "on data no decision has seen:")
-    st.dataframe(chosen_summary(table), hide_index=True, width="stretch", key="sweep_chosen",
+    summary = chosen_summary(table)
+    st.dataframe(summary, hide_index=True, width="stretch", key="sweep_chosen",
                  column_config={c: st.column_config.NumberColumn(c, format="%.4g")
-                                for c in chosen_summary(table).columns
-                                if c.startswith(("val ", "test "))})
+                                for c in summary.columns if c.startswith(("val ", "test "))})
     if st.button("Load the chosen weights into Build & Train", key="sweep_load",
                  icon="📥"):
         request_load(store.get_run(str(row["run_id"])).config)
         st.switch_page(TRAIN_PAGE)
+
+
+def add_methods(store: RunStore, sweep_id: str, methods: list[str]) -> list[str]:
+    """Queue adaptive methods as extra points of an existing sweep: the sweep's config with
+    equal weights, named and tagged the way `submit_sweep` does ("sweep method=X #id"), so
+    `sweep_table` counts them. Methods the sweep already has are skipped. The new run ids."""
+    from mtl_core import jobs
+
+    runs = sweep_runs(store, sweep_id)
+    have = {r.method for r in runs}
+    wanted = [m for m in dict.fromkeys(methods) if m not in have]
+    if not runs or not wanted:
+        return []
+    variants = sweep_configs(runs[0].config, 2, wanted)[-len(wanted):]  # validated first
+    ids = []
+    for variant in variants:
+        variant.name = f"{variant.name} #{sweep_id}"
+        ids.append(jobs.submit(variant, store.runs_dir))
+    return ids
+
+
+def _more_methods(store: RunStore, table: pd.DataFrame, sweep_id: str) -> None:
+    from mtl_core.weighting import METHODS
+
+    have = set(table["method"])
+    options = [m for m in METHODS.names() if m not in have and m != sc.STATIC]
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    methods = c1.multiselect("Add adaptive methods to this sweep", options,
+                             key=f"sweep_more_{sweep_id}", format_func=_method_label,
+                             help="Each trains once with equal weights and appears as an "
+                                  "extra point: does it reach the front without tuning?")
+    if c2.button("Add", key=f"sweep_add_{sweep_id}", disabled=not methods, width="stretch"):
+        try:
+            ids = add_methods(store, sweep_id, methods)
+        except (ConfigError, ValueError, OSError) as exc:
+            st.error(f"Could not add them: {exc}")
+            return
+        st.session_state[_NOTICE] = f"Queued {len(ids)} extra point(s) for sweep #{sweep_id}."
+        st.rerun()  # the whole page: it polls while the new runs train
 
 
 def _results(store: RunStore, sweep_id: str, was_live: bool) -> None:
@@ -268,6 +312,7 @@ def _results(store: RunStore, sweep_id: str, was_live: bool) -> None:
         st.info("This sweep has no runs left.")
         return
     _figures(table)
+    _more_methods(store, table, sweep_id)
     _choice(store, table)
     with st.expander("Every run of the sweep", expanded=False):
         st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
@@ -296,4 +341,5 @@ else:
     _pick = st.selectbox("Sweep", list(_sweeps), key=PICK_KEY,
                          format_func=lambda i: _sweep_label(i, _sweeps[i]))
     _live = any(r.is_live for r in _sweeps[_pick])
-    st.fragment(run_every=REFRESH_S if _live else None)(_results)(_store, _pick, _live)
+    st.session_state[RUN_EVERY_KEY] = REFRESH_S if _live else None  # what tests read
+    st.fragment(run_every=st.session_state[RUN_EVERY_KEY])(_results)(_store, _pick, _live)

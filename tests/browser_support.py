@@ -62,6 +62,30 @@ def find_chromium() -> str | None:
     return "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
 
 
+def require_chromium() -> str:
+    """The Chromium binary for a browser test: skip without one (or without the playwright
+    package), except under CI=true, where that is a failure: CI must run these tests."""
+    import pytest
+
+    path = find_chromium()
+    problem = None
+    if path is None:
+        problem = ("Chromium was not found (looked at $MTL_CHROMIUM, `chromium`, "
+                   "`chromium-browser` and /usr/bin/chromium); install it with "
+                   "`apt-get install chromium` (scripts/setup.sh does, as root)")
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = ("the playwright Python package is missing "
+                       "(pip install -r requirements-dev.txt)")
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"browser tests must run in CI, but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return str(path)
+
+
 def launch_chromium(playwright: Any, executable: str) -> Any:
     """A headless Chromium browser (Playwright sync API) from the system's binary."""
     return playwright.chromium.launch(executable_path=executable, headless=True,
@@ -262,6 +286,16 @@ def element(page: Any, key: str) -> Any:
     return page.locator(f'.st-key-{key}:not([data-stale="true"])').first
 
 
+def button(page: Any, key: str) -> Any:
+    """The button of the st.button keyed `key` (the fresh copy, should a stale one linger)."""
+    return element(page, key).locator("button").first
+
+
+def alert(page: Any, text: str) -> Any:
+    """The st.info/success/warning/error box whose text contains `text` (e.g. a run id)."""
+    return page.locator('[data-testid="stAlert"]', has_text=text).first
+
+
 def selectbox_text(page: Any, key: str) -> str:
     """The text a keyed st.selectbox shows (its combobox input's value)."""
     return element(page, key).locator("input[role=combobox]").input_value()
@@ -269,7 +303,12 @@ def selectbox_text(page: Any, key: str) -> str:
 
 def open_page(page: Any, title: str) -> None:
     """Click a page of the sidebar navigation (e.g. "Predictions")."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title).click()
+    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True).click()
+
+
+def scroll_to_top_of(locator: Any) -> None:
+    """Scroll so the element sits at the top of the viewport (for a telling screenshot)."""
+    locator.evaluate("el => el.scrollIntoView({block: 'start'})")
 
 
 def screenshot(page: Any, name: str) -> Path:

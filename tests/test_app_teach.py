@@ -330,15 +330,32 @@ def test_baseline_button_queues_the_missing_ones_and_reuses_the_others(store, di
     assert not at.button(key="runs_bl_train").disabled
     at.button(key="runs_bl_train").click().run()
     assert not at.exception, [e.message for e in at.exception]
-    queued = [r for r in store.list_runs(["queued"])]
+    queued = store.list_runs(["queued"])
     assert len(queued) == 1 and dispatched  # through mtl_core.jobs
-    assert queued[0].config == configs["xor"].to_dict() | {"name": queued[0].name}
+    assert queued[0].config == configs["xor"].to_dict()
     notice = " ".join(s.value for s in at.success)
     assert f"Queued 1: xor (`{queued[0].id}`)" in notice
     assert f"Reused 1 with the same settings: circle (`{reused}`)" in notice
     assert at.button(key="runs_bl_train").disabled  # nothing left to train
-    # a second press would queue nothing: the queued baseline is found and reused
-    assert compare_run(run_id, store.runs_dir).missing == ["xor"]
+    status = table(at, "baseline run").set_index("task")
+    assert queued[0].id in status.loc["xor", "baseline run"]
+    assert "queued" in status.loc["xor", "status"] and "finished" in status.loc["circle", "status"]
+    assert any("no finished baseline for: xor" in i.value for i in at.info)  # no Δm yet
+
+
+def test_compare_baselines_tab_polls_only_while_a_baseline_trains(store, mtl_with_baselines):
+    at = select(page(COMPARE), [0])  # the oldest run: the multi-task one
+    assert at.selectbox(key="cmp_bl_run").value == mtl_with_baselines
+    assert at.metric[0].value == "-31.25 %"
+    assert at.session_state["_baselines_run_every_cmp_bl"] is None  # all ended: no polling
+
+    late = add_run(store, "late", {"circle": 1.0, "distance": 0.5}, train_fraction=0.5,
+                   summary={"test": {"circle": {"accuracy": 0.9}, "distance": {"mse": 0.4}}})
+    base = baseline_configs(store.get_run(late).config)["distance"]
+    store.create_run(base)  # queued: a baseline that will train
+    at = select(page(COMPARE), [list(table(page(COMPARE), "progress")["id"]).index(late)])
+    assert at.selectbox(key="cmp_bl_run").value == late
+    assert at.session_state["_baselines_run_every_cmp_bl"] == 2.0  # other data: not reused
 
 
 # ---------------------------------------------------------------- sweep page
@@ -402,6 +419,7 @@ def test_sweep_scatter_marks_the_front_and_choice_of_sweep_table(store, hand_swe
     assert "w circle = 0.25" in by_name["chosen by validation"]["text"][0]  # hover: weights
     assert "lower is better" in fig["layout"]["yaxis"]["title"]["text"]
 
+    assert at.session_state["_sweep_run_every"] == 2.0  # mgda is still training
     progress = at.get("progress")[0]
     assert "6 of 7 ended" in progress.proto.text and "1 running" in progress.proto.text
     chosen = table(at, "point").set_index("point")
@@ -413,6 +431,22 @@ def test_sweep_scatter_marks_the_front_and_choice_of_sweep_table(store, hand_swe
     assert list(csv["on_front"]) == list(expected["on_front"])
 
 
+def test_adaptive_methods_can_be_added_to_a_finished_sweep(store, hand_sweep, dispatched):
+    at = page(SWEEP)
+    more = at.multiselect(key=f"sweep_more_{hand_sweep}")
+    assert "pcgrad" not in more.options and "static" not in more.options  # already there
+    more.set_value(["uncertainty"]).run()
+    at.button(key=f"sweep_add_{hand_sweep}").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    added = sweep_runs(store, hand_sweep)[-1]
+    assert added.name == f"sweep method=uncertainty #{hand_sweep}" and dispatched
+    assert added.status == "queued" and added.method == "uncertainty"
+    assert {t["name"]: t["weight"] for t in added.config["tasks"]} == {"circle": 0.5,
+                                                                      "distance": 0.5}
+    assert list(sweep_table(store, hand_sweep)["method"]).count("uncertainty") == 1
+    assert "6 of 8 ended" in at.get("progress")[0].proto.text
+
+
 def test_starting_a_sweep_from_the_page_queues_grid_size_runs(store, dispatched,
                                                               monkeypatch):
     monkeypatch.setenv("MTL_MAX_JOBS", "1")
@@ -421,7 +455,7 @@ def test_starting_a_sweep_from_the_page_queues_grid_size_runs(store, dispatched,
     at = page(SWEEP)
     at.radio(key="sweep_src").set_value("A finished run").run()
     assert at.selectbox(key="sweep_run").value == base
-    tasks = at.multiselect(key="sweep_tasks_toy_2d")
+    tasks = at.multiselect(key="sweep_tasks_toy_2d_circle_xor_distance")
     assert tasks.value == ["circle", "xor", "distance"]
     tasks.set_value(["circle", "distance"])
     at.number_input(key="sweep_n").set_value(4)
@@ -453,6 +487,7 @@ def test_three_task_sweep_shows_pairwise_views_and_a_ternary_plot(store):
                 summary={"val": {"circle": {"accuracy": vals[0]}, "xor": {"accuracy": vals[1]},
                                  "distance": {"mse": vals[2]}}})
     at = page(SWEEP)
+    assert at.session_state["_sweep_run_every"] is None  # every run has ended
     figs = figures(at)
     assert {"sweep_pair_circle_xor", "sweep_pair_circle_distance", "sweep_pair_xor_distance",
             "sweep_ternary"} <= set(figs)
@@ -512,7 +547,7 @@ def test_class_mode_load_sets_the_lesson_knobs_and_keeps_class_mode(monkeypatch)
     at.button(key=f"lesson_load_{lesson.id}_0").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.session_state["lesson_knobs"] == list(lesson.knobs)
-    assert at.query_params["mode"] == ["class"] or at.query_params["mode"] == "class"
+    assert at.query_params["mode"] == "class"
     assert parse_config(_config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
     banner = " ".join(m.value for m in at.markdown)
     assert "Class mode" in banner and "data.params.correlation" in banner
@@ -531,3 +566,26 @@ def test_load_and_start_queues_the_preset_as_the_current_run(monkeypatch, store,
     assert at.session_state["run_id"] == runs[0].id
     assert at.get("title")[0].value == "Build & Train"
     assert parse_config(_config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
+
+
+def test_a_sweep_starts_from_the_train_page_config_and_its_choice_loads_back(
+        monkeypatch, store, hand_sweep):
+    lesson = next(x for x in LESSONS if x.id == "choosing_weights")
+    at = app(monkeypatch)
+    at.run()
+    at.switch_page("pages/lessons.py").run()
+    at.button(key=f"lesson_load_{lesson.id}_0").click().run()  # fills the Train page
+    at.switch_page("pages/sweep.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.radio(key="sweep_src").value == "Build & Train page"
+    assert any(f"Base: **{load_preset(lesson, 0).name}**" in c.value for c in at.caption)
+    assert at.multiselect(key="sweep_tasks_toy_2d_xor_spiral").value == ["xor", "spiral"]
+
+    # The choice of the hand-made sweep, back into every control of the Train page.
+    chosen = sweep_table(store, hand_sweep).query("chosen").iloc[0]
+    at.button(key="sweep_load").click().run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.get("title")[0].value == "Build & Train"
+    shown = parse_config(_config_shown(at))
+    assert shown.to_dict() == parse_config(store.get_run(chosen["run_id"]).config).to_dict()
+    assert shown.task_weights() == {"circle": 0.25, "distance": 0.75}

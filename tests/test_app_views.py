@@ -335,6 +335,15 @@ def test_live_panel_weights_and_conflict_tab(store):
     assert [b["name"] for b in gates["data"]] == ["circle", "xor"]
 
 
+def test_live_panel_of_a_run_without_points_draws_its_loss_chart_empty(store):
+    # Drawn before the first point, so the browser has loaded Plotly when points arrive.
+    rid = store.create_run(ExperimentConfig(name="s", data=DataConfig(suite="toy_2d")))
+    at = live_app(rid)
+    assert plotly_specs(at)["live_loss"]["data"] == []
+    assert any("No metrics yet" in c.value for c in at.caption)
+    assert at.session_state[RUN_EVERY_KEY] == 1.0
+
+
 @pytest.mark.parametrize("status,message,expected", [
     ("queued", None, "waiting for a free slot (0 running, limit 2)"),
     ("paused", None, "Paused"),
@@ -370,6 +379,17 @@ def test_open_from_the_app_switches_to_the_train_page_with_the_run_in_the_url(ru
     assert at.session_state["run_id"] == runs["grid"]
     assert at.query_params["run"] == runs["grid"]
     assert at.session_state[RUN_EVERY_KEY] is None  # the Train page's live panel, not polling
+
+
+def test_the_url_keeps_the_current_run_after_a_page_switch_cleared_it(runs):
+    # Streamlit's page links clear the query string; a reload must still open the run.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.query_params["run"] = runs["grid"]
+    at.run()
+    at.query_params.pop("run")
+    at.switch_page("pages/predictions.py").run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.query_params["run"] == runs["grid"]
 
 
 def test_live_panel_metrics_tab_shows_each_tasks_metric(runs):

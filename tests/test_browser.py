@@ -22,11 +22,14 @@ from browser_support import (
     ROOT,
     VIEWPORT,
     AppServer,
+    alert,
+    button,
     element,
-    find_chromium,
     launch_chromium,
     open_page,
+    require_chromium,
     screenshot,
+    scroll_to_top_of,
     selectbox_text,
     settle,
     trace_points,
@@ -55,24 +58,7 @@ CLI_CONFIG = {
 @pytest.fixture(scope="module")
 def chromium() -> str:
     """The Chromium binary; skip without one, except under CI=true (then fail)."""
-    in_ci = os.environ.get("CI", "").lower() == "true"
-    path = find_chromium()
-    problem = None
-    if path is None:
-        problem = ("Chromium was not found (looked at $MTL_CHROMIUM, `chromium`, "
-                   "`chromium-browser` and /usr/bin/chromium); install it with "
-                   "`apt-get install chromium` (scripts/setup.sh does as root)")
-    else:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright Python package is missing (pip install -r " \
-                      "requirements-dev.txt)"
-    if problem:
-        if in_ci:
-            pytest.fail(f"browser tests must run in CI, but {problem}", pytrace=False)
-        pytest.skip(problem)
-    return path
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +137,13 @@ def status_of(runs: Path, run_id: str) -> str:
     return RunStore(runs).get_run(run_id).status
 
 
+def logged_points(runs: Path, run_id: str) -> dict[str, int]:
+    """Train-loss points per task in the store: what a complete chart draws."""
+    df = RunStore(runs).metrics(run_id)
+    train = df[(df["split"] == "train") & (df["name"] == "loss")]
+    return train.groupby("task").size().to_dict()
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -160,13 +153,15 @@ def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page
     page.goto(f"{app.url}/?run={run_id}")
     points = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the run's loss curves")
     info = RunStore(runs).get_run(run_id)
-    logged = info.step // CLI_CONFIG["log_every"] + 1  # step 1, then every log_every steps
-    assert all(n >= logged for n in points.values()), (points, info.step)
-    page.get_by_text("Finished in").first.wait_for()
+    logged = logged_points(runs, run_id)
+    assert points == {t: logged[t] for t in TOY_TASKS}  # every logged point is drawn
+    assert min(points.values()) >= info.step // CLI_CONFIG["log_every"]  # and there are many
+    wait_until(lambda: "Finished in" in alert(page, run_id).inner_text(), 30,
+               "the live panel to say Finished")
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("finished", exact=True).wait_for()
     assert run_id in sidebar.inner_text()
-    element(page, "live_loss").scroll_into_view_if_needed()
+    scroll_to_top_of(alert(page, run_id))
     screenshot(page, "cli_run_curves")
 
     open_page(page, "Predictions")
@@ -206,7 +201,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # Long enough to watch (stopped below), with a point every 5 steps.
     page.get_by_role("tab", name="Training").click()
-    for key, value in (("cfg-optim-epochs", "500"), ("cfg-log_every", "5")):
+    for key, value in (("cfg-optim-epochs", "2000"), ("cfg-log_every", "5")):
         box = element(page, key).locator("input")
         box.fill(value)
         box.press("Enter")
@@ -214,7 +209,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
         assert box.input_value() == value
     screenshot(page, "e2e_1_form")
 
-    page.get_by_role("button", name="Start").click()
+    button(page, "train-start").click()
     page.wait_for_url(lambda url: "run" in parse_qs(urlparse(url).query), timeout=60_000)
     run_id = parse_qs(urlparse(page.url).query)["run"][0]
     runs = app.runs_dir
@@ -223,7 +218,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     assert cfg["model"]["trunk"]["layers"][0] == 48
     assert {t["name"]: t["weight"] for t in cfg["tasks"]} == {
         "circle": 0.5, "xor": 1.0, "spiral": 1.0, "distance": 1.0}
-    assert (cfg["optim"]["epochs"], cfg["log_every"]) == (500, 5)
+    assert (cfg["optim"]["epochs"], cfg["log_every"]) == (2000, 5)
 
     # Curves for every task grow over at least two refreshes.
     seen: list[dict[str, int]] = []
@@ -235,7 +230,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
         return len(seen) >= 3
 
     element(page, "live_loss").wait_for(timeout=120_000)
-    element(page, "live_loss").scroll_into_view_if_needed()
+    scroll_to_top_of(alert(page, run_id))
     screenshot(page, "e2e_2_first_points")
     wait_until(grown_twice, 120, "three successive states of the loss chart", interval=0.1)
     for task in TOY_TASKS:
@@ -253,24 +248,29 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # Back to Build & Train, Stop.
     open_page(page, "Build & Train")
-    stop = element(page, "train-stop").locator("button")
+    stop = button(page, "train-stop")
     wait_until(stop.is_enabled, 30, "an enabled Stop button")
     assert status_of(runs, run_id) == "running", "the run ended before the test could stop it"
     stop.click()
     wait_until(lambda: status_of(runs, run_id) == "stopped", 60, "the run to be stopped")
-    page.get_by_text("Stopped").first.wait_for()
+    wait_until(lambda: "Stopped" in alert(page, run_id).inner_text(), 60,
+               "the live panel to say Stopped")
     before = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the stopped run's curves")
+    scroll_to_top_of(alert(page, run_id))
     screenshot(page, "e2e_5_stopped")
 
     # Reload: the run is still the current one, stopped, its curves drawn.
     page.reload()
     after = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the curves after reload")
-    assert all(after[t] >= before[t] > 0 for t in TOY_TASKS), (before, after)
+    logged = logged_points(runs, run_id)
+    assert after == {t: logged[t] for t in TOY_TASKS}, (after, logged)  # every logged point
+    assert all(after[t] >= before[t] >= 3 for t in TOY_TASKS), (before, after)
+    wait_until(lambda: "Stopped" in alert(page, run_id).inner_text(), 30,
+               "the live panel to say Stopped after reload")
     sidebar = page.locator('[data-testid="stSidebar"]')
     sidebar.get_by_text("stopped", exact=True).wait_for()
     assert run_id in sidebar.inner_text()
-    page.get_by_text("Stopped").first.wait_for()
-    element(page, "live_loss").scroll_into_view_if_needed()
+    scroll_to_top_of(alert(page, run_id))
     screenshot(page, "e2e_6_after_reload")
 
     # The Runs page lists it, stopped.

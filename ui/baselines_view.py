@@ -39,6 +39,7 @@ PLOTLY_CONFIG = {"displaylogo": False}
 BETTER, WORSE = "✅ better", "❌ worse"
 BETTER_COLOR, WORSE_COLOR = "#2ca02c", "#d62728"
 _NOTICE = "_baselines_notice"
+RUN_EVERY_KEY = "_baselines_run_every"  # + "_<key>": the refresh the last full run chose
 
 
 # ---------------------------------------------------------------- pure parts
@@ -108,7 +109,9 @@ def baselines_view(store: RunStore, run_id: str, key: str = "bl", poll: bool = T
         return
     live = _anything_live(store, run)
     if poll:
-        st.fragment(run_every=REFRESH_S if live else None)(_view)(store, run_id, key, live)
+        run_every = REFRESH_S if live else None
+        st.session_state[f"{RUN_EVERY_KEY}_{key}"] = run_every  # what tests read
+        st.fragment(run_every=run_every)(_view)(store, run_id, key, live)
     else:
         _view(store, run_id, key, False)
 
@@ -131,7 +134,7 @@ def _view(store: RunStore, run_id: str, key: str, was_live: bool) -> None:
         st.warning(f"Run `{run_id}` was deleted.")
         return
     except ConfigError as exc:
-        st.warning(f"This run's config no longer validates, so it has no baselines: {exc}")
+        st.info(f"No baselines for this run: its config does not validate here ({exc}).")
         return
     if was_live and not _anything_live(store, run):
         st.rerun()  # everything ended: a full rerun declares the fragment without polling

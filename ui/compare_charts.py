@@ -218,10 +218,10 @@ def parcoords_figure(table: pd.DataFrame, tasks: Sequence[str],
         values = table[color_by].to_numpy(dtype=float)
         line = {"color": np.where(np.isnan(values), np.nanmin(values), values).tolist(),
                 "colorscale": "Viridis", "showscale": True,
-                "colorbar": {"title": {"text": color_by}}}
+                "colorbar": {"title": {"text": color_by}, "x": 1.04, "thickness": 14}}
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line))
     fig.update_layout(title="From settings to results: one line per run", height=420,
-                      margin={"l": 60, "r": 60, "t": 80, "b": 30})
+                      margin={"l": 60, "r": 130, "t": 80, "b": 30})
     return fig
 
 

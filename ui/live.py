@@ -131,8 +131,11 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
     df = cached_metrics(store, run_id)
     tasks = run_tasks(info, df)
     if df.empty:
-        st.caption("No metrics yet — the first points appear after the first "
-                   f"{info.config.get('log_every', 20)} steps.")
+        st.caption("No metrics yet — the first point appears after the first training step, "
+                   f"then one every {info.config.get('log_every', 20)} steps.")
+        if info.is_live:  # drawn empty now, so the browser has loaded Plotly when points come
+            _chart(charts.loss_figure(df, tasks + ["total"], ["train"],
+                                      colors=charts.task_colors(tasks + ["total"])), "live_loss")
         return
     shown, log_y, smoothing, splits = _controls(run_id, tasks)
     colors = charts.task_colors(tasks + ["total"])

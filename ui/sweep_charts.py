@@ -70,32 +70,32 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
     if not grid.empty:
         add(grid, "weight grid", mode="markers",
             marker={"size": 10, "color": GRID_COLOR, "line": {"width": 1, "color": "#fff"}})
-    front = done[done["on_front"]].sort_values([x_col, y_col], kind="stable")
-    if not front.empty:
-        add(front, "Pareto front", mode="lines+markers" if line_front else "markers",
-            line={"color": FRONT_COLOR, "width": 2, "shape": "linear"},
-            marker={"size": 13, "color": "rgba(0,0,0,0)",
-                    "line": {"width": 2.5, "color": FRONT_COLOR}})
-    chosen = done[done["chosen"]]
-    if not chosen.empty:
-        add(chosen, "chosen by validation", mode="markers",
-            marker={"size": 20, "symbol": "star", "color": CHOSEN_COLOR,
-                    "line": {"width": 1, "color": "#fff"}})
     extras = [m for m in dict.fromkeys(done["method"]) if m != STATIC]
     for i, method in enumerate(extras):
         add(done[done["method"] == method], method, mode="markers",
             marker={"size": 13, "symbol": METHOD_SYMBOLS[i % len(METHOD_SYMBOLS)],
                     "color": METHOD_COLORS[i % len(METHOD_COLORS)],
                     "line": {"width": 1, "color": "#333"}})
+    chosen = done[done["chosen"]]
+    if not chosen.empty:
+        add(chosen, "chosen by validation", mode="markers",
+            marker={"size": 17, "symbol": "star", "color": CHOSEN_COLOR,
+                    "line": {"width": 1, "color": "#fff"}})
+    front = done[done["on_front"]].sort_values([x_col, y_col], kind="stable")
+    if not front.empty:
+        add(front, "Pareto front", mode="lines+markers" if line_front else "markers",
+            line={"color": FRONT_COLOR, "width": 2, "shape": "linear"},
+            marker={"size": 24, "color": "rgba(0,0,0,0)",
+                    "line": {"width": 2.5, "color": FRONT_COLOR}})
     if not fig.data:
         fig.add_annotation(text="no finished run yet", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 14, "color": "#888"})
-    fig.update_layout(title=f"{y_task} vs {x_task} (validation)", height=460,
+    fig.update_layout(title=f"{y_task} vs {x_task} (validation)", height=500,
                       xaxis_title=axis_title(table, x_task),
                       yaxis_title=axis_title(table, y_task),
                       uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}",
-                      margin={"l": 60, "r": 20, "t": 50, "b": 50},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0})
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     return fig
 
 
@@ -116,6 +116,7 @@ def ternary_figure(table: pd.DataFrame, color_task: str) -> go.Figure:
     def add(rows: pd.DataFrame, name: str, marker: dict) -> None:
         fig.add_trace(go.Scatterternary(a=rows[a].tolist(), b=rows[b].tolist(),
                                         c=rows[c].tolist(), mode="markers", name=name,
+                                        cliponaxis=False,
                                         marker=marker, text=text[rows.index].tolist(),
                                         hovertemplate="%{text}<extra></extra>"))
 
@@ -139,8 +140,8 @@ def ternary_figure(table: pd.DataFrame, color_task: str) -> go.Figure:
                                "baxis": {"title": {"text": f"w {tasks[1]}"}},
                                "caxis": {"title": {"text": f"w {tasks[2]}"}}},
                       uirevision=f"sweep-ternary:{table.attrs.get('sweep_id')}",
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.05, "x": 0},
-                      margin={"l": 60, "r": 60, "t": 80, "b": 40})
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.08, "x": 0},
+                      margin={"l": 60, "r": 60, "t": 80, "b": 60})
     return fig
 
 

@@ -1,0 +1,144 @@
+"""Browser test: open a lesson, load it, start it, see it train.
+
+Playwright drives Chromium against `streamlit run app.py` (tests/browser_support.py) in class
+mode, as a teacher would on a projector: the Lessons page, "Load preset" of a lesson, the
+Build & Train page with that lesson's knobs, Start, then the live loss curves grow until the
+run finishes. The queued run's config must be exactly the preset's. Screenshots go to
+test-artifacts/browser/. Without Chromium this skips, except under CI=true (then it fails).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from browser_support import (
+    VIEWPORT,
+    AppServer,
+    element,
+    find_chromium,
+    launch_chromium,
+    open_page,
+    screenshot,
+    settle,
+    trace_points,
+    wait_until,
+)
+
+from mtl_core.lessons import get_lesson, load_preset
+from mtl_core.store import RunStore
+
+pytestmark = pytest.mark.browser
+
+LESSON = "relatedness"  # synthetic data (no files needed), a few seconds of training
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium binary; skip without one, except under CI=true (then fail)."""
+    path = find_chromium()
+    problem = None if path else "Chromium was not found ($MTL_CHROMIUM, chromium, " \
+                                "chromium-browser, /usr/bin/chromium)"
+    if problem is None:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            problem = "the playwright Python package is missing"
+    if problem:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"browser tests must run in CI, but {problem}", pytrace=False)
+        pytest.skip(problem)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[AppServer]:
+    runs = tmp_path_factory.mktemp("lessons") / "runs"
+    server = AppServer.start(runs, env={"MTL_WARM_UP": "1", "MTL_MAX_JOBS": "1",
+                                        "MTL_DATA_DIR": str(runs.parent / "data")})
+    try:
+        yield server
+    finally:
+        server.stop()  # the server and every worker it started
+        assert not server.worker_pids(), "worker processes outlived the server"
+
+
+@pytest.fixture
+def page(app: AppServer, chromium: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright, chromium)
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        page.set_default_timeout(60_000)  # 2 shared cores: a rerun can take seconds
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def loss_points(page: Any, tasks: list[str]) -> dict[str, int] | None:
+    """Points of each task's train loss curve on the live panel; None until all are drawn."""
+    traces = trace_points(page, "live_loss")
+    if not traces or any(f"{t} · train" not in traces for t in tasks):
+        return None
+    return {t: traces[f"{t} · train"] for t in tasks}
+
+
+def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page: Any) -> None:
+    lesson = get_lesson(LESSON)
+    preset = load_preset(lesson, 0)
+    tasks = list(preset.task_weights())
+
+    # The Lessons page in class mode: open the lesson's card.
+    page.goto(f"{app.url}/?mode=class")
+    page.get_by_text("Class mode").first.wait_for()
+    settle(page)
+    open_page(page, "Lessons")
+    page.get_by_role("heading", name="Lessons").wait_for()
+    settle(page)
+    page.get_by_text(lesson.title).first.click()
+    page.get_by_text(lesson.question).first.wait_for()
+    screenshot(page, "lesson_1_card")
+
+    # Load preset A: the Train page opens with the lesson's knobs, still in class mode.
+    element(page, f"lesson_load_{lesson.id}_0").locator("button").first.click()
+    page.get_by_text("This lesson's knobs").wait_for()
+    settle(page)
+    assert "mode=class" in page.url
+    assert "/lessons" not in page.url
+    banner = page.get_by_text("This lesson's knobs").inner_text()
+    assert all(knob in banner for knob in lesson.knobs), banner
+    screenshot(page, "lesson_2_loaded")
+
+    # Start: a run with exactly the preset's config becomes the current run.
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**run=*", timeout=60_000)
+    run_id = page.url.split("run=", 1)[1].split("&", 1)[0]
+    store = RunStore(app.runs_dir)
+    assert store.get_run(run_id).config == preset.to_dict()
+
+    # See it train: every task's loss curve grows, then the run finishes.
+    seen: list[dict[str, int]] = []
+
+    def grew() -> bool:
+        now = loss_points(page, tasks)
+        if now and (not seen or now != seen[-1]):
+            seen.append(now)
+        return len(seen) >= 2 or (bool(seen) and store.get_run(run_id).status == "finished")
+
+    element(page, "live_loss").wait_for(timeout=120_000)
+    wait_until(grew, 120, "the live loss curves to grow", interval=0.1)
+    screenshot(page, "lesson_3_training")
+    wait_until(lambda: store.get_run(run_id).status == "finished", 180, "the run to finish")
+    page.get_by_text("Finished in").first.wait_for(timeout=60_000)
+    final = wait_until(lambda: loss_points(page, tasks), 60, "the finished run's curves")
+    info = store.get_run(run_id)
+    logged = info.step // preset.log_every  # a point every log_every steps
+    assert all(n >= logged for n in final.values()), (final, info.step)
+    # The curves were drawn while it trained, not only once it had finished.
+    assert all(seen[0][t] < final[t] for t in tasks), (seen, final)
+    assert set(info.summary["test"]) == set(tasks)
+    screenshot(page, "lesson_4_finished")
