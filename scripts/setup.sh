@@ -9,10 +9,14 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt
-if ! command -v chromium >/dev/null 2>&1 && [ "${MTL_SKIP_BROWSER_INSTALL:-0}" != 1 ]; then
+# Browser tests drive Debian's Chromium (Playwright cannot download browsers offline); the
+# emoji font draws the status icons in screenshots.
+missing=$(for pkg in chromium fonts-noto-color-emoji; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || echo "$pkg"; done)
+if [ -n "$missing" ] && [ "${MTL_SKIP_BROWSER_INSTALL:-0}" != 1 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
   else
-    echo "note: chromium not found; browser tests need it (apt-get install chromium)" >&2
+    echo "note: missing $missing; browser tests need chromium (apt-get install chromium)" >&2
   fi
 fi

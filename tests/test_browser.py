@@ -209,6 +209,8 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
         assert box.input_value() == value
     screenshot(page, "e2e_1_form")
 
+    # The page pre-started a worker (torch imported) that waits for this run.
+    waiting = wait_until(app.worker_pids, 60, "a pre-started worker")
     button(page, "train-start").click()
     page.wait_for_url(lambda url: "run" in parse_qs(urlparse(url).query), timeout=60_000)
     run_id = parse_qs(urlparse(page.url).query)["run"][0]
@@ -219,6 +221,8 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     assert {t["name"]: t["weight"] for t in cfg["tasks"]} == {
         "circle": 0.5, "xor": 1.0, "spiral": 1.0, "distance": 1.0}
     assert (cfg["optim"]["epochs"], cfg["log_every"]) == (2000, 5)
+    claimed_by = wait_until(lambda: RunStore(runs).get_run(run_id).pid, 60, "a worker to claim")
+    assert claimed_by in waiting, (claimed_by, waiting)
 
     # Curves for every task grow over at least two refreshes.
     seen: list[dict[str, int]] = []

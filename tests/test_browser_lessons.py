@@ -8,7 +8,6 @@ test-artifacts/browser/. Without Chromium this skips, except under CI=true (then
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,9 +16,9 @@ from browser_support import (
     VIEWPORT,
     AppServer,
     element,
-    find_chromium,
     launch_chromium,
     open_page,
+    require_chromium,
     screenshot,
     settle,
     trace_points,
@@ -36,20 +35,7 @@ LESSON = "relatedness"  # synthetic data (no files needed), a few seconds of tra
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """The Chromium binary; skip without one, except under CI=true (then fail)."""
-    path = find_chromium()
-    problem = None if path else "Chromium was not found ($MTL_CHROMIUM, chromium, " \
-                                "chromium-browser, /usr/bin/chromium)"
-    if problem is None:
-        try:
-            import playwright.sync_api  # noqa: F401
-        except ImportError:
-            problem = "the playwright Python package is missing"
-    if problem:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"browser tests must run in CI, but {problem}", pytrace=False)
-        pytest.skip(problem)
-    return str(path)
+    return require_chromium()
 
 
 @pytest.fixture(scope="module")

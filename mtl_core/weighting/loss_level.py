@@ -64,7 +64,7 @@ class StaticParams(Params):
 
 @METHODS.register(
     "static",
-    "The plain weighted sum Σ w_i·L_i with the task weights you set by hand. The baseline every "
+    "The plain weighted sum Σ wᵢ·Lᵢ with the task weights you set by hand. The baseline every "
     "other method is compared with; set a weight to 0 to train without that task.",
     params=StaticParams,
     kind="loss",
