@@ -93,8 +93,9 @@ def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page:
     element(page, f"lesson_load_{lesson.id}_0").locator("button").first.click()
     page.get_by_text("This lesson's knobs").wait_for()
     settle(page)
-    assert "mode=class" in page.url
-    assert "/lessons" not in page.url
+    # the address bar follows the page switch a moment after the page has drawn
+    page.wait_for_url(lambda url: "mode=class" in url and "/lessons" not in url,
+                      timeout=30_000)
     banner = page.get_by_text("This lesson's knobs").inner_text()
     assert all(knob in banner for knob in lesson.knobs), banner
     screenshot(page, "lesson_2_loaded")
