@@ -105,12 +105,13 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     sink.snapshot(0, "probe", _probe_payload(data, probe, names))
     sink.progress(0, total_steps, 0.0)
 
-    # Device-side accumulators, read once per logging window.
+    # Device-side buffers: one row per step, read once per logging window. `epoch_mark` is
+    # where the current epoch starts inside the window (windows may span epochs).
     window_losses = torch.zeros(log_every, len(names), device=device)
-    window_weights = torch.zeros(len(names), device=device)
-    window_steps = 0
+    window_weights = torch.zeros(log_every, len(names), device=device)
+    window_steps, epoch_mark = 0, 0
     diag_rows: list[MetricRow] = []
-    epoch_losses = torch.zeros(len(names), device=device)
+    epoch_loss_sum = torch.zeros(len(names), device=device)
 
     best_val, best_state, evals_since_best = math.inf, None, 0
     last_val: dict[str, dict[str, float]] = {}
@@ -121,7 +122,6 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     try:
         for epoch in range(cfg.optim.epochs):
             order = torch.randperm(n_train, generator=order_rng).to(device)
-            epoch_losses.zero_()
             model.train()  # once per epoch and after each evaluation, not per step (it recurses)
             for start in range(0, n_train, batch_size):
                 batch = data.train.take(order[start:start + batch_size])
@@ -141,8 +141,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 optimizer.step()
 
                 window_losses[window_steps] = raw.detach()
-                window_weights += result.weights.detach() * task_weights
-                epoch_losses += losses.detach()
+                window_weights[window_steps] = result.weights.detach()
                 window_steps += 1
 
                 if logging_step:
@@ -150,8 +149,10 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                         diag_rows.append((step, 0.0, "diag", "total", "update_norm",
                                           float(result.update_norm)))
                     fraction = min(epoch + (start + batch_size) / n_train, epoch + 1.0)
+                    epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
                     diverged = _flush(sink, step, fraction, names, task_weights,
-                                      window_losses[:window_steps], window_weights / window_steps,
+                                      window_losses[:window_steps],
+                                      window_weights[:window_steps].mean(0) * task_weights,
                                       diag_rows)
                     sink.progress(step, total_steps, fraction)
                     if diverged:
@@ -160,8 +161,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                         message = f"loss of task {task!r} became {value} at step {bad_step}"
                         return TrainResult("diverged", message, step,
                                            {"val": _drop_total(last_val)})
-                    window_weights.zero_()
-                    window_steps = 0
+                    window_steps, epoch_mark = 0, 0
                 if step % eval_every == 0 or step == total_steps:
                     last_val = _evaluate_and_snapshot(model, data, probe, specs, task_weights,
                                                       sink, step, epoch)
@@ -180,7 +180,10 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                                    f"evaluations (best total val loss {best_val:.4g})")
                         raise _StopRequested
                 control.poll(step, epoch)
-            method.end_epoch(epoch_losses / steps_per_epoch)
+            epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
+            epoch_mark = window_steps
+            method.end_epoch(epoch_loss_sum * task_weights / steps_per_epoch)
+            epoch_loss_sum.zero_()
             sink.checkpoint(_checkpoint(model, optimizer, method, step, epoch), "last")
     except _StopRequested:
         if message is None:

@@ -131,3 +131,32 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
             resolve_device("cuda:3")
+
+
+def test_end_epoch_gets_the_epoch_mean_of_weighted_losses(tiny_doc, monkeypatch):
+    """DWA's input: logging windows span epochs (log_every 7), the epoch means must not."""
+    from mtl_core.weighting.loss_level import Static
+
+    names, weights = ["circle", "distance"], (0.5, 1.0)
+    seen: list[list[float]] = []
+    monkeypatch.setattr(Static, "end_epoch", lambda self, means: seen.append(means.tolist()),
+                        raising=False)
+
+    def epoch_means(log_every: int) -> tuple[list[list[float]], MemorySink]:
+        seen.clear()
+        tasks = [{"name": n, "weight": w} for n, w in zip(names, weights, strict=True)]
+        doc = tiny_doc({"tasks": tasks,
+                        "optim": {"epochs": 3, "batch_size": 50}, "log_every": log_every})
+        _, sink = run(doc)
+        return list(seen), sink
+
+    every_step, sink = epoch_means(1)  # every step's raw loss is logged
+    steps = len(sink.series("train", "circle", "loss")) // 3
+    assert len(every_step) == 3
+    for e in range(3):
+        for i, (name, w) in enumerate(zip(names, weights, strict=True)):
+            losses = [v for _, v in sink.series("train", name, "loss")][e * steps:(e + 1) * steps]
+            assert every_step[e][i] == pytest.approx(w * sum(losses) / steps, rel=1e-5)
+    windowed, _ = epoch_means(7)
+    for got, expected in zip(windowed, every_step, strict=True):
+        assert got == pytest.approx(expected, rel=1e-5)

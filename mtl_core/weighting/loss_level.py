@@ -70,9 +70,13 @@ class StaticParams(Params):
     kind="loss",
 )
 class Static(WeightingMethod):
+    _ones: Tensor | None = None
+
     def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
         losses.sum().backward()  # the w_i are already in `losses`
-        return StepResult(weights=torch.ones_like(losses.detach()))
+        if self._ones is None:  # one constant tensor, not a new one per step
+            self._ones = torch.ones_like(losses.detach())
+        return StepResult(weights=self._ones)
 
 
 # ---------------------------------------------------------------------------------- uncertainty
