@@ -121,19 +121,37 @@ def submit_sweep(cfg: ExperimentConfig | dict[str, Any], n: int,
                  extra_methods: Sequence[str] = ()) -> SweepSubmission:
     """Validate every config first (nothing is queued if one fails), then queue them all
     through mtl_core.jobs, tagged with a fresh sweep id."""
-    from mtl_core import jobs
-
     configs = sweep_configs(cfg, n, extra_methods)
     store = RunStore(runs_dir)
     taken = set(list_sweeps(store))
     sweep_id = secrets.token_hex(3)
     while sweep_id in taken:
         sweep_id = secrets.token_hex(3)
+    return SweepSubmission(sweep_id, _queue_tagged(configs, sweep_id, store.runs_dir))
+
+
+def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str]) -> list[str]:
+    """Queue adaptive methods as extra points of an existing sweep (the sweep's config with
+    equal weights, tagged like its other runs so `sweep_table` counts them). Methods the
+    sweep already has are skipped. Returns the new run ids."""
+    runs = sweep_runs(store, sweep_id)
+    have = {r.method for r in runs}
+    wanted = [m for m in dict.fromkeys(methods) if m not in have]
+    if not runs or not wanted:
+        return []
+    variants = sweep_configs(runs[0].config, 2, wanted)[-len(wanted):]  # validated first
+    return _queue_tagged(variants, sweep_id, store.runs_dir)
+
+
+def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path) -> list[str]:
+    """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs."""
+    from mtl_core import jobs
+
     run_ids = []
     for variant in configs:
         variant.name = f"{variant.name} #{sweep_id}"
-        run_ids.append(jobs.submit(variant, store.runs_dir))
-    return SweepSubmission(sweep_id, run_ids)
+        run_ids.append(jobs.submit(variant, runs_dir))
+    return run_ids
 
 
 def sweep_id_of(name: str) -> str | None:

@@ -23,12 +23,11 @@ from mtl_core.lessons import LESSONS, get_lesson, load_preset
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 from mtl_core.sweep import (
     MAX_SWEEP_RUNS,
+    add_methods,
     grid_size,
     submit_sweep,
-    sweep_configs,
     sweep_id_of,
     sweep_progress,
-    sweep_runs,
     sweep_table,
 )
 from ui import config_form as form
@@ -259,25 +258,6 @@ def _choice(store: RunStore, table: pd.DataFrame) -> None:
                  icon="📥"):
         request_load(store.get_run(str(row["run_id"])).config)
         st.switch_page(TRAIN_PAGE)
-
-
-def add_methods(store: RunStore, sweep_id: str, methods: list[str]) -> list[str]:
-    """Queue adaptive methods as extra points of an existing sweep: the sweep's config with
-    equal weights, named and tagged the way `submit_sweep` does ("sweep method=X #id"), so
-    `sweep_table` counts them. Methods the sweep already has are skipped. The new run ids."""
-    from mtl_core import jobs
-
-    runs = sweep_runs(store, sweep_id)
-    have = {r.method for r in runs}
-    wanted = [m for m in dict.fromkeys(methods) if m not in have]
-    if not runs or not wanted:
-        return []
-    variants = sweep_configs(runs[0].config, 2, wanted)[-len(wanted):]  # validated first
-    ids = []
-    for variant in variants:
-        variant.name = f"{variant.name} #{sweep_id}"
-        ids.append(jobs.submit(variant, store.runs_dir))
-    return ids
 
 
 def _more_methods(store: RunStore, table: pd.DataFrame, sweep_id: str) -> None:

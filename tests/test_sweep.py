@@ -196,3 +196,20 @@ def test_a_tiny_sweep_runs_through_jobs_and_marks_the_front(tiny_doc, isolated_d
         assert run.name.endswith(f" #{sweep.sweep_id}") and run.name.startswith("sweep ")
         assert math.isclose(run.summary["val"]["circle"]["accuracy"],
                             table.set_index("run_id").at[run_id, "val_circle"])
+
+
+def test_add_methods_tags_new_points_and_skips_what_the_sweep_has(tiny_doc, monkeypatch):
+    from mtl_core import jobs
+    from mtl_core.sweep import add_methods, submit_sweep
+
+    monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)  # queue only, train nothing
+    doc = tiny_doc({"tasks": [{"name": "circle"}, {"name": "distance"}]})
+    sub = submit_sweep(doc, 2, extra_methods=["uncertainty"])
+    store = RunStore()
+    new = add_methods(store, sub.sweep_id, ["uncertainty", "pcgrad", "pcgrad"])
+    assert len(new) == 1
+    run = store.get_run(new[0])
+    assert sweep_id_of(run.name) == sub.sweep_id and run.method == "pcgrad"
+    assert [t["weight"] for t in run.config["tasks"]] == [0.5, 0.5]
+    assert add_methods(store, sub.sweep_id, ["pcgrad"]) == []
+    assert add_methods(store, "nosuch", ["mgda"]) == []
