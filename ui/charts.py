@@ -137,7 +137,7 @@ def metric_names(df: pd.DataFrame, splits: Sequence[str] = ("val", "test")) -> l
 # ---------------------------------------------------------------- curve figures
 
 
-def _empty_figure(message: str, title: str = "") -> go.Figure:
+def empty_figure(message: str, title: str = "") -> go.Figure:
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper",
                        yref="paper", font={"size": 14, "color": "#888"})
@@ -158,7 +158,7 @@ def _layout(fig: go.Figure, title: str, y_title: str, revision: str, log_y: bool
     return fig
 
 
-def _add_series(fig: go.Figure, x: np.ndarray, y: np.ndarray, *, label: str, color: str,
+def add_series(fig: go.Figure, x: np.ndarray, y: np.ndarray, *, label: str, color: str,
                 split: str, smoothing: float, log_y: bool, max_points: int,
                 width: float = 2.0) -> None:
     """Add one series (smoothed + faint raw when smoothing, else raw) to `fig`."""
@@ -197,11 +197,11 @@ def curves_figure(df: pd.DataFrame, tasks: Sequence[str], name: str,
         for task in tasks:
             x, y = series(df, split, task, name)
             label = f"{task} · {split}" if show_split else task
-            _add_series(fig, x, y, label=label, color=colors.get(task, TOTAL_COLOR),
+            add_series(fig, x, y, label=label, color=colors.get(task, TOTAL_COLOR),
                         split=split, smoothing=smoothing, log_y=log_y, max_points=max_points,
                         width=3.0 if task == "total" else 2.0)
     if not fig.data:
-        return _empty_figure(empty_message, title)
+        return empty_figure(empty_message, title)
     return _layout(fig, title, y_title or name, revision=f"{title}:{name}", log_y=log_y)
 
 
@@ -317,7 +317,7 @@ def cosine_heatmap(df: pd.DataFrame, tasks: Sequence[str] | None = None,
     """Heatmap of pairwise gradient cosine at the latest (or given) diagnostic step."""
     names, mat, at = cosine_matrix(df, tasks, step)
     if at is None or len(names) < 2:
-        return _empty_figure("no gradient cosines logged yet", "Gradient cosine")
+        return empty_figure("no gradient cosines logged yet", "Gradient cosine")
     text = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in mat]
     fig = go.Figure(go.Heatmap(z=mat, x=names, y=names, zmin=-1, zmax=1, zmid=0,
                                colorscale="RdBu", text=text, texttemplate="%{text}",

@@ -80,12 +80,12 @@ def overlay_figure(frames: Mapping[str, pd.DataFrame], labels: Mapping[str, str]
         df = df[(df["name"] == name) & (df["task"] == task)]
         for split in splits:
             x, y = charts.series(df, split, task, name)
-            charts._add_series(fig, x, y, label=f"{labels.get(run_id, run_id)} · {split}",
+            charts.add_series(fig, x, y, label=f"{labels.get(run_id, run_id)} · {split}",
                                color=colors.get(run_id, charts.TOTAL_COLOR), split=split,
                                smoothing=smoothing, log_y=log_y, max_points=max_points)
     title = f"{task} · {name}"
     if not fig.data:
-        return charts._empty_figure(f"no {name} logged for {task}", title)
+        return charts.empty_figure(f"no {name} logged for {task}", title)
     fig.update_layout(title=title, height=360, uirevision=f"compare:{task}:{name}",
                       hovermode="x unified", margin={"l": 50, "r": 20, "t": 50, "b": 40},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
@@ -189,7 +189,7 @@ def bars_figure(table: pd.DataFrame, metric: str, labels: Mapping[str, str],
                              marker_color=colors.get(row["id"], charts.TOTAL_COLOR),
                              hovertemplate="%{x}: %{y:.4g}<extra>%{fullData.name}</extra>"))
     if not fig.data:
-        return charts._empty_figure(f"no final {metric} yet", f"final {metric}")
+        return charts.empty_figure(f"no final {metric} yet", f"final {metric}")
     fig.update_layout(barmode="group", title=f"Final {metric} per task", height=360,
                       yaxis_title=metric, uirevision=f"compare-bars:{metric}",
                       margin={"l": 50, "r": 20, "t": 50, "b": 40},
