@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mtl_core.config import ConfigError, ExperimentConfig
+from mtl_core.config import ExperimentConfig
 from mtl_core.lessons import LESSONS, Lesson, load_preset
 from ui import share
-from ui.state import current_run_id, runs_dir, set_current_run
-from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load
+from ui.state import current_run_id, set_current_run
+from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load, submit_run
 
 SWEEP_PAGE = "pages/sweep.py"
 SWEEP_LESSON = "choosing_weights"
@@ -51,13 +51,9 @@ def load(lesson: Lesson, variant: int) -> None:
 
 def load_and_start(lesson: Lesson, variant: int) -> None:
     """Queue the preset as a run, make it the current run, and watch it on the Train page."""
-    from mtl_core import jobs
-
     cfg: ExperimentConfig = load_preset(lesson, variant)
-    try:
-        run_id = jobs.submit(cfg, runs_dir())
-    except (ConfigError, ValueError, OSError) as exc:
-        st.error(f"Could not start: {exc}")
+    run_id = submit_run(cfg)
+    if run_id is None:
         return
     request_load(cfg)
     _focus(lesson)

@@ -208,16 +208,23 @@ def share_panel(cfg: ExperimentConfig | None, view: View) -> None:
 
 # --- run buttons ----------------------------------------------------------------------------
 
+def submit_run(cfg: ExperimentConfig) -> str | None:
+    """Queue `cfg` as a run; its id, or None after showing why it could not start."""
+    from mtl_core import jobs
+
+    try:
+        return jobs.submit(cfg, runs_dir())
+    except (ConfigError, ValueError, OSError) as exc:
+        st.error(f"Could not start: {exc}")
+        return None
+
+
 def start_button(cfg: ExperimentConfig | None) -> None:
     if st.button("Start", type="primary", icon=":material/play_arrow:", disabled=cfg is None,
                  key="train.start", width="stretch",
                  help="Queue this config as a new run; several runs may train at once."):
-        from mtl_core import jobs
-
-        try:
-            run_id = jobs.submit(cfg, runs_dir())
-        except (ConfigError, ValueError, OSError) as exc:
-            st.error(f"Could not start: {exc}")
+        run_id = submit_run(cfg)
+        if run_id is None:
             return
         set_current_run(run_id)
         st.session_state[_NOTICE] = f"Run {run_id} queued."
