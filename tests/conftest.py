@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,22 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MTL_MAX_JOBS", os.environ.get("MTL_TEST_MAX_JOBS", "2"))
     monkeypatch.setenv("MTL_WARM_UP", "0")  # no idle pre-started workers outliving a test
     return runs
+
+
+@pytest.fixture
+def end_workers(isolated_dirs: Path) -> Iterator[Path]:
+    """The runs dir, for tests that start worker processes: idle workers wait for more runs
+    for a while, so they are ended afterwards (they serve a store only this test uses)."""
+    from mtl_core import jobs
+    from mtl_core.store import RunStore
+
+    yield isolated_dirs
+    if (isolated_dirs / "runs.db").exists():
+        for pid, _, _ in RunStore(isolated_dirs).workers():
+            if jobs.pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture
+def runs_dir(end_workers: Path) -> Path:
+    return end_workers

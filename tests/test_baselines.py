@@ -1,14 +1,12 @@
 """Single-task baselines: their configs, their reuse through the store, and Δm."""
 from __future__ import annotations
 
-import os
-import signal
 import time
 
 import pytest
 from conftest import deep_update
 
-from mtl_core import baselines, jobs
+from mtl_core import baselines
 from mtl_core.baselines import (
     baseline_configs,
     baseline_key,
@@ -148,18 +146,6 @@ def test_baseline_key_sees_defaults_filled_in(tiny_doc):
 
 
 # --- reuse through the store and the jobs queue ----------------------------------------------
-@pytest.fixture
-def end_workers(isolated_dirs):
-    """Workers a test starts wait 30 s for more runs; end them afterwards (they serve a runs
-    dir only this test uses)."""
-    yield isolated_dirs
-    if (isolated_dirs / "runs.db").exists():
-        for pid, _, _ in RunStore(isolated_dirs).workers():
-            if jobs.pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
-
-
-
 def _wait_until_ended(store: RunStore, ids, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,18 +50,6 @@ def finished_store(tmp_path: Path) -> RunStore:
     store.set_status(run_id, "finished", step=8, total_steps=8,
                      summary={"test": {"circle": {"loss": 0.25, "accuracy": 0.875}}})
     return store
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path) -> Iterator[Path]:
-    """A runs dir for CLI subprocesses; the workers they leave waiting are ended afterwards
-    (they are in a store only this test uses)."""
-    path = tmp_path / "runs"
-    yield path
-    if (path / "runs.db").exists():
-        for pid, _, _ in RunStore(path).workers():
-            if jobs.pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
 
 
 # -- the round trip -------------------------------------------------------------------------------

@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
-from mtl_core import jobs
 from mtl_core.baselines import compare_run
 from mtl_core.store import RunStore
 from mtl_core.sweep import sweep_table
@@ -22,16 +19,6 @@ TINY = {"name": "teach", "device": "cpu",
         "tasks": [{"name": "circle"}, {"name": "distance"}],
         "model": {"trunk": {"layers": [8]}, "heads": {"layers": []}},
         "optim": {"epochs": 1, "batch_size": 64}, "log_every": 2}
-
-
-@pytest.fixture
-def runs_dir(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "runs"
-    yield path
-    if (path / "runs.db").exists():  # end the idle workers this test's commands left
-        for pid, _, _ in RunStore(path).workers():
-            if jobs.pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
 
 
 def cli(tmp_path: Path, runs_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:

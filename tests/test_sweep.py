@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
 
 import pytest
 
@@ -140,18 +138,6 @@ def test_sweep_ids_are_read_back_from_run_names():
 
 
 # --- a real sweep through the jobs queue ----------------------------------------------------
-@pytest.fixture
-def end_workers(isolated_dirs):
-    """Workers a test starts wait 30 s for more runs; end them afterwards (they serve a runs
-    dir only this test uses)."""
-    yield isolated_dirs
-    if (isolated_dirs / "runs.db").exists():
-        for pid, _, _ in RunStore(isolated_dirs).workers():
-            if jobs.pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
-
-
-
 @pytest.mark.slow  # the slow one (~10-40 s: worker processes train 4 small runs); runs in CI
 def test_a_tiny_sweep_runs_through_jobs_and_marks_the_front(tiny_doc, isolated_dirs,
                                                              end_workers):
@@ -199,7 +185,6 @@ def test_a_tiny_sweep_runs_through_jobs_and_marks_the_front(tiny_doc, isolated_d
 
 
 def test_add_methods_tags_new_points_and_skips_what_the_sweep_has(tiny_doc, monkeypatch):
-    from mtl_core import jobs
     from mtl_core.sweep import add_methods, submit_sweep
 
     monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)  # queue only, train nothing
