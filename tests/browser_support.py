@@ -281,6 +281,14 @@ def trace_points(page: Any, key: str) -> dict[str, int] | None:
     return page.evaluate(TRACE_POINTS_JS, key)
 
 
+def train_loss_points(page: Any, tasks: list[str]) -> dict[str, int] | None:
+    """Points of each task's train-loss curve on the live panel; None until all are drawn."""
+    traces = trace_points(page, "live_loss")
+    if not traces or any(f"{t} · train" not in traces for t in tasks):
+        return None
+    return {t: traces[f"{t} · train"] for t in tasks}
+
+
 def element(page: Any, key: str) -> Any:
     """The (fresh, not stale) element container of the widget or chart keyed `key`."""
     return page.locator(f'.st-key-{key}:not([data-stale="true"])').first

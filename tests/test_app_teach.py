@@ -5,17 +5,15 @@ spawning (`jobs.dispatch`) is recorded instead of run, so no test leaves a worke
 """
 from __future__ import annotations
 
-import base64
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from app_support import plotly_figures
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
@@ -96,25 +94,6 @@ def app(monkeypatch: pytest.MonkeyPatch, query: dict[str, str] | None = None) ->
     for key, value in (query or {}).items():
         at.query_params[key] = value
     return at
-
-
-def decode(obj: Any) -> Any:
-    """Plotly JSON with its typed arrays ({"dtype", "bdata", "shape"}) turned into lists."""
-    if isinstance(obj, dict):
-        if "bdata" in obj and "dtype" in obj:
-            arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
-            if "shape" in obj:
-                arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
-            return arr.tolist()
-        return {k: decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode(v) for v in obj]
-    return obj
-
-
-def figures(at: AppTest) -> dict[str, dict]:
-    return {el.key or el.proto.id: decode(json.loads(el.proto.spec))
-            for el in at.get("plotly_chart")}
 
 
 def table(at: AppTest, column: str) -> pd.DataFrame:
@@ -212,7 +191,7 @@ def test_compare_lists_runs_and_asks_for_a_selection(three_runs):
 
 def test_compare_overlays_one_trace_per_run_task_and_split(store, three_runs):
     at = select(page(COMPARE), [0, 1])
-    figs = figures(at)
+    figs = plotly_figures(at)
     assert {"cmp_curve_circle", "cmp_curve_xor"} <= set(figs)
     labels = cc.run_labels([store.get_run(i) for i in three_runs[:2]])
     alpha, beta = (labels[i] for i in three_runs[:2])
@@ -233,7 +212,7 @@ def test_compare_overlays_one_trace_per_run_task_and_split(store, three_runs):
     # the validation accuracy, on the test split too
     at.selectbox(key="cmp_metric").set_value("accuracy")
     at.segmented_control(key="cmp_splits").set_value(["val", "test"]).run()
-    circle = traces(figures(at)["cmp_curve_circle"])
+    circle = traces(plotly_figures(at)["cmp_curve_circle"])
     assert set(circle) == {f"{alpha} · val", f"{alpha} · test", f"{beta} · val",
                            f"{beta} · test"}
     assert circle[f"{alpha} · val"]["y"] == pytest.approx([0.8, 1.1])
@@ -257,12 +236,12 @@ def test_compare_final_table_bars_parcoords_and_csv(store, three_runs, downloads
     assert list(final["train fraction"]) == [1.0, 0.5, 1.0]
 
     labels = cc.run_labels([store.get_run(i) for i in three_runs])
-    bars = traces(figures(at)["cmp_bars"])
+    bars = traces(plotly_figures(at)["cmp_bars"])
     assert list(bars) == [labels[i] for i in three_runs]
     assert bars[labels[three_runs[1]]]["x"] == ["circle", "xor"]
     assert bars[labels[three_runs[1]]]["y"] == pytest.approx([0.8, 0.85])
 
-    par = figures(at)["cmp_parcoords"]["data"][0]
+    par = plotly_figures(at)["cmp_parcoords"]["data"][0]
     assert par["type"] == "parcoords"
     dims = {d["label"]: d for d in par["dimensions"]}
     assert list(dims) == ["w circle", "w xor", "method", "shared layers", "train fraction",
@@ -312,7 +291,7 @@ def test_baselines_view_table_and_delta_m_match_compare_run(store, mtl_with_base
     assert at.metric[0].value == "-31.25 %"
     assert at.get("latex")[0].proto.body.strip("$\n") == DELTA_M_LATEX
     assert any("negative transfer" in m.value for m in at.markdown)  # the explanation
-    bars = figures(at)["runs_bl_bars"]["data"][0]
+    bars = plotly_figures(at)["runs_bl_bars"]["data"][0]
     assert bars["x"] == ["circle", "distance"]
     assert bars["y"] == pytest.approx([-12.5, -50.0])
     assert at.button(key="runs_bl_train").disabled  # every baseline exists: reused
@@ -397,7 +376,7 @@ def test_sweep_scatter_marks_the_front_and_choice_of_sweep_table(store, hand_swe
     at = page(SWEEP)
     assert at.selectbox(key="sweep_pick").value == hand_sweep
     expected = sweep_table(store, hand_sweep)
-    fig = figures(at)["sweep_front"]
+    fig = plotly_figures(at)["sweep_front"]
     by_name = traces(fig)
     assert set(by_name) == {"weight grid", "Pareto front", "chosen by validation", "pcgrad"}
 
@@ -488,7 +467,7 @@ def test_three_task_sweep_shows_pairwise_views_and_a_ternary_plot(store):
                                  "distance": {"mse": vals[2]}}})
     at = page(SWEEP)
     assert at.session_state["_sweep_run_every"] is None  # every run has ended
-    figs = figures(at)
+    figs = plotly_figures(at)
     assert {"sweep_pair_circle_xor", "sweep_pair_circle_distance", "sweep_pair_xor_distance",
             "sweep_ternary"} <= set(figs)
     expected = sweep_table(store, sweep_id)

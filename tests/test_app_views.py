@@ -6,13 +6,11 @@ regression and a 2-D grid suite. Nothing trains.
 """
 from __future__ import annotations
 
-import base64
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from app_support import plotly_figures
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig, WeightingConfig
@@ -121,26 +119,6 @@ def runs(store: RunStore) -> dict[str, str]:
             for kind, (suite, tasks) in SUITES.items()}
 
 
-def decode(obj):
-    """Plotly JSON with its typed arrays ({"dtype", "bdata", "shape"}) turned into lists."""
-    if isinstance(obj, dict):
-        if "bdata" in obj and "dtype" in obj:
-            arr = np.frombuffer(base64.b64decode(obj["bdata"]), dtype=np.dtype(obj["dtype"]))
-            if "shape" in obj:
-                arr = arr.reshape([int(n) for n in str(obj["shape"]).split(",")])
-            return arr.tolist()
-        return {k: decode(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [decode(v) for v in obj]
-    return obj
-
-
-def plotly_specs(at: AppTest) -> dict[str, dict]:
-    """Plotly figures on the page as {widget key: figure JSON with plain lists}."""
-    return {el.key or el.proto.id: decode(json.loads(el.proto.spec))
-            for el in at.get("plotly_chart")}
-
-
 def run_page(path: str, run_id: str | None = None, **state) -> AppTest:
     at = AppTest.from_file(path, default_timeout=TIMEOUT)
     if run_id:
@@ -224,7 +202,7 @@ def test_predictions_image_suite_grid_confusion_and_scatter(runs):
     html = at.get("html")[0].value
     assert html.count("<img") == 4
     assert "mtl-wrong" in html  # digit predicted 1 where the true label is 0
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert set(figs) == {"pred_cm_digit", "pred_cm_odd", "pred_sc_ink"}
     assert figs["pred_cm_digit"]["data"][0]["z"] == [[5, 2], [1, 6]]  # newest eval (e=2)
     assert "step **40**" in " ".join(c.value for c in at.caption)
@@ -235,7 +213,7 @@ def test_predictions_slider_goes_back_to_an_earlier_evaluation(runs):
     slider = at.select_slider(key=f"pred_step_{runs['image']}")
     assert slider.options == ["20", "40"] and slider.value == 40
     slider.set_value(20).run()
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert figs["pred_cm_digit"]["data"][0]["z"] == [[5, 1], [1, 6]]
     assert "step **20**" in " ".join(c.value for c in at.caption)
 
@@ -243,7 +221,7 @@ def test_predictions_slider_goes_back_to_an_earlier_evaluation(runs):
 def test_predictions_vector_classification(runs):
     at = run_page(PREDICTIONS_PAGE, runs["vector"])
     assert not at.get("html")
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert set(figs) == {"pred_cm_a", "pred_cm_b"}
     probe = at.dataframe[0].value  # the only table on the page
     assert list(probe["a true"]) == ["1", "0", "1", "0"]
@@ -252,14 +230,14 @@ def test_predictions_vector_classification(runs):
 
 def test_predictions_regression_scatter(runs):
     at = run_page(PREDICTIONS_PAGE, runs["regression"])
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert set(figs) == {"pred_sc_t1", "pred_sc_t2"}
     assert figs["pred_sc_t1"]["data"][0]["y"] == [0.1, 0.9, 2.2]
 
 
 def test_predictions_2d_decision_boundaries(runs):
     at = run_page(PREDICTIONS_PAGE, runs["grid"])
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert {"pred_grid_circle", "pred_grid_xor"} <= set(figs)
     heat = figs["pred_grid_circle"]["data"][0]
     assert heat["type"] == "heatmap" and heat["z"] == [[0.1, 0.5, 0.9], [0.2, 0.6, 0.8]]
@@ -296,7 +274,7 @@ def test_live_panel_polls_a_live_run(store):
     progress = at.get("progress")[0]
     assert progress.value == 62  # percent: 25 of 40 steps
     assert "step 25 / 40" in progress.proto.text and "ETA" in progress.proto.text
-    loss = plotly_specs(at)["live_loss"]
+    loss = plotly_figures(at)["live_loss"]
     shown = [t["name"] for t in loss["data"] if t.get("showlegend") is not False]
     assert shown == ["circle · train", "xor · train", "total · train",
                      "circle · val", "xor · val"]
@@ -317,7 +295,7 @@ def test_live_panel_widgets_shape_the_charts(runs):
     at.toggle(key="live_log").set_value(True)
     at.slider(key="live_smooth").set_value(0.0)
     at.toggle(key="live_total").set_value(False).run()
-    loss = plotly_specs(at)["live_loss"]
+    loss = plotly_figures(at)["live_loss"]
     assert [t["name"] for t in loss["data"]] == ["xor · train", "xor · val"]
     assert loss["layout"]["yaxis"]["type"] == "log"
 
@@ -326,12 +304,12 @@ def test_live_panel_weights_and_conflict_tab(store):
     rid = make_run(store, "mmoe", "toy_2d", {"circle": "binary", "xor": "binary"},
                    architecture="mmoe")
     at = live_app(rid, live_tab="Weights & conflict")
-    figs = plotly_specs(at)
+    figs = plotly_figures(at)
     assert {"live_weights", "live_grad_norm", "live_cosine", "live_cosine_heatmap"} <= set(figs)
     assert figs["live_cosine_heatmap"]["data"][0]["z"] == [[1.0, 0.3], [0.3, 1.0]]
     at.session_state["live_tab"] = "Architecture state"
     at.run()
-    gates = plotly_specs(at)["live_inspect_gates"]
+    gates = plotly_figures(at)["live_inspect_gates"]
     assert [b["name"] for b in gates["data"]] == ["circle", "xor"]
 
 
@@ -339,7 +317,7 @@ def test_live_panel_of_a_run_without_points_draws_its_loss_chart_empty(store):
     # Drawn before the first point, so the browser has loaded Plotly when points arrive.
     rid = store.create_run(ExperimentConfig(name="s", data=DataConfig(suite="toy_2d")))
     at = live_app(rid)
-    assert plotly_specs(at)["live_loss"]["data"] == []
+    assert plotly_figures(at)["live_loss"]["data"] == []
     assert any("No metrics yet" in c.value for c in at.caption)
     assert at.session_state[RUN_EVERY_KEY] == 1.0
 
@@ -366,7 +344,7 @@ def test_predictions_picker_changes_the_current_run(runs):
     at.selectbox(key="pred_run").set_value(runs["regression"]).run()
     assert at.session_state["run_id"] == runs["regression"]
     assert at.query_params["run"] == runs["regression"]
-    assert set(plotly_specs(at)) == {"pred_sc_t1", "pred_sc_t2"}
+    assert set(plotly_figures(at)) == {"pred_sc_t1", "pred_sc_t2"}
 
 
 def test_open_from_the_app_switches_to_the_train_page_with_the_run_in_the_url(runs):
@@ -396,9 +374,9 @@ def test_live_panel_metrics_tab_shows_each_tasks_metric(runs):
     rid = runs["image"]
     at = live_app(rid, live_tab="Metrics")
     assert at.radio(key=f"live_metric_{rid}").options == ["accuracy", "r2", "mse"]
-    acc = plotly_specs(at)["live_metric_chart"]
+    acc = plotly_figures(at)["live_metric_chart"]
     assert [t["name"] for t in acc["data"]] == ["digit", "odd"]  # ink is a regression task
     assert acc["data"][0]["y"] == pytest.approx([0.4, 0.8])
     at.radio(key=f"live_metric_{rid}").set_value("r2").run()
-    r2 = plotly_specs(at)["live_metric_chart"]
+    r2 = plotly_figures(at)["live_metric_chart"]
     assert [t["name"] for t in r2["data"]] == ["ink"]

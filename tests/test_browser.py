@@ -33,6 +33,7 @@ from browser_support import (
     selectbox_text,
     settle,
     trace_points,
+    train_loss_points,
     wait_until,
 )
 
@@ -120,14 +121,6 @@ def page(browser: Any, app: AppServer, request: pytest.FixtureRequest) -> Iterat
 # ---------------------------------------------------------------- helpers
 
 
-def task_points(page: Any, tasks: list[str]) -> dict[str, int] | None:
-    """Points of each task's (smoothed) train loss curve, None until all are drawn."""
-    traces = trace_points(page, "live_loss")
-    if not traces or any(f"{t} · train" not in traces for t in tasks):
-        return None
-    return {t: traces[f"{t} · train"] for t in tasks}
-
-
 def boundary_charts(page: Any, tasks: list[str]) -> bool:
     """Whether the Predictions page shows a decision-boundary chart with data per task."""
     return all((trace_points(page, f"pred_grid_{t}") or {}) for t in tasks)
@@ -151,7 +144,7 @@ def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page
                                                            cli_run: tuple[Path, str]) -> None:
     runs, run_id = cli_run
     page.goto(f"{app.url}/?run={run_id}")
-    points = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the run's loss curves")
+    points = wait_until(lambda: train_loss_points(page, TOY_TASKS), 60, "the run's loss curves")
     info = RunStore(runs).get_run(run_id)
     logged = logged_points(runs, run_id)
     assert points == {t: logged[t] for t in TOY_TASKS}  # every logged point is drawn
@@ -228,7 +221,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     seen: list[dict[str, int]] = []
 
     def grown_twice() -> bool:
-        now = task_points(page, TOY_TASKS)
+        now = train_loss_points(page, TOY_TASKS)
         if now and (not seen or now != seen[-1]):
             seen.append(now)
         return len(seen) >= 3
@@ -259,13 +252,13 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     wait_until(lambda: status_of(runs, run_id) == "stopped", 60, "the run to be stopped")
     wait_until(lambda: "Stopped" in alert(page, run_id).inner_text(), 60,
                "the live panel to say Stopped")
-    before = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the stopped run's curves")
+    before = wait_until(lambda: train_loss_points(page, TOY_TASKS), 60, "the stopped run's curves")
     scroll_to_top_of(alert(page, run_id))
     screenshot(page, "e2e_5_stopped")
 
     # Reload: the run is still the current one, stopped, its curves drawn.
     page.reload()
-    after = wait_until(lambda: task_points(page, TOY_TASKS), 60, "the curves after reload")
+    after = wait_until(lambda: train_loss_points(page, TOY_TASKS), 60, "the curves after reload")
     logged = logged_points(runs, run_id)
     assert after == {t: logged[t] for t in TOY_TASKS}, (after, logged)  # every logged point
     assert all(after[t] >= before[t] >= 3 for t in TOY_TASKS), (before, after)

@@ -21,7 +21,7 @@ from browser_support import (
     require_chromium,
     screenshot,
     settle,
-    trace_points,
+    train_loss_points,
     wait_until,
 )
 
@@ -65,14 +65,6 @@ def page(app: AppServer, chromium: str) -> Iterator[Any]:
             browser.close()
 
 
-def loss_points(page: Any, tasks: list[str]) -> dict[str, int] | None:
-    """Points of each task's train loss curve on the live panel; None until all are drawn."""
-    traces = trace_points(page, "live_loss")
-    if not traces or any(f"{t} · train" not in traces for t in tasks):
-        return None
-    return {t: traces[f"{t} · train"] for t in tasks}
-
-
 def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page: Any) -> None:
     lesson = get_lesson(LESSON)
     preset = load_preset(lesson, 0)
@@ -111,7 +103,7 @@ def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page:
     seen: list[dict[str, int]] = []
 
     def grew() -> bool:
-        now = loss_points(page, tasks)
+        now = train_loss_points(page, tasks)
         if now and (not seen or now != seen[-1]):
             seen.append(now)
         return len(seen) >= 2 or (bool(seen) and store.get_run(run_id).status == "finished")
@@ -121,7 +113,7 @@ def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page:
     screenshot(page, "lesson_3_training")
     wait_until(lambda: store.get_run(run_id).status == "finished", 180, "the run to finish")
     page.get_by_text("Finished in").first.wait_for(timeout=60_000)
-    final = wait_until(lambda: loss_points(page, tasks), 60, "the finished run's curves")
+    final = wait_until(lambda: train_loss_points(page, tasks), 60, "the finished run's curves")
     info = store.get_run(run_id)
     logged = info.step // preset.log_every  # a point every log_every steps
     assert all(n >= logged for n in final.values()), (final, info.step)
