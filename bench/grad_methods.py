@@ -33,8 +33,10 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mtl_core.diagnostics import JacobianStrategy, task_gradients  # noqa: E402
+from mtl_core.config import OptimConfig  # noqa: E402
+from mtl_core.diagnostics import JacobianStrategy  # noqa: E402
 from mtl_core.models.base import MTLModel  # noqa: E402
+from mtl_core.trainer import make_optimizer  # noqa: E402
 from mtl_core.weighting import build_method  # noqa: E402
 
 METHODS = ["pcgrad", "mgda", "cagrad", "imtl_g", "nash_mtl", "upgrad", "aligned_mtl",
@@ -120,7 +122,7 @@ def libmtl_pcgrad(losses: Tensor, model: BenchModel) -> None:
 
 def make_step(variant: str, trunk: str, n_tasks: int, device: torch.device) -> Callable[[], None]:
     model, inputs, y = make_setup(trunk, n_tasks, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = make_optimizer(OptimConfig(), list(model.parameters()), device)  # the trainer's
     method = None
     if variant not in ("static", "libmtl_pcgrad"):
         name, mode = variant.split("/")
@@ -162,24 +164,21 @@ def time_rounds(steps: dict[str, Callable[[], None]], repeats: int, n_steps: int
 
 def diagnostics_timing(trunk: str, n_tasks: int, device: torch.device, repeats: int
                        ) -> tuple[float, float]:
-    """Seconds per call of the per-task gradients on the shared parameters: one vmapped
-    backward, and a loop of T autograd.grad calls."""
+    """Seconds per call of the per-task gradients on the shared parameters, both ways
+    `JacobianStrategy` chooses between: one vmapped backward, and T backward calls (each
+    starting at its task's loss)."""
     model, inputs, y = make_setup(trunk, n_tasks, device)
     shared = model.shared_parameters()
     losses = task_losses(model, model(inputs), y)
-
-    def loop() -> Tensor:
-        return torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
-            losses[t], shared, retain_graph=True)]) for t in range(n_tasks)])
-
-    torch.testing.assert_close(task_gradients(losses, shared), loop())
-    vmapped = JacobianStrategy()
-    vmapped.choice = None  # always one vmapped backward
-
-    def vmap() -> tuple[Tensor, ...]:
-        return vmapped(losses, shared, retain_graph=True)
-
-    result = time_rounds({"vmap": vmap, "loop": loop}, repeats, 5, 3, device)
+    reference = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(
+        losses[t], shared, retain_graph=True)]) for t in range(n_tasks)])
+    ways = {}
+    for choice in JacobianStrategy.CANDIDATES:
+        strategy = JacobianStrategy()
+        strategy.choice = choice
+        torch.testing.assert_close(strategy(losses, shared, retain_graph=True), reference)
+        ways[choice] = lambda s=strategy: s(losses, shared, retain_graph=True)
+    result = time_rounds(ways, repeats, 5, 3, device)
     return result["vmap"], result["loop"]
 
 

@@ -2,8 +2,14 @@
 
 Both build the same data (load_suite), the same model (build_model, same seed), use the same
 batch size, Adam, and the same number of steps; the plain loop does the bare minimum (slice,
-forward, Σ losses, backward, step). Both are timed end to end, interleaved, in one process,
-and the median of several repeats is reported. Target: trainer steps/s ≥ 0.95 × plain.
+forward, Σ losses, backward, step). Both are timed end to end, interleaved, in one process.
+Target: trainer steps/s ≥ 0.95 × plain.
+
+The trainer builds its Adam with `fused=True` (one kernel per step); a hand-written loop gets
+PyTorch's default (a loop of small ops per parameter). So a second plain loop with the fused
+Adam is timed too: trainer ÷ that one is the trainer's own overhead, like for like. Each
+ratio is the median over repeats of the ratio within a repeat (runs side by side, so drift in
+the machine's speed cancels).
 
     python bench/overhead.py [--device cpu|cuda] [--repeats 5] [--quick]
 """
@@ -13,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,7 +44,7 @@ def make_config(device: str, n_samples: int, suite: str, trunk: dict) -> dict:
     })
 
 
-def plain_loop(cfg) -> int:
+def plain_loop(cfg, fused: bool = False) -> int:
     """The baseline: what a person writes by hand for the same experiment."""
     device = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -46,7 +53,8 @@ def plain_loop(cfg) -> int:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data).to(device)
     specs = [data.task(n) for n in names]
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr,
+                                 **({"fused": True} if fused else {}))
     n, bs = len(data.train), cfg.optim.batch_size
     order = torch.randperm(n).to(device)
     steps = 0
@@ -64,6 +72,10 @@ def plain_loop(cfg) -> int:
     return steps
 
 
+def plain_fused_loop(cfg) -> int:
+    return plain_loop(cfg, fused=True)
+
+
 def trainer_run(cfg) -> int:
     result = train(cfg, MemorySink())
     if cfg.device.startswith("cuda"):
@@ -75,6 +87,11 @@ def timed(fn, cfg) -> tuple[float, int]:
     start = time.perf_counter()
     steps = fn(cfg)
     return time.perf_counter() - start, steps
+
+
+def paired_ratio(times: dict[str, list[float]], a: str, b: str) -> float:
+    """steps/s of `a` ÷ steps/s of `b`: the median over repeats of the ratio within a repeat."""
+    return statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))
 
 
 def main() -> None:
@@ -91,27 +108,33 @@ def main() -> None:
     }
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"{repeats} repeats (median), n_samples {n}")
-    print("ratio = trainer steps/s ÷ plain steps/s; 'sparse' logs only at the first and last "
-          "step (so nearly no per-task gradient diagnostics), isolating their cost")
-    print(f"{'case':22} {'steps':>5} {'plain/s':>8} {'trainer/s':>9} {'ratio':>6} "
-          f"{'sparse/s':>8} {'ratio':>6}")
+    print("plain: default Adam; fused: plain with Adam(fused=True) like the trainer; "
+          "sparse: the trainer logging only at the first and last step (isolates the "
+          "per-task gradient diagnostics)")
+    print(f"{'case':20} {'steps':>5} {'plain/s':>8} {'fused/s':>8} {'trainer/s':>9} "
+          f"{'÷plain':>7} {'÷fused':>7} {'sparse÷fused':>12}")
     for label, (suite, trunk) in cases.items():
         cfg = make_config(args.device, n, suite, trunk)
         sparse = cfg.model_copy(deep=True)
         sparse.log_every = 10**9
-        plain_loop(cfg), trainer_run(cfg)  # warm-up: allocators, kernels, caches
-        times: dict[str, list[float]] = {"plain": [], "trainer": [], "sparse": []}
+        runs = {"plain": (plain_loop, cfg), "fused": (plain_fused_loop, cfg),
+                "trainer": (trainer_run, cfg), "sparse": (trainer_run, sparse)}
+        for fn, run_cfg in runs.values():  # warm-up: allocators, kernels, caches
+            fn(run_cfg)
+        times: dict[str, list[float]] = {k: [] for k in runs}
+        steps: dict[str, int] = {}
         for _ in range(repeats):  # interleaved, so drift hits all alike
-            t, steps = timed(plain_loop, cfg)
-            times["plain"].append(t)
-            t, trainer_steps = timed(trainer_run, cfg)
-            times["trainer"].append(t)
-            times["sparse"].append(timed(trainer_run, sparse)[0])
-        assert steps == trainer_steps, (steps, trainer_steps)
-        rate = {k: steps / statistics.median(v) for k, v in times.items()}
-        print(f"{label:22} {steps:>5} {rate['plain']:>8.1f} {rate['trainer']:>9.1f} "
-              f"{rate['trainer'] / rate['plain']:>6.3f} {rate['sparse']:>8.1f} "
-              f"{rate['sparse'] / rate['plain']:>6.3f}")
+            for name, (fn, run_cfg) in runs.items():
+                t, steps[name] = timed(fn, run_cfg)
+                times[name].append(t)
+        assert len(set(steps.values())) == 1, steps
+        n_steps = steps["plain"]
+
+        rate = {k: n_steps / statistics.median(v) for k, v in times.items()}
+        ratio = partial(paired_ratio, times)
+        print(f"{label:20} {n_steps:>5} {rate['plain']:>8.1f} {rate['fused']:>8.1f} "
+              f"{rate['trainer']:>9.1f} {ratio('trainer', 'plain'):>7.3f} "
+              f"{ratio('trainer', 'fused'):>7.3f} {ratio('sparse', 'fused'):>12.3f}")
 
 
 if __name__ == "__main__":

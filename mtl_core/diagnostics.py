@@ -1,13 +1,14 @@
 """Per-task gradient diagnostics on the shared parameters: norms and pairwise cosine.
 
-The trainer calls these on diagnostic (logging) steps only, before the step's normal backward:
+The trainer calls these on diagnostic (logging) steps only, before the step's backward:
 
-    G = task_gradients(losses, model.shared_parameters())   # (T, P), graph kept
-    rows = diagnostic_rows(step, epoch, task_names, gradient_stats(G))
-    method.backward(losses, features, model)                # the normal step follows
+    G = task_gradients(raw_losses, shared + task_params)  # (T, P), graph kept
+    rows = diagnostic_rows(step, epoch, task_names, gradient_stats(G[:, :n_shared]))
+    method.backward(losses, features, model, known)       # a loss-level method reuses G
 
 Everything stays on the device until `diagnostic_rows`, which reads the results back in one
-transfer (it is the logging step's host sync).
+transfer (it is the logging step's host sync). `jacobian` is also how the gradient-level
+methods get their per-task gradients.
 """
 from __future__ import annotations
 
@@ -16,41 +17,45 @@ import time
 
 import torch
 from torch import Tensor, nn
-from torchjd.autojac import jac
+from torch.autograd.graph import GradientEdge
 
 from mtl_core.sink import MetricRow
 
 
 class JacobianStrategy:
-    """Computes per-task gradients with torchjd's `jac`, choosing how: one vmapped backward for
-    all T rows (`parallel_chunk_size=None`) or T plain backward calls (`=1`).
+    """Computes per-task gradients (the Jacobian of a loss vector), choosing how: one vmapped
+    backward for all T rows (`autograd.grad(..., is_grads_batched=True)`) or T plain backward
+    calls.
 
     Which is faster depends on the model and the device. On the 2-core CPU (bench/
-    grad_methods.py) the vmapped backward won for small MLPs at 8 tasks but was 1.5-2x slower
-    for a CNN trunk (batched convolution backward is slow on CPU) and for 2 tasks. So the first
-    calls time both, alternating (the first call of each is a warm-up), and the faster one is
-    kept. Timing a CUDA call needs a synchronize: only during those first 2 + 2*trials calls.
+    grad_methods.py) the vmapped backward won for small MLPs at 4 and 8 tasks but lost for a
+    CNN trunk at 8 tasks (batched convolution backward is slow on CPU); at 2 tasks they were
+    close. So the first calls time both, alternating (the first call of each is a warm-up), and
+    the faster one is kept. Timing a CUDA call needs a synchronize: only during those first
+    2 + 2*trials calls.
     """
 
-    CANDIDATES: tuple[int | None, ...] = (None, 1)
+    CANDIDATES: tuple[str, ...] = ("vmap", "loop")
 
     def __init__(self, trials: int = 3) -> None:
         self.trials = trials
-        self.choice: int | None | str = "undecided"
+        self.choice: str = "undecided"
         self._calls = 0
-        self._times: dict[int | None, list[float]] = {c: [] for c in self.CANDIDATES}
+        self._times: dict[str, list[float]] = {c: [] for c in self.CANDIDATES}
 
-    def __call__(self, outputs: Tensor, inputs: list[Tensor],
-                 retain_graph: bool = False) -> tuple[Tensor, ...]:
+    def __call__(self, outputs: Tensor, inputs: list[Tensor], retain_graph: bool = False
+                 ) -> Tensor:
+        """The (T, N) Jacobian: row t is d outputs[t] / d inputs, each input flattened and
+        concatenated in order (N = their total size); zeros where outputs[t] does not reach
+        an input."""
         if self.choice != "undecided" or outputs.shape[0] < 2:
-            chunk = None if self.choice == "undecided" else self.choice
-            return jac(outputs, inputs, retain_graph=retain_graph,
-                       parallel_chunk_size=chunk)  # type: ignore[arg-type]
+            return _JACOBIANS[self.choice if self.choice != "undecided" else "loop"](
+                outputs, inputs, retain_graph)
         candidate = self.CANDIDATES[self._calls % 2]
         self._calls += 1
         _synchronize(outputs.device)
         start = time.perf_counter()
-        result = jac(outputs, inputs, retain_graph=retain_graph, parallel_chunk_size=candidate)
+        result = _JACOBIANS[candidate](outputs, inputs, retain_graph)
         _synchronize(outputs.device)
         if self._calls > len(self.CANDIDATES):
             self._times[candidate].append(time.perf_counter() - start)
@@ -59,31 +64,77 @@ class JacobianStrategy:
         return result
 
 
+def _vmapped_jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool) -> Tensor:
+    n = outputs.shape[0]
+    eye = torch.eye(n, device=outputs.device, dtype=outputs.dtype)
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs=eye, is_grads_batched=True,
+                                retain_graph=retain_graph, materialize_grads=True)
+    # An unreached input comes back as one zero tensor without the batch dimension.
+    return torch.cat([g.reshape(n, -1) if g.dim() == x.dim() + 1
+                      else g.new_zeros((n, x.numel())) for g, x in zip(grads, inputs, strict=True)],
+                     dim=1)
+
+
+def _looped_jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool) -> Tensor:
+    n = outputs.shape[0]
+    matrix = outputs.new_empty((n, sum(x.numel() for x in inputs)))
+    starts = _stacked_scalars(outputs) or [outputs[t] for t in range(n)]
+    one = outputs.new_ones(())
+    for t in range(n):  # each row written once, straight into its place
+        grads = torch.autograd.grad(starts[t], inputs, grad_outputs=one,
+                                    retain_graph=retain_graph or t < n - 1,
+                                    materialize_grads=True)
+        torch.cat([g.reshape(-1) for g in grads], out=matrix[t])
+    return matrix
+
+
+def _stacked_scalars(outputs: Tensor) -> list[GradientEdge] | None:
+    """When `outputs` is `torch.stack` of scalars (the trainer's task losses), the graph edge
+    into each one. A backward from `outputs[t]` would push zeros through every other task's
+    head too (stack's backward is dense): T² head passes for T rows instead of T."""
+    node = outputs.grad_fn
+    if outputs.dim() != 1 or node is None or node.name() != "StackBackward0":
+        return None
+    edges = node.next_functions
+    if len(edges) != outputs.shape[0] or any(n is None for n, _ in edges):
+        return None  # an entry that needs no gradient: take the plain way
+    return [GradientEdge(n, nr) for n, nr in edges]
+
+
+_JACOBIANS = {"vmap": _vmapped_jacobian, "loop": _looped_jacobian}
+
+# One strategy per (device, number of outputs, input shapes), for the life of the process: the
+# next run of the same architecture (a worker runs many, a sweep more) starts decided.
+_STRATEGIES: dict[tuple, JacobianStrategy] = {}
+
+
+def jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool = False) -> Tensor:
+    """The (T, N) Jacobian of `outputs` on `inputs` (see `JacobianStrategy.__call__`),
+    computed the way `JacobianStrategy` found faster for these shapes."""
+    key = (outputs.device.type, outputs.shape[0], tuple(tuple(x.shape) for x in inputs))
+    strategy = _STRATEGIES.get(key) or _STRATEGIES.setdefault(key, JacobianStrategy())
+    return strategy(outputs, inputs, retain_graph)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-# One strategy per parameter list the trainer asks about (normally one: the shared parameters).
-_STRATEGIES: dict[tuple[int, ...], JacobianStrategy] = {}
-
-
 def task_gradients(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
     """Gradient of each task loss on `params`, flattened: a (T, P) matrix.
 
-    Row t is `autograd.grad(losses[t], params)` concatenated, computed by torchjd's `jac` as
-    one vmapped backward or T backward calls, whichever `JacobianStrategy` measured faster for
-    this model. The graph is retained so the step's normal backward can follow. Parameters a
-    loss does not reach get zeros; with no parameters the matrix is (T, 0).
+    Row t is `autograd.grad(losses[t], params)` concatenated, computed as one vmapped backward
+    or T backward calls, whichever `JacobianStrategy` measured faster for this model. The
+    graph is retained so the step's backward can follow. Parameters a loss does not reach get
+    zeros; with no parameters the matrix is (T, 0).
     """
     params = [p for p in params if p.requires_grad]
     n_tasks = losses.shape[0]
     n_params = sum(p.numel() for p in params)
     if not params or not losses.requires_grad:
         return losses.new_zeros((n_tasks, n_params))
-    strategy = _STRATEGIES.setdefault(tuple(id(p) for p in params), JacobianStrategy())
-    jacobians = strategy(losses, params, retain_graph=True)
-    return torch.cat([j.detach().reshape(n_tasks, -1) for j in jacobians], dim=1)
+    return jacobian(losses, params, retain_graph=True)
 
 
 def gradient_stats(grads: Tensor) -> dict[str, Tensor]:

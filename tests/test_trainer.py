@@ -78,6 +78,27 @@ def test_weights_scale_the_logged_total(tiny_doc):
     assert weights == {names[0]: pytest.approx(0.5), names[1]: pytest.approx(2.0)}
 
 
+@pytest.mark.parametrize("method", ["static", "uncertainty", "gls"])
+def test_diagnostic_steps_train_exactly_like_plain_steps(tiny_doc, method):
+    """A loss-level step on a diagnostic step reuses the diagnostics' per-task gradients
+    (weighting.base.backprop): diagnosing every step must train the same model as diagnosing
+    almost never, with task weights other than 1 and a learned method parameter."""
+    names = list(parse_config(tiny_doc()).task_weights())
+    summaries = []
+    for log_every in (1, 10**6):
+        doc = tiny_doc({"tasks": [{"name": names[0], "weight": 0.5},
+                                  {"name": names[1], "weight": 2.0}],
+                        "weighting": {"method": method}, "log_every": log_every})
+        result, sink = run(doc)
+        assert result.status == "finished"
+        summaries.append(result.summary["test"])
+    assert len(sink.series("diag", names[0], "grad_norm")) == 2  # first and last step only
+    for task in names[:2]:
+        for metric, value in summaries[0][task].items():
+            assert value == pytest.approx(summaries[1][task][metric], rel=1e-4, abs=1e-6), \
+                (task, metric)
+
+
 def test_early_stopping_triggers(tiny_doc):
     doc = tiny_doc({"optim": {"epochs": 50, "eval_every": 2,
                               "early_stopping": {"patience": 3, "min_delta": 100.0}}})

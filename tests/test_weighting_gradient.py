@@ -484,7 +484,15 @@ def test_jacobian_strategy_settles_on_one_way_and_always_returns_the_jacobian():
     strategy = JacobianStrategy(trials=2)
     for _ in range(7):
         losses, _ = mse_losses(model, inputs, y)
-        rows = torch.cat([j.reshape(3, -1) for j in strategy(losses, shared, retain_graph=True)],
-                         dim=1)
+        rows = strategy(losses, shared, retain_graph=True)
         torch.testing.assert_close(rows, manual_jacobian(losses, shared))
     assert strategy.choice in JacobianStrategy.CANDIDATES
+    heads = [p for t in model.task_names for p in model.task_parameters(t)]
+    for choice in JacobianStrategy.CANDIDATES:
+        strategy.choice = choice
+        # A stack of per-task scalars (rows start at each task's loss), a vector that is not
+        # one (rows start at outputs[t]), and inputs only some rows reach (zeros elsewhere).
+        losses, _ = mse_losses(model, inputs, y)
+        for outputs in (losses, losses * torch.tensor([1.0, 2.0, 3.0])):
+            rows = strategy(outputs, [*shared, *heads], retain_graph=True)
+            torch.testing.assert_close(rows, manual_jacobian(outputs, [*shared, *heads]))

@@ -15,8 +15,10 @@ from torch import Tensor, nn
 from torchjd.scalarization import FAMO as TorchjdFAMO
 from torchjd.scalarization import IMTLL, UW, GeometricMean
 
+from mtl_core.diagnostics import task_gradients
 from mtl_core.models.base import MTLModel
 from mtl_core.weighting import METHODS, WeightingMethod, build_method
+from mtl_core.weighting.base import TaskGradients
 
 LOSS_METHODS = ["static", "uncertainty", "dwa", "gradnorm", "famo", "rlw", "gls", "imtl_l"]
 TASKS = ["a", "b"]
@@ -345,6 +347,44 @@ def test_a_zero_weight_trains_exactly_like_the_other_task_alone(name: str):
         torch.testing.assert_close(mine, theirs)
     for mine, theirs in zip(model.towers.parameters(), alone.towers.parameters(), strict=True):
         torch.testing.assert_close(mine, theirs)  # b's head unchanged in both runs
+
+
+@pytest.mark.parametrize("name", LOSS_METHODS)
+def test_reusing_the_diagnostic_jacobian_gives_the_gradients_of_a_plain_backward(name: str):
+    """On diagnostic steps the trainer hands the per-task gradients to the method (`known`):
+    every parameter, the method's own included, must get what `total.backward()` gives it."""
+    x, y = make_data(fast_and_slow, n=32)
+    task_weights = torch.tensor([1.0, 0.5])
+    grads, step_weights = [], []
+    for reuse in (False, True):
+        torch.manual_seed(0)
+        model = TinyMTL()
+        method = build(name, model)
+        params = [*model.parameters(), *method.extra_parameters()]
+        for _ in range(3):  # later steps too: DWA, FAMO and GradNorm carry state
+            for p in params:
+                p.grad = None
+            features = model.features({"x": x})
+            out = model.heads(features)
+            task_losses = [nn.functional.mse_loss(out[t], y[t]) for t in TASKS]
+            raw = torch.stack(task_losses)
+            known = None
+            if reuse:
+                columns = [*model.shared_parameters(), *model.task_parameters("a"),
+                           *model.task_parameters("b")]
+                known = TaskGradients(task_losses, columns, task_gradients(raw, columns),
+                                      method.extra_parameters())
+            weighted = torch.stack([loss * w for loss, w in zip(task_losses, task_weights,
+                                                                  strict=True)])
+            result = method.backward(weighted, features, model, known)
+            grads.append([p.grad.clone() for p in params])
+            step_weights.append(result.weights.detach().clone())
+    half = len(grads) // 2
+    for plain, reused in zip(grads[:half], grads[half:], strict=True):
+        for a, b in zip(plain, reused, strict=True):
+            torch.testing.assert_close(b, a)
+    torch.testing.assert_close(torch.stack(step_weights[half:]), torch.stack(step_weights[:half]))
+    assert all(any(g.abs().sum() > 0 for g in step) for step in grads)
 
 
 @pytest.mark.parametrize("name", ["uncertainty", "dwa", "gradnorm", "famo", "rlw", "imtl_l"])

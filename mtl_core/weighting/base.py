@@ -2,7 +2,7 @@
 
 A method is a small object the trainer calls once per step, after the forward pass:
 
-    result = method.backward(losses, features, model)   # fills .grad of every parameter
+    result = method.backward(losses, features, model, known)  # fills .grad of every parameter
     optimizer.step()
 
 `losses` is a 1-D tensor of the per-task losses already multiplied by the configured task
@@ -17,11 +17,18 @@ when the aggregator has them, else NaN). Since `losses` already carry w_i, stati
 every task; the weight on the raw task loss is w_i · weights_i, and that product is what the
 trainer logs as the effective weight. They stay on the device: the trainer reads them only on
 logging steps.
+
+`known` is None except on diagnostic steps, where the trainer has already computed every task's
+gradient for its diagnostics (`TaskGradients`). A loss-level method passes its total to
+`backprop(total, known)` instead of calling `total.backward()`: the gradient is then assembled
+from those rows rather than back-propagated through the model a second time, so a diagnostic
+step costs T backward passes (one per task) instead of T + 1.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from mtl_core.models.base import MTLModel
@@ -34,8 +41,42 @@ class StepResult:
     update_norm: Tensor | None = None  # norm of the combined shared update (gradient-level)
 
 
+@dataclass
+class TaskGradients:
+    """Per-task gradients the trainer computed for its diagnostics, on the shared parameters and
+    on each task's own parameters (which only that task's loss reaches)."""
+
+    losses: list[Tensor]  # the T scalar task losses they are gradients of (unweighted)
+    params: list[nn.Parameter]  # shared, then task parameters: the matrix's columns in order
+    matrix: Tensor  # (T, P): row t is d losses[t] / d params, flattened
+    others: list[Tensor]  # every other trainable leaf a total may reach (the method's own)
+
+
+def backprop(total: Tensor, known: TaskGradients | None = None) -> None:
+    """`total.backward()`, for a total that reaches the model only through the task losses
+    (any loss-level method). With `known`, the model's gradient is assembled from its rows:
+    d total/d params = Σ_t (d total/d losses_t) · row_t, and the model is not visited again."""
+    if known is None:
+        total.backward()
+        return
+    # d total / d losses_t: a backward through the task weights and the scalarisation only.
+    coefficients = torch.stack(torch.autograd.grad(
+        total, known.losses, retain_graph=bool(known.others), materialize_grads=True))
+    if known.others:
+        torch.autograd.backward(total, inputs=known.others)
+    update = coefficients.to(known.matrix.dtype) @ known.matrix
+    for param, grad in zip(known.params, update.split([p.numel() for p in known.params]),
+                           strict=True):
+        grad = grad.view_as(param)
+        if param.grad is None:
+            param.grad = grad
+        else:
+            param.grad.add_(grad)
+
+
 class WeightingMethod:
     kind: str = "loss"  # "loss" (scalarises the losses) or "gradient" (combines gradients)
+    constant_weights = False  # True: every step returns the same weights (no per-step log)
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         self.task_names = list(task_names)
@@ -46,7 +87,8 @@ class WeightingMethod:
         them to the optimizer."""
         return []
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         raise NotImplementedError
 
     def end_epoch(self, mean_losses: Tensor) -> None:

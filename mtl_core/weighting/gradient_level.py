@@ -7,8 +7,8 @@ Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` s
   `loss.backward()` gives it: the sum);
 - the shared part gets one combined update, computed from the matrix J of per-task gradients:
   `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
-                    obtained with torchjd's `jac`: T backward passes over the whole graph,
-                    vmapped or looped, whichever `JacobianStrategy` measured faster;
+                    T backward passes over the whole graph, vmapped or looped, whichever
+                    `mtl_core.diagnostics.JacobianStrategy` measured faster;
   `representation`  J holds the per-task gradients on the shared representation `features`
                     (T x batch*feature, as in MGDA-UB): T backward passes through the heads
                     only; the combined feature gradient is then back-propagated once through
@@ -48,11 +48,11 @@ from torchjd.aggregation import (
 )
 from torchjd.linalg import QuadprogProjector
 
-from mtl_core.diagnostics import JacobianStrategy
+from mtl_core.diagnostics import jacobian
 from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
-from mtl_core.weighting.base import StepResult, WeightingMethod
+from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod
 
 if TYPE_CHECKING:
     from mtl_core.config import ExperimentConfig
@@ -254,7 +254,6 @@ class GradientMethod(WeightingMethod):
         self._layout: tuple[list[tuple[list[int], list[nn.Parameter]]],
                             list[nn.Parameter]] | None = None
         self._aggregators: dict[tuple[int, ...], Aggregator] = {}
-        self._jac = JacobianStrategy()  # vmapped or looped backward, whichever is faster
         self._pending_state: dict[tuple[int, ...], dict] = {}
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -271,7 +270,8 @@ class GradientMethod(WeightingMethod):
 
     # -- the step ----------------------------------------------------------------------------
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         if not self.shared:
             return self._no_shared_backward(losses)
         if self.representation:
@@ -291,13 +291,12 @@ class GradientMethod(WeightingMethod):
                           update_norm=losses.new_zeros(()))
 
     def _parameters_backward(self, losses: Tensor) -> StepResult:
-        # T backward passes over the whole graph (torchjd's jac): the Jacobian (T, ...) of the
-        # losses on every shared and task parameter.
-        n_shared = len(self.shared)
-        jacobians = self._jac(losses, [*self.shared, *self._own_params])
-        self._apply_task_grads(jacobians[n_shared:])
-        matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_shared]], dim=1)
-        update, weights = self._combine(matrix)
+        # T backward passes over the whole graph: the Jacobian of the losses on every shared
+        # and task parameter.
+        n_shared = sum(p.numel() for p in self.shared)
+        jacobian_ = jacobian(losses, [*self.shared, *self._own_params])
+        self._apply_task_grads(jacobian_[:, n_shared:])
+        update, weights = self._combine(jacobian_[:, :n_shared])
         for p, g in zip(self.shared, update.split([p.numel() for p in self.shared]),
                         strict=True):
             _accumulate(p, g)
@@ -310,13 +309,13 @@ class GradientMethod(WeightingMethod):
         groups, after = self._layout
         # T backward passes through the heads only: per-task gradients on the features, on
         # shared parameters used after the split (coupling) and on the task parameters.
-        n_rep = len(feats) + len(after)
-        jacobians = self._jac(losses, [*feats, *after, *self._own_params],
-                              retain_graph=bool(groups))
-        self._apply_task_grads(jacobians[n_rep:])
-        matrix = torch.cat([j.reshape(j.shape[0], -1) for j in jacobians[:n_rep]], dim=1)
-        combined, weights = self._combine(matrix)
-        pieces = combined.split([t.numel() for t in (*feats, *after)])
+        represented = [*feats, *after]
+        n_rep = sum(t.numel() for t in represented)
+        jacobian_ = jacobian(losses, [*represented, *self._own_params],
+                             retain_graph=bool(groups))
+        self._apply_task_grads(jacobian_[:, n_rep:])
+        combined, weights = self._combine(jacobian_[:, :n_rep])
+        pieces = combined.split([t.numel() for t in represented])
         squared = combined.new_zeros(())
         for p, g in zip(after, pieces[len(feats):], strict=True):
             _accumulate(p, g)
@@ -333,9 +332,12 @@ class GradientMethod(WeightingMethod):
                     squared = squared + g.square().sum()
         return StepResult(weights=weights, update_norm=squared.sqrt())
 
-    def _apply_task_grads(self, jacobians: tuple[Tensor, ...]) -> None:
-        for p, rows in zip(self._own_params, jacobians, strict=True):
-            _accumulate(p, rows.sum(dim=0))
+    def _apply_task_grads(self, columns: Tensor) -> None:
+        """Each task parameter gets the sum of its rows (by the contract only its task's)."""
+        summed = columns.sum(dim=0)
+        for p, g in zip(self._own_params, summed.split([p.numel() for p in self._own_params]),
+                        strict=True):
+            _accumulate(p, g)
 
     def _combine(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
         """Combined update (n,) and effective weights (T,) from J (T, n)."""

@@ -34,7 +34,7 @@ from torch.nn.functional import softmax
 from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
-from mtl_core.weighting.base import StepResult, WeightingMethod
+from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod, backprop
 
 _EPS = 1e-8  # FAMO's shift inside log(ℓ + ε), as in the reference implementation
 
@@ -70,10 +70,12 @@ class StaticParams(Params):
     kind="loss",
 )
 class Static(WeightingMethod):
+    constant_weights = True
     _ones: Tensor | None = None
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
-        losses.sum().backward()  # the w_i are already in `losses`
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
+        backprop(losses.sum(), known)  # the w_i are already in `losses`
         if self._ones is None:  # one constant tensor, not a new one per step
             self._ones = torch.ones_like(losses.detach())
         return StepResult(weights=self._ones)
@@ -110,11 +112,12 @@ class Uncertainty(WeightingMethod):
     def extra_parameters(self) -> list[nn.Parameter]:
         return [self.log_var]
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         s = self.log_var
         # The regulariser is masked so the s of a switched-off task does not drift to -inf.
         total = (0.5 * torch.exp(-s) * losses + 0.5 * s * _active(losses)).sum()
-        total.backward()
+        backprop(total, known)
         return StepResult(weights=0.5 * torch.exp(-s.detach()))
 
     def state_dict(self) -> dict[str, Any]:
@@ -155,9 +158,10 @@ class DWA(WeightingMethod):
         self._history: list[Tensor] = []  # mean losses of the last (at most) two epochs
         self._weights = torch.ones(len(task_names), device=_device_of(model))
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         weights = self._weights.to(losses.dtype)
-        (weights * losses).sum().backward()
+        backprop((weights * losses).sum(), known)
         return StepResult(weights=weights)
 
     def end_epoch(self, mean_losses: Tensor) -> None:
@@ -238,7 +242,8 @@ class GradNorm(WeightingMethod):
         self._optimizer = torch.optim.Adam([self.w], lr=self.params.lr)
         self._initial: Tensor | None = None
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         detached = losses.detach()
         active = _active(losses)
         n = active.sum().to(detached.dtype)
@@ -262,7 +267,7 @@ class GradNorm(WeightingMethod):
         # d/dw_i |w_i·n_i − target_i| with the target held constant (0 where n_i = 0).
         grad_w = torch.sign(grad_norms - target) * norms
 
-        (w * losses).sum().backward()
+        backprop((w * losses).sum(), known)
 
         self.w.grad = grad_w
         self._optimizer.step()
@@ -330,7 +335,8 @@ class FAMO(WeightingMethod):
             [self.logits], lr=self.params.lr, weight_decay=self.params.weight_decay)
         self._previous: Tensor | None = None  # last step's losses, before its update
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         detached = losses.detach()
         active = _active(losses)
         if self._previous is not None:
@@ -339,7 +345,7 @@ class FAMO(WeightingMethod):
         z = _masked_softmax(self.logits.detach(), active)  # 0 for switched-off tasks
         inverse = z / (detached + _EPS)
         weights = inverse / inverse.sum().clamp_min(torch.finfo(z.dtype).tiny)
-        (weights * losses).sum().backward()
+        backprop((weights * losses).sum(), known)
         self._previous = detached.clone()
         return StepResult(weights=weights)
 
@@ -399,11 +405,12 @@ class RLW(WeightingMethod):
         self._generator.manual_seed(torch.initial_seed() % (2**63) + 1)
         self._device = device
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         noise = torch.randn(losses.shape, generator=self._generator, device=self._device,
                             dtype=losses.dtype)
         weights = _masked_softmax(noise, _active(losses))
-        (weights * losses).sum().backward()
+        backprop((weights * losses).sum(), known)
         return StepResult(weights=weights)
 
     def state_dict(self) -> dict[str, Any]:
@@ -431,13 +438,14 @@ class GLS(WeightingMethod):
     """L = (Π ℓ_i)^(1/K) over the K tasks in play; effective weights ∂L/∂ℓ_i = L / (K·ℓ_i), so a
     task whose loss is small relative to the others gets a large weight."""
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         active = _active(losses)
         n = active.sum().to(losses.dtype)
         # log(1) = 0 for switched-off tasks; the where() inside keeps their gradient finite.
         logs = torch.log(torch.where(active, losses, torch.ones_like(losses)))
         total = torch.exp(logs.sum() / n)
-        total.backward()
+        backprop(total, known)
         detached = losses.detach()
         safe = torch.where(active, detached, torch.ones_like(detached))
         weights = torch.where(active, total.detach() / (n * safe), torch.zeros_like(detached))
@@ -469,11 +477,12 @@ class IMTLL(WeightingMethod):
     def extra_parameters(self) -> list[nn.Parameter]:
         return [self.log_scale]
 
-    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel) -> StepResult:
+    def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
+                 known: TaskGradients | None = None) -> StepResult:
         s = self.log_scale
         # The regulariser is masked so the s of a switched-off task does not drift to +inf.
         total = (torch.exp(s) * losses - s * _active(losses)).sum()
-        total.backward()
+        backprop(total, known)
         return StepResult(weights=torch.exp(s.detach()))
 
     def state_dict(self) -> dict[str, Any]:
