@@ -78,7 +78,7 @@ def _vmapped_jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool)
 def _looped_jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool) -> Tensor:
     n = outputs.shape[0]
     matrix = outputs.new_empty((n, sum(x.numel() for x in inputs)))
-    starts = _stacked_scalars(outputs) or [outputs[t] for t in range(n)]
+    starts = stacked_scalars(outputs) or [outputs[t] for t in range(n)]
     one = outputs.new_ones(())
     for t in range(n):  # each row written once, straight into its place
         grads = torch.autograd.grad(starts[t], inputs, grad_outputs=one,
@@ -88,7 +88,7 @@ def _looped_jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool) 
     return matrix
 
 
-def _stacked_scalars(outputs: Tensor) -> list[GradientEdge] | None:
+def stacked_scalars(outputs: Tensor) -> list[GradientEdge] | None:
     """When `outputs` is `torch.stack` of scalars (the trainer's task losses), the graph edge
     into each one. A backward from `outputs[t]` would push zeros through every other task's
     head too (stack's backward is dense): T² head passes for T rows instead of T."""
@@ -144,8 +144,8 @@ def gradient_stats(grads: Tensor) -> dict[str, Tensor]:
     task, itself included, rather than NaN.
     """
     grads = grads.detach()
-    gramian = grads @ grads.T
-    norms = torch.linalg.vector_norm(grads, dim=1)
+    gramian = grads @ grads.T  # the one pass over the (T, P) matrix; the rest is T x T
+    norms = gramian.diagonal().clamp_min(0.0).sqrt()
     denominator = norms[:, None] * norms[None, :]
     positive = denominator > 0
     # where() keeps the NaN of 0/0 out of the result; the clamp only removes rounding past ±1.

@@ -104,9 +104,9 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     optimizer = make_optimizer(cfg.optim, list(model.parameters()) + method.extra_parameters(),
                                device)
     shared = [p for p in model.shared_parameters() if p.requires_grad]
-    # On diagnostic steps a loss-level method's step reuses the per-task gradients (see
-    # weighting.base.backprop): those on the shared and the task parameters come from the
-    # Jacobian, anything else (the method's own parameters) from a backward of its total.
+    # On diagnostic steps the method's step may reuse the per-task gradients (see
+    # weighting.base): those on the shared and the task parameters come from the Jacobian,
+    # anything else (a loss-level method's own parameters) from a backward of its total.
     own = _task_parameters(model, names)
     listed = {id(p) for p in shared + own}
     reuse_params = shared + own
@@ -150,18 +150,14 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 task_losses = [task_loss(s, outputs[s.name], batch.targets[s.name])
                                for s in specs]
                 raw = torch.stack(task_losses)
-                # A stack of per-task scalars, so per-task backward passes can start at each
-                # task's loss (diagnostics.jacobian) instead of pushing zeros through all heads.
-                losses = torch.stack([loss * w for loss, w in zip(task_losses, weight_values,
-                                                                  strict=True)]) \
-                    if weighted else raw
+                losses = _weighted_stack(task_losses, weight_values) if weighted else raw
 
                 step += 1
                 logging_step = step % log_every == 0 or step == 1 or step == total_steps
                 known: TaskGradients | None = None
                 diag_rows: list[MetricRow] = []
                 if logging_step and shared:  # diagnostics only here: other steps pay nothing
-                    reuse = method.kind == "loss"
+                    reuse = method.reuses_task_gradients
                     grads = diagnostics.task_gradients(raw, reuse_params if reuse else shared)
                     diag_rows = diagnostics.diagnostic_rows(
                         step, float(epoch), names,
@@ -171,6 +167,8 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
 
                 optimizer.zero_grad(set_to_none=True)
                 result = method.backward(losses, features, model, known)
+                # Read before the step: the update's pieces are the gradients it consumes.
+                update_norm = result.update_norm if logging_step else None
                 optimizer.step()
 
                 window_losses[window_steps] = raw.detach()
@@ -179,9 +177,9 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 window_steps += 1
 
                 if logging_step:
-                    if result.update_norm is not None:
+                    if update_norm is not None:
                         diag_rows.append((step, 0.0, "diag", "total", "update_norm",
-                                          float(result.update_norm)))
+                                          float(update_norm)))
                     fraction = min(epoch + (start + batch_size) / n_train, epoch + 1.0)
                     epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
                     diverged = _flush(sink, step, fraction, names, task_weights,
@@ -232,6 +230,13 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     summary = {"test": _drop_total(test), "best_val": _drop_total(best_val_metrics),
                "val": _drop_total(last_val)}
     return TrainResult(status, message, step, summary)
+
+
+def _weighted_stack(task_losses: list[Tensor], weights: list[float]) -> Tensor:
+    """w_i · L_i, stacked from the per-task scalars (not `raw * w`): per-task backward passes
+    can then start at each task's loss (diagnostics.stacked_scalars) instead of pushing zeros
+    through every head."""
+    return torch.stack([loss * w for loss, w in zip(task_losses, weights, strict=True)])
 
 
 def _mean_weights(method: WeightingMethod, result: StepResult, window: Tensor,

@@ -78,11 +78,11 @@ def test_weights_scale_the_logged_total(tiny_doc):
     assert weights == {names[0]: pytest.approx(0.5), names[1]: pytest.approx(2.0)}
 
 
-@pytest.mark.parametrize("method", ["static", "uncertainty", "gls"])
+@pytest.mark.parametrize("method", ["static", "uncertainty", "gls", "upgrad"])
 def test_diagnostic_steps_train_exactly_like_plain_steps(tiny_doc, method):
-    """A loss-level step on a diagnostic step reuses the diagnostics' per-task gradients
-    (weighting.base.backprop): diagnosing every step must train the same model as diagnosing
-    almost never, with task weights other than 1 and a learned method parameter."""
+    """A step on a diagnostic step reuses the diagnostics' per-task gradients (see
+    weighting.base): diagnosing every step must train the same model as diagnosing almost
+    never, with task weights other than 1 and a learned method parameter."""
     names = list(parse_config(tiny_doc()).task_weights())
     summaries = []
     for log_every in (1, 10**6):

@@ -15,6 +15,7 @@ from mtl_core.diagnostics import (
 )
 from mtl_core.models.base import MTLModel
 from mtl_core.weighting import METHODS, build_method
+from mtl_core.weighting.base import TaskGradients
 from mtl_core.weighting.gradient_level import check_gradient_method
 
 GRADIENT_METHODS = ["pcgrad", "mgda", "cagrad", "imtl_g", "nash_mtl", "upgrad", "aligned_mtl",
@@ -340,6 +341,80 @@ def test_model_without_shared_parameters_gets_each_task_gradient():
     torch.testing.assert_close(flat_grads(params), expected)
     torch.testing.assert_close(result.weights, torch.ones(2))
     assert result.update_norm.item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["pcgrad", "upgrad", "graddrop", "gradvac"])
+def test_parameters_mode_reuses_the_diagnostic_jacobian_exactly(name):
+    # On a diagnostic step the trainer hands over the per-task gradients of the raw losses on
+    # the shared and task parameters; the method rescales them by the task weights instead of
+    # doing its own T backward passes, and must give the same step.
+    torch.manual_seed(9)
+    model = TrunkHeads(3, linear_trunk=False)
+    inputs, y = regression_data(3)
+    task_weights = [1.0, 0.5, 2.0]
+    results = []
+    for reuse in (False, True):
+        torch.manual_seed(1)  # GradDrop and GradVac draw random numbers
+        method = build_method(name, {"gradients": "parameters"}, model.task_names, model)
+        assert method.reuses_task_gradients
+        model.zero_grad(set_to_none=True)
+        features = model.features(inputs)
+        out = model.heads(features)
+        task_losses = [((out[n] - y[i]) ** 2).mean() for i, n in enumerate(model.task_names)]
+        losses = torch.stack([loss * w for loss, w in zip(task_losses, task_weights,
+                                                           strict=True)])
+        known = None
+        if reuse:
+            columns = [*model.shared_parameters(),
+                       *[p for t in model.task_names for p in model.task_parameters(t)]]
+            known = TaskGradients(task_losses, columns,
+                                  task_gradients(torch.stack(task_losses), columns), [])
+        result = method.backward(losses, features, model, known)
+        results.append(({n: p.grad.clone() for n, p in model.named_parameters()},
+                        result.weights, result.update_norm))
+    (plain, plain_weights, plain_norm), (reused, weights, norm) = results
+    for key, grad in reused.items():
+        torch.testing.assert_close(grad, plain[key], msg=key)
+    torch.testing.assert_close(weights, plain_weights, equal_nan=True)
+    torch.testing.assert_close(norm, plain_norm)
+
+
+@pytest.mark.parametrize("architecture, params", [
+    ("hard_sharing", {}), ("cross_stitch", {}), ("mmoe", {"n_experts": 2}), ("mtan", {})])
+@pytest.mark.parametrize("mode", MODES)
+def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architecture, params,
+                                                                     mode):
+    # The trainer stacks per-task scalar losses, so each task's pass starts at its own loss and
+    # visits only its own head; any other loss vector takes the full Jacobian. Same update.
+    from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
+    from mtl_core.data.base import TaskSpec
+    from mtl_core.models import ARCHITECTURES
+
+    entry = ARCHITECTURES.get(architecture)
+    cfg = ModelConfig(architecture=architecture, params=params,
+                      trunk=TrunkConfig(type="mlp", layers=[6], hidden=[5], activation="tanh"),
+                      heads=HeadConfig(layers=[4], activation="tanh"))
+    torch.manual_seed(0)
+    tasks = [TaskSpec(name, "regression") for name in ("a", "b", "c")]
+    model = entry.build(cfg, entry.params.model_validate(params), tasks, {"x": (3,)})
+    if mode == "representation" and not model.supports_representation:
+        pytest.skip("no shared representation")
+    x, y = {"x": torch.randn(7, 3)}, torch.randn(3, 7)
+    results = []
+    for stacked in (True, False):
+        model.zero_grad(set_to_none=True)
+        method = build_method("upgrad", {"gradients": mode}, model.task_names, model)
+        features = model.features(x)
+        out = model.heads(features)
+        losses = torch.stack([((out[n] - y[i]) ** 2).mean() for i, n in enumerate("abc")])
+        result = method.backward(losses if stacked else losses * 1.0, features, model)
+        results.append(({n: p.grad.clone() for n, p in model.named_parameters()
+                         if p.grad is not None}, result.weights))
+    (grads, weights), (reference, reference_weights) = results
+    assert grads.keys() == reference.keys() == {n for n, _ in model.named_parameters()}
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-4, msg=name)
+    torch.testing.assert_close(weights, reference_weights)
 
 
 @pytest.mark.parametrize("architecture, params", [

@@ -22,7 +22,8 @@ logging steps.
 gradient for its diagnostics (`TaskGradients`). A loss-level method passes its total to
 `backprop(total, known)` instead of calling `total.backward()`: the gradient is then assembled
 from those rows rather than back-propagated through the model a second time, so a diagnostic
-step costs T backward passes (one per task) instead of T + 1.
+step costs T backward passes (one per task) instead of T + 1. A gradient-level method on the
+shared parameters takes them as its Jacobian (T passes instead of 2T).
 """
 from __future__ import annotations
 
@@ -38,7 +39,18 @@ from mtl_core.registry import Params
 @dataclass
 class StepResult:
     weights: Tensor  # (T,) effective weight per task, on the device
-    update_norm: Tensor | None = None  # norm of the combined shared update (gradient-level)
+    # The combined shared update of a gradient-level method, in pieces (None for loss-level).
+    update_parts: list[Tensor] | None = None
+
+    @property
+    def update_norm(self) -> Tensor | None:
+        """Norm of the combined shared update. On demand: the trainer asks on logging steps
+        only, so other steps pay nothing for it."""
+        if self.update_parts is None:
+            return None
+        if not self.update_parts:
+            return self.weights.new_zeros(())
+        return torch.linalg.vector_norm(torch.cat([p.reshape(-1) for p in self.update_parts]))
 
 
 @dataclass
@@ -81,6 +93,12 @@ class WeightingMethod:
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         self.task_names = list(task_names)
         self.params = params
+
+    @property
+    def reuses_task_gradients(self) -> bool:
+        """Whether `backward` can use `known`; the trainer then computes the diagnostics'
+        per-task gradients on the task parameters as well as the shared ones."""
+        return self.kind == "loss"
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """Learnable parameters of the method itself (e.g. log-variances); the trainer adds

@@ -48,7 +48,7 @@ from torchjd.aggregation import (
 )
 from torchjd.linalg import QuadprogProjector
 
-from mtl_core.diagnostics import jacobian
+from mtl_core.diagnostics import jacobian, stacked_scalars
 from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
@@ -171,10 +171,14 @@ def _trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
 
 
 def _accumulate(param: Tensor, grad: Tensor) -> None:
-    """Add to .grad the way loss.backward() does."""
-    grad = grad.reshape(param.shape).to(param.dtype)
+    """Add to .grad the way loss.backward() does. `grad` is a tensor made for this step (an
+    autograd result, or a slice of this step's update), so it is taken without a copy."""
+    if grad.shape != param.shape:  # checked first: a no-op reshape still costs a dispatch
+        grad = grad.reshape(param.shape)
+    if grad.dtype != param.dtype:
+        grad = grad.to(param.dtype)
     if param.grad is None:
-        param.grad = grad.clone()
+        param.grad = grad
     else:
         param.grad.add_(grad)
 
@@ -276,7 +280,11 @@ class GradientMethod(WeightingMethod):
             return self._no_shared_backward(losses)
         if self.representation:
             return self._representation_backward(losses, features)
-        return self._parameters_backward(losses)
+        return self._parameters_backward(losses, known)
+
+    @property
+    def reuses_task_gradients(self) -> bool:
+        return not self.representation and bool(self.shared)
 
     def _no_shared_backward(self, losses: Tensor) -> StepResult:
         # Nothing to combine: every parameter belongs to one task, so the sum's gradient is
@@ -287,39 +295,32 @@ class GradientMethod(WeightingMethod):
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     _accumulate(p, g)
-        return StepResult(weights=torch.ones_like(losses.detach()),
-                          update_norm=losses.new_zeros(()))
+        return StepResult(weights=torch.ones_like(losses.detach()), update_parts=[])
 
-    def _parameters_backward(self, losses: Tensor) -> StepResult:
-        # T backward passes over the whole graph: the Jacobian of the losses on every shared
-        # and task parameter.
-        n_shared = sum(p.numel() for p in self.shared)
-        jacobian_ = jacobian(losses, [*self.shared, *self._own_params])
-        self._apply_task_grads(jacobian_[:, n_shared:])
-        update, weights = self._combine(jacobian_[:, :n_shared])
+    def _parameters_backward(self, losses: Tensor, known: TaskGradients | None) -> StepResult:
+        rows = self._known_rows(losses, known) if known is not None else None
+        if rows is None:  # T backward passes over the whole graph
+            rows = self._task_rows(losses, self.shared, keep_graph=False)
+        update, weights = self._combine(rows)
         for p, g in zip(self.shared, update.split([p.numel() for p in self.shared]),
                         strict=True):
             _accumulate(p, g)
-        return StepResult(weights=weights, update_norm=torch.linalg.vector_norm(update))
+        return StepResult(weights=weights, update_parts=[update])
 
     def _representation_backward(self, losses: Tensor, features: list[Tensor]) -> StepResult:
         feats = [f for f in features if f.requires_grad]
         if self._layout is None:  # the graph's shape does not change between steps
             self._layout = _features_layout(feats, self.shared)
         groups, after = self._layout
-        # T backward passes through the heads only: per-task gradients on the features, on
-        # shared parameters used after the split (coupling) and on the task parameters.
+        # T backward passes through the heads only: per-task gradients on the features and on
+        # shared parameters used after the split (coupling).
         represented = [*feats, *after]
-        n_rep = sum(t.numel() for t in represented)
-        jacobian_ = jacobian(losses, [*represented, *self._own_params],
-                             retain_graph=bool(groups))
-        self._apply_task_grads(jacobian_[:, n_rep:])
-        combined, weights = self._combine(jacobian_[:, :n_rep])
+        matrix = self._task_rows(losses, represented, keep_graph=bool(groups))
+        combined, weights = self._combine(matrix)
         pieces = combined.split([t.numel() for t in represented])
-        squared = combined.new_zeros(())
-        for p, g in zip(after, pieces[len(feats):], strict=True):
+        update = list(pieces[len(feats):])
+        for p, g in zip(after, update, strict=True):
             _accumulate(p, g)
-            squared = squared + g.square().sum()
         # The combined feature gradient goes back through the shared trunk once.
         for n, (indices, params) in enumerate(groups):
             grads = torch.autograd.grad(
@@ -329,8 +330,49 @@ class GradientMethod(WeightingMethod):
             for p, g in zip(params, grads, strict=True):
                 if g is not None:
                     _accumulate(p, g)
-                    squared = squared + g.square().sum()
-        return StepResult(weights=weights, update_norm=squared.sqrt())
+                    update.append(g)
+        return StepResult(weights=weights, update_parts=update)
+
+    def _known_rows(self, losses: Tensor, known: TaskGradients) -> Tensor | None:
+        """The shared parameters' rows of the trainer's diagnostic Jacobian, rescaled from the
+        raw task losses to `losses`; the task parameters get their gradient from it too. None
+        when it is not on exactly this method's parameters."""
+        if [id(p) for p in known.params] != [id(p) for p in (*self.shared, *self._own_params)]:
+            return None
+        # d losses_t / d raw_t: the configured task weight (each reaches its own task only).
+        scale = torch.stack(torch.autograd.grad(losses.sum(), known.losses,
+                                                materialize_grads=True))
+        rows = known.matrix * scale.to(known.matrix.dtype)[:, None]
+        n_shared = sum(p.numel() for p in self.shared)
+        self._apply_task_grads(rows[:, n_shared:])
+        return rows[:, :n_shared]
+
+    def _task_rows(self, losses: Tensor, wrt: list[Tensor], keep_graph: bool) -> Tensor:
+        """Per-task gradients on `wrt`, a (T, N) matrix; each task parameter gets its task's
+        gradient (accumulated) on the way.
+
+        When `losses` is a stack of per-task scalars (the trainer's), row t is one backward
+        pass from task t's loss over `wrt` and task t's own parameters only, so no pass pushes
+        zeros through the other tasks' heads or fills in their (zero) gradients: at 8 tasks on
+        the MLP of bench/grad_methods.py that took `representation` from 2.3-2.6x static to
+        1.6-1.9x. Any other loss vector: one Jacobian on `wrt` and every task parameter.
+        """
+        n_wrt = sum(x.numel() for x in wrt)
+        starts = stacked_scalars(losses)
+        if starts is None:
+            matrix = jacobian(losses, [*wrt, *self._own_params], retain_graph=keep_graph)
+            self._apply_task_grads(matrix[:, n_wrt:])
+            return matrix[:, :n_wrt]
+        rows = losses.new_empty((len(starts), n_wrt))
+        one = losses.new_ones(())
+        for t, (start, own) in enumerate(zip(starts, self.task_params, strict=True)):
+            grads = torch.autograd.grad(start, [*wrt, *own], grad_outputs=one,
+                                        retain_graph=keep_graph or t < len(starts) - 1,
+                                        materialize_grads=True)
+            torch.cat([g.reshape(-1) for g in grads[:len(wrt)]], out=rows[t])
+            for p, g in zip(own, grads[len(wrt):], strict=True):
+                _accumulate(p, g)
+        return rows
 
     def _apply_task_grads(self, columns: Tensor) -> None:
         """Each task parameter gets the sum of its rows (by the contract only its task's)."""
@@ -355,16 +397,20 @@ class GradientMethod(WeightingMethod):
         """Weights (T,) from the Gramian (T, T) on the CPU; zero rows get weight 0."""
         n = gramian.shape[0]
         active = tuple(i for i, d in enumerate(gramian.diagonal().tolist()) if d > 0)
+        if len(active) == n:  # the usual case: no sub-matrix to cut out
+            return self._weigh(self._aggregator(active), gramian).to(gramian.dtype)
         weights = torch.zeros(n, dtype=gramian.dtype)
         if active:
             sub = gramian[list(active)][:, list(active)]
-            aggregator = self._aggregator(active)
-            if isinstance(aggregator, GramianWeightedAggregator):
-                sub_weights = aggregator.gramian_weighting(sub)
-            else:  # a WeightedAggregator whose weighting only uses the Gramian (Nash-MTL)
-                sub_weights = aggregator.weighting(_psd_factor(sub))
-            weights[list(active)] = sub_weights.to(gramian.dtype)
+            weights[list(active)] = self._weigh(self._aggregator(active), sub).to(gramian.dtype)
         return weights
+
+    @staticmethod
+    def _weigh(aggregator: Aggregator, gramian: Tensor) -> Tensor:
+        if isinstance(aggregator, GramianWeightedAggregator):
+            return aggregator.gramian_weighting(gramian)
+        # A WeightedAggregator whose weighting only uses the Gramian (Nash-MTL).
+        return aggregator.weighting(_psd_factor(gramian))
 
     def _aggregator(self, active: tuple[int, ...]) -> Aggregator:
         if active not in self._aggregators:
