@@ -385,7 +385,9 @@ def test_parameters_mode_reuses_the_diagnostic_jacobian_exactly(name):
 def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architecture, params,
                                                                      mode):
     # The trainer stacks per-task scalar losses, so each task's pass starts at its own loss and
-    # visits only its own head; any other loss vector takes the full Jacobian. Same update.
+    # visits only its own head (in representation mode all T rows come from one pass through
+    # the heads where the graph allows); any other loss vector takes the full Jacobian. Same
+    # update.
     from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
     from mtl_core.data.base import TaskSpec
     from mtl_core.models import ARCHITECTURES
@@ -410,6 +412,8 @@ def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architectur
         result = method.backward(losses if stacked else losses * 1.0, features, model)
         results.append(({n: p.grad.clone() for n, p in model.named_parameters()
                          if p.grad is not None}, result.weights))
+        if stacked and mode == "representation":  # one pass through the heads where possible
+            assert (method._taps is not None) == (architecture in ("hard_sharing", "mmoe"))
     (grads, weights), (reference, reference_weights) = results
     assert grads.keys() == reference.keys() == {n for n, _ in model.named_parameters()}
     for name, grad in grads.items():

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torch.autograd.graph import get_gradient_edge
+from torch.autograd.graph import GradientEdge, get_gradient_edge
 from torchjd.aggregation import (
     IMTLG,
     MGDA,
@@ -220,6 +221,100 @@ def _features_layout(feats: list[Tensor], shared: list[nn.Parameter]
     return [(sorted(key), params) for key, params in groups.items()], after
 
 
+Path = tuple[int, ...]  # next_functions indices from a task's loss node down to a node
+
+
+class _FeatureTaps:
+    """Every task's gradient on the features from ONE backward through the heads.
+
+    Each node of task t's head that takes a feature tensor as input gets a hook keeping the
+    gradient it sends into that feature; one `autograd.grad` of Σ losses, stopped at the
+    features, then yields all T rows (MGDA-UB's one pass) instead of T passes. This needs each
+    such node to belong to one task only and the features not to feed one another; `find`
+    returns None otherwise and the caller makes T passes. The nodes are found once, as paths
+    from each task's loss node, and followed again each step (the graph's shape does not
+    change between steps).
+    """
+
+    def __init__(self, taps: list[list[tuple[Path, int, int]]]) -> None:
+        self.taps = taps  # per task: (path to the node, its input slot, feature index)
+
+    @classmethod
+    def find(cls, starts: list[GradientEdge], feats: list[Tensor]) -> _FeatureTaps | None:
+        feature_at = {(e.node, e.output_nr): k
+                      for k, e in enumerate(get_gradient_edge(f) for f in feats)}
+        if any(_reaches(node, feature_at) for node, _ in feature_at):
+            return None  # a feature computed from another one (mtan's stages)
+        owner: dict[object, int] = {}
+        taps: list[list[tuple[Path, int, int]]] = []
+        for t, start in enumerate(starts):
+            found: list[tuple[Path, int, int]] = []
+            stack: list[tuple[object, Path]] = [(start.node, ())]
+            while stack:
+                node, path = stack.pop()
+                if owner.get(node) == t:  # reached again along another path of this task
+                    continue
+                if node in owner:
+                    return None  # a node two tasks' losses reach (coupling after the split)
+                owner[node] = t
+                for i, (child, nr) in enumerate(node.next_functions):
+                    if (child, nr) in feature_at:
+                        found.append((path, i, feature_at[(child, nr)]))
+                    elif child is not None:
+                        stack.append((child, (*path, i)))
+            taps.append(found)
+        return cls(taps)
+
+    def rows(self, starts: list[GradientEdge], feats: list[Tensor], own: list[nn.Parameter],
+             keep_graph: bool) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """(T, N) per-task gradients on the features, and Σ losses' gradient on `own`."""
+        captured: list[list[Tensor | None]] = [[None] * len(feats) for _ in starts]
+        handles = []
+        for start, taps, row in zip(starts, self.taps, captured, strict=True):
+            for path, slot, k in taps:
+                node = start.node
+                for i in path:
+                    node = node.next_functions[i][0]
+                handles.append(node.register_hook(partial(_keep, row, k, slot)))
+        try:  # Σ losses, stopped at the features: the trunk is not visited
+            grads = torch.autograd.grad(starts, [*feats, *own],
+                                        grad_outputs=[feats[0].new_ones(())] * len(starts),
+                                        retain_graph=keep_graph, materialize_grads=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        rows = feats[0].new_empty((len(starts), sum(f.numel() for f in feats)))
+        for t, row in enumerate(captured):
+            torch.cat([(g if g is not None else torch.zeros_like(f)).reshape(-1)
+                       for g, f in zip(row, feats, strict=True)], out=rows[t])
+        return rows, grads[len(feats):]
+
+
+def _keep(row: list[Tensor | None], k: int, slot: int, grad_inputs: tuple, _outputs: tuple
+          ) -> None:
+    """Node hook: add the gradient the node sends into feature k (its input `slot`)."""
+    grad = grad_inputs[slot]
+    if grad is not None:
+        row[k] = grad if row[k] is None else row[k] + grad
+
+
+def _reaches(node: object, targets: dict) -> bool:
+    """Whether walking down from `node` meets one of the `targets` edges."""
+    stack, seen = [node], set()
+    while stack:
+        current = stack.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for child, nr in current.next_functions:
+            if child is None:
+                continue
+            if (child, nr) in targets:
+                return True
+            stack.append(child)
+    return False
+
+
 def _psd_factor(gramian: Tensor) -> Tensor:
     """A T x T matrix L with L L^T = gramian: for weightings that take a matrix but only use
     its Gramian (Nash-MTL), so the full Jacobian never has to leave the device."""
@@ -257,6 +352,8 @@ class GradientMethod(WeightingMethod):
         self._own_params = list(unique.values())
         self._layout: tuple[list[tuple[list[int], list[nn.Parameter]]],
                             list[nn.Parameter]] | None = None
+        self._taps: _FeatureTaps | None = None
+        self._taps_searched = False
         self._aggregators: dict[tuple[int, ...], Aggregator] = {}
         self._pending_state: dict[tuple[int, ...], dict] = {}
 
@@ -312,10 +409,17 @@ class GradientMethod(WeightingMethod):
         if self._layout is None:  # the graph's shape does not change between steps
             self._layout = _features_layout(feats, self.shared)
         groups, after = self._layout
-        # T backward passes through the heads only: per-task gradients on the features and on
-        # shared parameters used after the split (coupling).
+        # Per-task gradients on the features (and on shared parameters used after the split,
+        # coupling): one backward through the heads when the graph allows, else T.
         represented = [*feats, *after]
-        matrix = self._task_rows(losses, represented, keep_graph=bool(groups))
+        starts = stacked_scalars(losses)
+        taps = self._feature_taps(starts, feats) if starts is not None and not after else None
+        if taps is not None:
+            matrix, own_grads = taps.rows(starts, feats, self._own_params, bool(groups))
+            for p, g in zip(self._own_params, own_grads, strict=True):
+                _accumulate(p, g)
+        else:
+            matrix = self._task_rows(losses, represented, keep_graph=bool(groups))
         combined, weights = self._combine(matrix)
         pieces = combined.split([t.numel() for t in represented])
         update = list(pieces[len(feats):])
@@ -332,6 +436,12 @@ class GradientMethod(WeightingMethod):
                     _accumulate(p, g)
                     update.append(g)
         return StepResult(weights=weights, update_parts=update)
+
+    def _feature_taps(self, starts: list[GradientEdge], feats: list[Tensor]
+                      ) -> _FeatureTaps | None:
+        if not self._taps_searched:  # once: the graph's shape does not change between steps
+            self._taps, self._taps_searched = _FeatureTaps.find(starts, feats), True
+        return self._taps
 
     def _known_rows(self, losses: Tensor, known: TaskGradients) -> Tensor | None:
         """The shared parameters' rows of the trainer's diagnostic Jacobian, rescaled from the
