@@ -107,9 +107,8 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     # On diagnostic steps the method's step may reuse the per-task gradients (see
     # weighting.base): those on the shared and the task parameters come from the Jacobian,
     # anything else (a loss-level method's own parameters) from a backward of its total.
-    own = _task_parameters(model, names)
-    listed = {id(p) for p in shared + own}
-    reuse_params = shared + own
+    reuse_params = shared + model.all_task_parameters()
+    listed = {id(p) for p in reuse_params}
     others = [p for p in model.parameters() if p.requires_grad and id(p) not in listed]
     others += method.extra_parameters()
     n_shared = sum(p.numel() for p in shared)
@@ -243,16 +242,6 @@ def _mean_weights(method: WeightingMethod, result: StepResult, window: Tensor,
                   steps: int) -> Tensor:
     """The window's mean effective weights (constant ones are not copied every step)."""
     return result.weights if method.constant_weights else window[:steps].mean(0)
-
-
-def _task_parameters(model: MTLModel, names: list[str]) -> list[torch.nn.Parameter]:
-    """Every task's own trainable parameters, once each."""
-    unique: dict[int, torch.nn.Parameter] = {}
-    for name in names:
-        for p in model.task_parameters(name):
-            if p.requires_grad:
-                unique.setdefault(id(p), p)
-    return list(unique.values())
 
 
 class _ControlPoller:

@@ -379,15 +379,8 @@ def test_parameters_mode_reuses_the_diagnostic_jacobian_exactly(name):
     torch.testing.assert_close(norm, plain_norm)
 
 
-@pytest.mark.parametrize("architecture, params", [
-    ("hard_sharing", {}), ("cross_stitch", {}), ("mmoe", {"n_experts": 2}), ("mtan", {})])
-@pytest.mark.parametrize("mode", MODES)
-def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architecture, params,
-                                                                     mode):
-    # The trainer stacks per-task scalar losses, so each task's pass starts at its own loss and
-    # visits only its own head (in representation mode all T rows come from one pass through
-    # the heads where the graph allows); any other loss vector takes the full Jacobian. Same
-    # update.
+def registered_model(architecture: str, params: dict, tasks: list[str]) -> MTLModel:
+    """A small registered architecture (MLP trunk, tanh) with a regression head per task."""
     from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
     from mtl_core.data.base import TaskSpec
     from mtl_core.models import ARCHITECTURES
@@ -397,8 +390,20 @@ def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architectur
                       trunk=TrunkConfig(type="mlp", layers=[6], hidden=[5], activation="tanh"),
                       heads=HeadConfig(layers=[4], activation="tanh"))
     torch.manual_seed(0)
-    tasks = [TaskSpec(name, "regression") for name in ("a", "b", "c")]
-    model = entry.build(cfg, entry.params.model_validate(params), tasks, {"x": (3,)})
+    return entry.build(cfg, entry.params.model_validate(params),
+                       [TaskSpec(name, "regression") for name in tasks], {"x": (3,)})
+
+
+@pytest.mark.parametrize("architecture, params", [
+    ("hard_sharing", {}), ("cross_stitch", {}), ("mmoe", {"n_experts": 2}), ("mtan", {})])
+@pytest.mark.parametrize("mode", MODES)
+def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architecture, params,
+                                                                     mode):
+    # The trainer stacks per-task scalar losses, so each task's pass starts at its own loss and
+    # visits only its own head (in representation mode all T rows come from one pass through
+    # the heads where the graph allows); any other loss vector takes the full Jacobian. Same
+    # update.
+    model = registered_model(architecture, params, ["a", "b", "c"])
     if mode == "representation" and not model.supports_representation:
         pytest.skip("no shared representation")
     x, y = {"x": torch.randn(7, 3)}, torch.randn(3, 7)
@@ -429,17 +434,7 @@ def test_registered_architectures_single_task_step_equals_plain_backward(archite
                                                                          mode):
     # The real architectures (mtan's stacked features, mmoe's gates, cross-stitch coupling):
     # with one task the combined update is the task gradient itself.
-    from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
-    from mtl_core.data.base import TaskSpec
-    from mtl_core.models import ARCHITECTURES
-
-    entry = ARCHITECTURES.get(architecture)
-    cfg = ModelConfig(architecture=architecture, params=params,
-                      trunk=TrunkConfig(type="mlp", layers=[6], hidden=[5], activation="tanh"),
-                      heads=HeadConfig(layers=[4], activation="tanh"))
-    torch.manual_seed(0)
-    model = entry.build(cfg, entry.params.model_validate(params),
-                        [TaskSpec("y", "regression")], {"x": (3,)})
+    model = registered_model(architecture, params, ["y"])
     if mode == "representation" and not model.supports_representation:
         pytest.skip("no shared representation")
     x = {"x": torch.randn(5, 3)}

@@ -68,6 +68,15 @@ class MTLModel(nn.Module):
         """Parameters only `task`'s loss reaches."""
         raise NotImplementedError
 
+    def all_task_parameters(self) -> list[nn.Parameter]:
+        """Every task's trainable parameters, in task order, each once."""
+        unique: dict[int, nn.Parameter] = {}
+        for task in self.task_names:
+            for p in self.task_parameters(task):
+                if p.requires_grad:
+                    unique.setdefault(id(p), p)
+        return list(unique.values())
+
     def parameter_counts(self) -> dict[str, int]:
         counts = {"shared": sum(p.numel() for p in self.shared_parameters())}
         for task in self.task_names:

@@ -345,11 +345,7 @@ class GradientMethod(WeightingMethod):
         self.shared = shared
         # Task parameters without repeats. Each gets the sum of the task-loss gradients that reach
         # it: by the contract only its own task's, and otherwise what loss.backward() gives.
-        unique: dict[int, nn.Parameter] = {}
-        for params_t in self.task_params:
-            for p in params_t:
-                unique.setdefault(id(p), p)
-        self._own_params = list(unique.values())
+        self._own_params = model.all_task_parameters()
         self._layout: tuple[list[tuple[list[int], list[nn.Parameter]]],
                             list[nn.Parameter]] | None = None
         self._taps: _FeatureTaps | None = None
