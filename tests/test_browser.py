@@ -137,6 +137,17 @@ def logged_points(runs: Path, run_id: str) -> dict[str, int]:
     return train.groupby("task").size().to_dict()
 
 
+def wait_for_ended_run(page: Any, run_id: str, banner: str, status: str) -> None:
+    """The live panel's box for the run says `banner`, the sidebar shows the run as `status`;
+    then scroll to the box (for the screenshot that follows)."""
+    wait_until(lambda: banner in alert(page, run_id).inner_text(), 30,
+               f"the live panel to say {banner!r}")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text(status, exact=True).wait_for()
+    assert run_id in sidebar.inner_text()
+    scroll_to_top_of(alert(page, run_id))
+
+
 # ---------------------------------------------------------------- tests
 
 
@@ -149,12 +160,7 @@ def test_link_to_a_cli_run_shows_its_curves_and_predictions(app: AppServer, page
     logged = logged_points(runs, run_id)
     assert points == {t: logged[t] for t in TOY_TASKS}  # every logged point is drawn
     assert min(points.values()) >= info.step // CLI_CONFIG["log_every"]  # and there are many
-    wait_until(lambda: "Finished in" in alert(page, run_id).inner_text(), 30,
-               "the live panel to say Finished")
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("finished", exact=True).wait_for()
-    assert run_id in sidebar.inner_text()
-    scroll_to_top_of(alert(page, run_id))
+    wait_for_ended_run(page, run_id, "Finished in", "finished")
     screenshot(page, "cli_run_curves")
 
     open_page(page, "Predictions")
@@ -262,12 +268,7 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
     logged = logged_points(runs, run_id)
     assert after == {t: logged[t] for t in TOY_TASKS}, (after, logged)  # every logged point
     assert all(after[t] >= before[t] >= 3 for t in TOY_TASKS), (before, after)
-    wait_until(lambda: "Stopped" in alert(page, run_id).inner_text(), 30,
-               "the live panel to say Stopped after reload")
-    sidebar = page.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text("stopped", exact=True).wait_for()
-    assert run_id in sidebar.inner_text()
-    scroll_to_top_of(alert(page, run_id))
+    wait_for_ended_run(page, run_id, "Stopped", "stopped")
     screenshot(page, "e2e_6_after_reload")
 
     # The Runs page lists it, stopped.
