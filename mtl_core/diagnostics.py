@@ -112,7 +112,9 @@ def jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool = False) 
     """The (T, N) Jacobian of `outputs` on `inputs` (see `JacobianStrategy.__call__`),
     computed the way `JacobianStrategy` found faster for these shapes."""
     key = (outputs.device.type, outputs.shape[0], tuple(tuple(x.shape) for x in inputs))
-    strategy = _STRATEGIES.get(key) or _STRATEGIES.setdefault(key, JacobianStrategy())
+    strategy = _STRATEGIES.get(key)
+    if strategy is None:
+        strategy = _STRATEGIES[key] = JacobianStrategy()
     return strategy(outputs, inputs, retain_graph)
 
 

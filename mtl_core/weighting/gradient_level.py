@@ -6,13 +6,16 @@ Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` s
   combination (were one also reached by other tasks' losses, it would get what
   `loss.backward()` gives it: the sum);
 - the shared part gets one combined update, computed from the matrix J of per-task gradients:
-  `parameters`      J holds the exact per-task gradients on the shared parameters (T x P),
-                    T backward passes over the whole graph, vmapped or looped, whichever
-                    `mtl_core.diagnostics.JacobianStrategy` measured faster;
+  `parameters`      J holds the exact per-task gradients on the shared parameters (T x P):
+                    T backward passes over the whole graph, each from one task's loss (or,
+                    on a trainer's diagnostic step, the diagnostics' own passes, reused);
   `representation`  J holds the per-task gradients on the shared representation `features`
-                    (T x batch*feature, as in MGDA-UB): T backward passes through the heads
-                    only; the combined feature gradient is then back-propagated once through
-                    the shared trunk, which costs what it costs in a plain `loss.backward()`.
+                    (T x batch*feature, as in MGDA-UB): one backward through the heads where
+                    the graph allows (`_FeatureTaps`), else T; the combined feature gradient
+                    is then back-propagated once through the shared trunk, which costs what
+                    it costs in a plain `loss.backward()`.
+Loss vectors that are not a stack of per-task scalars take one Jacobian instead, vmapped or
+looped, whichever `mtl_core.diagnostics.JacobianStrategy` measured faster.
 
 Gramian-based methods (all but GradDrop) only need the T x T Gramian G = J J^T to choose their
 weights w; the update is then w @ J. We move G to the CPU once, in float64, and run torchjd's

@@ -1,8 +1,9 @@
 """Loss-level weighting: methods that turn the per-task losses into one scalar and backprop it.
 
 Every method here computes a total `L = Σ λ_i · ℓ_i` (or a non-linear function of the `ℓ_i`,
-for GLS) and calls `.backward()` on it once, so the cost per step is that of plain training
-(GradNorm adds one small gradient per task on the last shared layer).
+for GLS) and back-propagates it once (`base.backprop`: `.backward()`, or on a diagnostic step
+the gradient assembled from the diagnostics' per-task gradients), so the cost per step is that
+of plain training (GradNorm adds one small gradient per task on the last shared layer).
 
 Conventions shared by all methods (see `mtl_core.weighting.base`):
 - `losses` (ℓ_i) arrive already multiplied by the configured task weights w_i.
