@@ -13,6 +13,7 @@ import streamlit as st
 
 from mtl_core.store import RunInfo, RunStore
 from ui import charts
+from ui.live import fragment_run_info
 from ui.run_table import STATUS_ICONS
 from ui.state import current_run_id, get_store, set_current_run
 
@@ -172,13 +173,9 @@ def _scatters(scatter: dict[str, Any], tasks: list[str]) -> None:
 
 
 def _view(store: RunStore, run_id: str, was_live: bool) -> None:
-    try:
-        info = store.get_run(run_id)
-    except KeyError:
-        st.warning(f"Run `{run_id}` was deleted.")
+    info = fragment_run_info(store, run_id, was_live)
+    if info is None:
         return
-    if was_live and not info.is_live:
-        st.rerun()  # the run ended: a full rerun declares the fragment without polling
     live = info.is_live
     history = {kind: snapshot_history(store, run_id, kind, live) for kind in EVAL_KINDS}
     steps = sorted({s for items in history.values() for s, _ in items})

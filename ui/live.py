@@ -119,14 +119,24 @@ def live_panel(store: RunStore, run_id: str) -> None:
     st.fragment(run_every=run_every)(_panel)(store, run_id, info.is_live)
 
 
-def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
+def fragment_run_info(store: RunStore, run_id: str, was_live: bool) -> RunInfo | None:
+    """The run's info, read inside a polling fragment: None (with a warning) once deleted; a
+    full `st.rerun()` once the run has ended, so the fragment is declared again without
+    `run_every` and stops polling."""
     try:
         info = store.get_run(run_id)
     except KeyError:
         st.warning(f"Run `{run_id}` was deleted.")
-        return
+        return None
     if was_live and not info.is_live:
-        st.rerun()  # full rerun: the fragment is declared again without run_every
+        st.rerun()
+    return info
+
+
+def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
+    info = fragment_run_info(store, run_id, was_live)
+    if info is None:
+        return
     _header(store, info)
     df = cached_metrics(store, run_id)
     tasks = run_tasks(info, df)
