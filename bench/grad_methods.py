@@ -9,9 +9,13 @@ small MLP trunk and a small CNN trunk with one 2-layer head per task, at 2, 4 an
 All variants of one (trunk, tasks) cell are timed in interleaved rounds in one process (so
 load from other processes hits them alike); each round times `--steps` consecutive steps after
 warm-up, and the table reports the median round, divided by the median of `static`.
+`per_task_passes` is forward + one backward pass per task + optimizer step with no combination:
+the floor under every exact `parameters` method.
 A second table compares the two ways `JacobianStrategy` (used by the gradient methods and by
 the diagnostics' `task_gradients`) chooses between: one vmapped backward for the T per-task
-gradients, or a loop of T `autograd.grad` calls.
+gradients, or a loop of T `autograd.grad` calls. A third times each Gramian-based method's
+weighting alone (torchjd's solver or loop on the T x T Gramian): a cost per step that does not
+shrink with the model.
 
     python bench/grad_methods.py [--device cpu|cuda] [--quick] [--repeats 5] [--threads 1]
 
@@ -34,11 +38,12 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtl_core.config import OptimConfig  # noqa: E402
-from mtl_core.diagnostics import JacobianStrategy  # noqa: E402
+from mtl_core.diagnostics import JacobianStrategy, stacked_scalars  # noqa: E402
 from mtl_core.models.base import MTLModel  # noqa: E402
 from mtl_core.trainer import make_optimizer  # noqa: E402
 from mtl_core.weighting import build_method  # noqa: E402
 
+BASELINES = ("static", "per_task_passes", "libmtl_pcgrad")
 METHODS = ["pcgrad", "mgda", "cagrad", "imtl_g", "nash_mtl", "upgrad", "aligned_mtl",
            "graddrop", "gradvac", "dualproj"]
 
@@ -120,11 +125,25 @@ def libmtl_pcgrad(losses: Tensor, model: BenchModel) -> None:
         p.grad = g.reshape(p.shape).clone()
 
 
+def per_task_passes(losses: Tensor, model: BenchModel) -> None:
+    """The floor of every exact `parameters` method: one backward pass per task from that
+    task's loss (over the shared and its own parameters), no combination; the plain sum is
+    written back so the optimizer step does the same work."""
+    starts = stacked_scalars(losses)
+    params = model.shared_parameters()
+    for t, start in enumerate(starts):
+        own = model.task_parameters(model.task_names[t])
+        grads = torch.autograd.grad(start, [*params, *own], grad_outputs=losses.new_ones(()),
+                                    retain_graph=t < len(starts) - 1)
+        for p, g in zip([*params, *own], grads, strict=True):
+            p.grad = g if p.grad is None else p.grad + g
+
+
 def make_step(variant: str, trunk: str, n_tasks: int, device: torch.device) -> Callable[[], None]:
     model, inputs, y = make_setup(trunk, n_tasks, device)
     optimizer = make_optimizer(OptimConfig(), list(model.parameters()), device)  # the trainer's
     method = None
-    if variant not in ("static", "libmtl_pcgrad"):
+    if variant not in BASELINES:
         name, mode = variant.split("/")
         method = build_method(name, {"gradients": mode}, model.task_names, model)
 
@@ -136,6 +155,8 @@ def make_step(variant: str, trunk: str, n_tasks: int, device: torch.device) -> C
             method.backward(losses, features, model)
         elif variant == "static":
             losses.sum().backward()
+        elif variant == "per_task_passes":
+            per_task_passes(losses, model)
         else:
             libmtl_pcgrad(losses, model)
         optimizer.step()
@@ -182,12 +203,31 @@ def diagnostics_timing(trunk: str, n_tasks: int, device: torch.device, repeats: 
     return result["vmap"], result["loop"]
 
 
+def weighting_timing(trunk: str, n_tasks: int, device: torch.device, repeats: int,
+                     methods: list[str]) -> dict[str, float]:
+    """Seconds per call of each Gramian-based method's weighting alone (torchjd's solver or
+    loop on the T x T Gramian, on the CPU), on the Gramian of this cell's per-task gradients on
+    the shared representation: the part of a step that does not shrink with the model."""
+    model, inputs, y = make_setup(trunk, n_tasks, device)
+    features = model.features(inputs)
+    losses = task_losses(model, model.heads(features), y)
+    rows = torch.stack([torch.autograd.grad(losses[t], features[0], retain_graph=True)[0]
+                        .flatten() for t in range(n_tasks)])
+    gramian = (rows @ rows.T).to("cpu", torch.float64)
+    calls = {}
+    for name in methods:
+        method = build_method(name, {}, model.task_names, model)
+        if method.gramian_based:
+            calls[name] = lambda m=method: m.weights_from_gramian(gramian)
+    return time_rounds(calls, repeats, 5, 3, torch.device("cpu"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--quick", action="store_true", help="2 and 4 tasks, fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 9)")
-    parser.add_argument("--steps", type=int, default=2, help="steps per round")
+    parser.add_argument("--steps", type=int, default=5, help="steps per round")
     parser.add_argument("--warmup", type=int, default=10,
                         help="untimed steps first (the Jacobian strategy settles in 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -202,7 +242,7 @@ def main() -> None:
     n_steps = args.steps
     random.seed(0)
 
-    variants = ["static", "libmtl_pcgrad"] + [f"{m}/{mode}" for mode in
+    variants = list(BASELINES) + [f"{m}/{mode}" for mode in
                                                ("parameters", "representation")
                                                for m in args.methods]
     cells = [(trunk, n) for trunk in args.trunks for n in tasks]
@@ -239,6 +279,14 @@ def main() -> None:
         vmap_s, loop_s = diagnostics_timing(trunk, n, device, repeats)
         cols.append(f"{vmap_s * 1e3:.2f} / {loop_s * 1e3:.2f} ms")
     print("| ms per call | " + " | ".join(cols) + " |")
+
+    print("\n| weighting alone, ms per call (T x T Gramian, CPU) | "
+          + " | ".join(f"{t} T={n}" for t, n in cells) + " |")
+    print("|---" * (len(cells) + 1) + "|")
+    weighting = {cell: weighting_timing(*cell, device, repeats, args.methods) for cell in cells}
+    for name in weighting[cells[0]]:
+        print(f"| {name} | " + " | ".join(f"{weighting[c][name] * 1e3:.2f}" for c in cells)
+              + " |")
 
 
 if __name__ == "__main__":

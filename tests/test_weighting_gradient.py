@@ -399,31 +399,35 @@ def registered_model(architecture: str, params: dict, tasks: list[str]) -> MTLMo
 @pytest.mark.parametrize("mode", MODES)
 def test_per_task_passes_from_stacked_losses_equal_the_full_jacobian(architecture, params,
                                                                      mode):
-    # The trainer stacks per-task scalar losses, so each task's pass starts at its own loss and
-    # visits only its own head (in representation mode all T rows come from one pass through
-    # the heads where the graph allows); any other loss vector takes the full Jacobian. Same
-    # update.
+    # The trainer stacks per-task scalar losses (times the task weights), so each task's pass
+    # starts at its own loss and visits only its own head (in representation mode all T rows
+    # come from one pass through the heads where the graph allows); any other loss vector
+    # takes the full Jacobian. Same update.
     model = registered_model(architecture, params, ["a", "b", "c"])
     if mode == "representation" and not model.supports_representation:
         pytest.skip("no shared representation")
     x, y = {"x": torch.randn(7, 3)}, torch.randn(3, 7)
+    task_weights = [1.0, 0.5, 2.0]
     results = []
     for stacked in (True, False):
         model.zero_grad(set_to_none=True)
         method = build_method("upgrad", {"gradients": mode}, model.task_names, model)
         features = model.features(x)
         out = model.heads(features)
-        losses = torch.stack([((out[n] - y[i]) ** 2).mean() for i, n in enumerate("abc")])
+        losses = torch.stack([w * ((out[n] - y[i]) ** 2).mean()
+                              for i, (n, w) in enumerate(zip("abc", task_weights, strict=True))])
         result = method.backward(losses if stacked else losses * 1.0, features, model)
         results.append(({n: p.grad.clone() for n, p in model.named_parameters()
-                         if p.grad is not None}, result.weights))
+                         if p.grad is not None}, result))
         if stacked and mode == "representation":  # one pass through the heads where possible
             assert (method._taps is not None) == (architecture in ("hard_sharing", "mmoe"))
-    (grads, weights), (reference, reference_weights) = results
+    (grads, result), (reference, reference_result) = results
     assert grads.keys() == reference.keys() == {n for n, _ in model.named_parameters()}
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference[name], atol=1e-6, rtol=1e-4, msg=name)
-    torch.testing.assert_close(weights, reference_weights)
+    torch.testing.assert_close(result.weights, reference_result.weights)
+    torch.testing.assert_close(result.update_norm, reference_result.update_norm)
+    assert not result.weights.is_inference()  # the solvers run in inference mode
 
 
 @pytest.mark.parametrize("architecture, params", [
