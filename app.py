@@ -13,7 +13,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.state import current_run_id, get_store, runs_dir, set_current_run
+from ui.live import LIVE_REFRESH_S
+from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_current_run
 from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices, follow_url
 
 st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
@@ -35,7 +36,7 @@ BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finis
 RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
-STATUS_REFRESH_S = 2.0
+STATUS_REFRESH_S = LIVE_REFRESH_S  # the sidebar's step counter keeps up with the live panel
 
 
 def _reconcile() -> None:
@@ -122,6 +123,7 @@ def _sidebar() -> None:
 pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
          for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
 page = st.navigation(pages)
+st.session_state[APP_RAN_KEY] = True
 follow_url()
 _reconcile()
 with st.sidebar:

@@ -32,8 +32,10 @@ from mtl_core.sweep import (
 )
 from ui import config_form as form
 from ui import sweep_charts as sc
-from ui.state import current_run_id, get_store, runs_dir
+from ui.state import current_run_id, get_store, runs_dir, through_app
 from ui.train_run import TRAIN_PAGE, request_load
+
+through_app()
 
 REFRESH_S = 2.0
 PLOTLY_CONFIG = {"displaylogo": False}

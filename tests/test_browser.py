@@ -278,3 +278,29 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
                        and selectbox_text(page, "runs_target"), 30, "the run on the Runs page")
     assert "stopped" in label, label
     screenshot(page, "e2e_7_runs_page")
+
+
+def test_a_link_straight_to_a_page_as_the_first_request_opens_it_inside_the_app(
+        cli_run: tuple[Path, str], browser: Any) -> None:
+    # Until app.py's st.navigation has run once in a server's life, Streamlit treats pages/ as
+    # old-style pages: a shared link to one, opened first, ran that file alone (no sidebar,
+    # file names for a menu). So this needs a server nobody has visited yet.
+    runs, run_id = cli_run
+    server = AppServer.start(runs, env={"MTL_WARM_UP": "0",
+                                        "MTL_DATA_DIR": str(runs.parent / "data")})
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        page.goto(f"{server.url}/predictions?run={run_id}")
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        sidebar.get_by_text("Current run").wait_for()
+        assert run_id in sidebar.inner_text()
+        page.locator('[data-testid="stSidebarNav"]').get_by_text("Build & Train").wait_for()
+        page.get_by_text("Decision boundaries").wait_for()
+        assert run_id in selectbox_text(page, "pred_run")
+        assert urlparse(page.url).path == "/predictions"
+        screenshot(page, "deep_link_first_request")
+    finally:
+        context.close()
+        server.stop()

@@ -12,6 +12,27 @@ import streamlit as st
 
 from mtl_core.store import RunStore, default_runs_dir
 
+APP_RAN_KEY = "_app_ran"  # set by app.py in every session it runs for
+
+
+def through_app() -> None:
+    """Call first in every page: make sure app.py runs around it.
+
+    Because `pages/` exists, Streamlit treats its files as old-style pages until app.py's
+    `st.navigation` has run once in the server's life. Until then, a link straight to a page
+    (`/predictions?run=ID` as a server's first request) runs that file alone, with no sidebar,
+    page config or URL handling. Turn that mode off and rerun: the rerun goes through app.py,
+    which opens the same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if not PagesManager.uses_pages_directory:
+        return
+    PagesManager.uses_pages_directory = False
+    # A session that has been through app.py gets here only under AppTest, which turns the mode
+    # back on before every run: a rerun there would drop the button click being tested.
+    if not st.session_state.get(APP_RAN_KEY):
+        st.rerun()
+
 
 def runs_dir() -> Path:
     return Path(os.environ.get("MTL_RUNS_DIR") or default_runs_dir())
