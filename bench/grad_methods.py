@@ -242,9 +242,8 @@ def main() -> None:
     n_steps = args.steps
     random.seed(0)
 
-    variants = list(BASELINES) + [f"{m}/{mode}" for mode in
-                                               ("parameters", "representation")
-                                               for m in args.methods]
+    variants = list(BASELINES) + [f"{m}/{mode}" for mode in ("parameters", "representation")
+                                  for m in args.methods]
     cells = [(trunk, n) for trunk in args.trunks for n in tasks]
     ratios: dict[str, dict[tuple[str, int], float]] = {v: {} for v in variants}
     static_ms: dict[tuple[str, int], float] = {}

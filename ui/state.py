@@ -23,9 +23,11 @@ def through_app() -> None:
     (`/predictions?run=ID` as a server's first request) runs that file alone, with no sidebar,
     page config or URL handling. Turn that mode off and rerun: the rerun goes through app.py,
     which opens the same page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if not PagesManager.uses_pages_directory:
+    try:  # Streamlit internals: a version without them has no old-style mode to leave
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:
+        return
+    if not getattr(PagesManager, "uses_pages_directory", False):
         return
     PagesManager.uses_pages_directory = False
     # A session that has been through app.py gets here only under AppTest, which turns the mode
