@@ -36,7 +36,6 @@ BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finis
 RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
-STATUS_REFRESH_S = LIVE_REFRESH_S  # the sidebar's step counter keeps up with the live panel
 
 
 def _reconcile() -> None:
@@ -94,8 +93,9 @@ def _sidebar() -> None:
             run_id = None
     st.markdown("**Current run**")
     live = run_id is not None and by_id[run_id].is_live
-    # Refreshed on its own while the run is live (the page around it is not).
-    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_current_run)(run_id)
+    # Refreshed on its own while the run is live (the page around it is not), on the live
+    # panel's cadence so its step counter keeps up with the panel's.
+    st.fragment(run_every=LIVE_REFRESH_S if live else None)(_current_run)(run_id)
     if class_mode():  # lean: the class needs its current run, not the machine's details
         st.divider()
         st.caption(":material/school: Class mode")
