@@ -13,9 +13,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from ui.live import LIVE_REFRESH_S
+from ui import preload
 from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_current_run
-from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices, follow_url
+
+# Only light modules above: the shell (navigation, sidebar, title) draws before torch and the
+# chart code are imported (ui.preload); the functions below import the rest once it is there.
 
 st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
                    initial_sidebar_state="expanded")
@@ -78,7 +80,19 @@ def _current_run(run_id: str | None) -> None:
                     text=f"step {run.step} / {run.total_steps}")
 
 
+def _navigation_links(pages: list) -> None:
+    """The page menu (`client.showSidebarNavigation` is off in .streamlit/config.toml, so that
+    Streamlit's own listing of pages/ by file name never shows on a fresh server)."""
+    for p in pages:
+        st.page_link(p)
+
+
 def _sidebar() -> None:
+    from mtl_core.data import data_dir
+    from mtl_core.jobs import budget_text
+    from ui.live import LIVE_REFRESH_S
+    from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices
+
     store = get_store()
     run_id = current_run_id()
     runs = store.list_runs()[:PICKER_RUNS]
@@ -107,25 +121,35 @@ def _sidebar() -> None:
                  format_func=lambda i: _label(by_id[i]), placeholder="Pick a run…")
     active = sum(1 for r in runs if r.status in ("running", "paused"))
     queued = sum(1 for r in runs if r.status == "queued")
-    from mtl_core.data import data_dir
-    from mtl_core.jobs import max_concurrent
-
     try:
-        limit = str(max_concurrent())
+        cores = budget_text()
     except ValueError as exc:
-        limit = f"invalid ({exc})"
+        cores = f"invalid MTL_MAX_JOBS ({exc})"
     st.divider()
-    st.caption(f"Training: {active} active, {queued} queued, limit {limit}  \n"
+    st.caption(f"Training: {active} active, {queued} queued  \nBudget: {cores}  \n"
                f"Devices: {', '.join(devices())}  \n"
                f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
 
 
 pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
          for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
-page = st.navigation(pages)
+page = st.navigation(pages, position="hidden")
 st.session_state[APP_RAN_KEY] = True
-follow_url()
-_reconcile()
 with st.sidebar:
-    _sidebar()
-page.run()
+    _navigation_links(pages)
+
+def _full_page(page) -> None:
+    from ui.train_run import follow_url  # imported by now (ui.preload)
+
+    follow_url()
+    _reconcile()
+    with st.sidebar:
+        st.divider()
+        _sidebar()
+    page.run()
+
+
+if preload.ready(wait_s=preload.FIRST_WAIT_S):
+    _full_page(page)
+else:
+    preload.first_paint(page.title)

@@ -19,6 +19,15 @@
     websocket frame carrying the panel's progress text, which every fragment run re-sends)
     and every visible change of that text in the DOM (a MutationObserver).
 
+(c) First page: a fresh server (health ok) until a new browser session shows the enabled Start
+    button, then later visits (new sessions on the same server), against a hello-world Streamlit
+    app (title, slider, button) served and opened the same way in the same browser.
+(d) A run started with Start and watched in the browser, start → finish (the store's
+    timestamps, the live panel open all along), against the same config trained from the CLI
+    (`python -m mtl_core train`, no browser) on the same machine: what made a 1 s run take 40 s.
+
+    --sections start,cadence,first-page,browser-run (default: all)
+
 Helpers (server, browser, DOM probes) are shared with tests/test_browser.py:
 tests/browser_support.py. Results: bench/RESULTS.md, "Dashboard latency".
 """
@@ -30,11 +39,14 @@ import os
 import platform
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -204,12 +216,108 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
             "running_at_end": running}
 
 
+HELLO_APP = """import streamlit as st
+st.title("Hello")
+st.slider("A number", 0, 10, 5)
+st.button("Start", key="train-start")
+"""
+SECTIONS = ("start", "cadence", "first-page", "browser-run")
+
+
+def _until_start_enabled(browser: Any, url: str) -> float:
+    """Seconds from navigation in a new session until the Start button is enabled."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        began = time.perf_counter()
+        page.goto(url)
+        button(page, "train-start").and_(page.locator("button:enabled")).wait_for()
+        return time.perf_counter() - began
+    finally:
+        context.close()
+
+
+def first_page(browser: Any, tmp: Path, repeats: int, visits: int = 3) -> dict[str, Any]:
+    """Fresh-server first page and later visits, for MTL Lab and the hello-world app."""
+    hello = tmp / "hello_app.py"
+    hello.write_text(HELLO_APP)
+    rows: dict[str, dict[str, list[float]]] = {}
+    for i in range(repeats):
+        for name, script in (("hello", hello), ("mtl_lab", "app.py")):
+            runs = tmp / f"first_{name}_{i}" / "runs"
+            server = AppServer.start(runs, script=script,
+                                     env={"MTL_DATA_DIR": str(tmp / "data")})
+            try:
+                first = _until_start_enabled(browser, server.url)
+                later = [_until_start_enabled(browser, server.url) for _ in range(visits)]
+            finally:
+                server.stop()
+            entry = rows.setdefault(name, {"first": [], "later": []})
+            entry["first"].append(first)
+            entry["later"].append(statistics.median(later))
+            print(f"first page #{i + 1} {name}: first={first:.2f} later={later}", flush=True)
+    return rows
+
+
+def _duration(run: Any) -> float:
+    return (run.ended_at or 0) - (run.started_at or 0)
+
+
+def _wait_for_new_run_to_end(store: RunStore, before: set[str]) -> Any:
+    run_id = wait_until(lambda: next((r.id for r in store.list_runs() if r.id not in before),
+                                     None), 60, "the new run")
+
+    def ended() -> Any:
+        run = store.get_run(run_id)
+        return None if run.is_live else run
+
+    return wait_until(ended, 600, "the browser-started run to end", interval=0.05)
+
+
+def browser_run(browser: Any, server: AppServer, tmp: Path, repeats: int) -> dict[str, Any]:
+    """The default config started with Start and watched until it ends, against the same
+    config trained by the CLI (foreground, no browser open) on the same store."""
+    browser_s, cli_s, walls = [], [], []
+    config = tmp / "browser_run.yaml"
+    for i in range(repeats):
+        context, page = _open_app(browser, server)
+        try:
+            pid = next(iter(server.worker_pids()), None)
+            if pid is not None:  # a user reads the form while the pre-started worker imports
+                wait_idle_process(pid, timeout=60)
+            store = RunStore(server.runs_dir)
+            before = {r.id for r in store.list_runs()}
+            clicked = time.time()
+            button(page, "train-start").click()
+            run = _wait_for_new_run_to_end(store, before)
+            walls.append(run.ended_at - clicked)
+            browser_s.append(_duration(run))
+            config.write_text(yaml.safe_dump(run.config))
+        finally:
+            context.close()
+        done = subprocess.run([sys.executable, "-m", "mtl_core", "train", str(config),
+                               "--runs-dir", str(server.runs_dir)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        cli_run = RunStore(server.runs_dir).get_run(done.stdout.strip().splitlines()[-1])
+        cli_s.append(_duration(cli_run))
+        print(f"browser run #{i + 1}: browser={browser_s[-1]:.2f} s (click→finished "
+              f"{walls[-1]:.2f}) cli={cli_s[-1]:.2f} s", flush=True)
+    return {"browser": browser_s, "click_to_finished": walls, "cli": cli_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cadence-seconds", type=float, default=15.0)
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of: {', '.join(SECTIONS)}")
     args = parser.parse_args(argv)
+    sections = [s for s in args.sections.split(",") if s]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     chromium = find_chromium()
     if chromium is None:
         print("Chromium not found (apt-get install chromium, or set MTL_CHROMIUM)",
@@ -218,22 +326,35 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     began = time.time()
-    results: dict[str, Any] = {"start": {}, "cadence": None}
+    results: dict[str, Any] = {"start": {}, "cadence": None, "first_page": None,
+                               "browser_run": None}
     with tempfile.TemporaryDirectory(prefix="ui_latency_") as tmp, sync_playwright() as pw:
         browser = launch_chromium(pw, chromium)
         try:
-            for mode in ("warm", "cold"):
+            if "first-page" in sections:
+                results["first_page"] = first_page(browser, Path(tmp), args.repeats)
+            if "browser-run" in sections:
+                server = AppServer.start(Path(tmp) / "browser_run" / "runs",
+                                         env={"MTL_DATA_DIR": str(Path(tmp) / "data")})
+                try:
+                    results["browser_run"] = browser_run(browser, server, Path(tmp),
+                                                         args.repeats)
+                finally:
+                    server.stop()
+            for mode in [m for m in ("warm", "cold") if "start" in sections
+                         or (m == "warm" and "cadence" in sections)]:
                 env = {"MTL_WARM_UP": "1" if mode == "warm" else "0", "MTL_MAX_JOBS": "2",
                        "MTL_DATA_DIR": str(Path(tmp) / "data")}
                 server = AppServer.start(Path(tmp) / mode / "runs", env=env)
                 try:
                     rows = []
-                    for i in range(args.repeats):
+                    for i in range(args.repeats if "start" in sections else 0):
                         rows.append(start_latency(browser, server, warm=mode == "warm"))
                         print(f"{mode} #{i + 1}: " + " ".join(
                             f"{k}={_fmt(v)}" for k, v in rows[-1].items()), flush=True)
-                    results["start"][mode] = rows
-                    if mode == "warm":
+                    if rows:
+                        results["start"][mode] = rows
+                    if mode == "warm" and "cadence" in sections:
                         results["cadence"] = refresh_cadence(browser, server,
                                                              args.cadence_seconds)
                         print("cadence:", results["cadence"], flush=True)
@@ -250,7 +371,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _median_ratio(numerators: list[float], denominators: list[float]) -> str:
+    num, den = statistics.median(numerators), statistics.median(denominators)
+    return f"{num:.2f} s against {den:.2f} s: {num / den:.2f}×"
+
+
 def _report(results: dict[str, Any]) -> None:
+    fp = results.get("first_page")
+    if fp:
+        print("\nFirst page until Start is enabled, median over fresh servers:")
+        for visit in ("first", "later"):
+            ratio = _median_ratio(fp["mtl_lab"][visit], fp["hello"][visit])
+            print(f"  {visit} visit: MTL Lab {ratio} of the hello-world app")
+    br = results.get("browser_run")
+    if br:
+        print("\nA run started and watched in the browser, start → finish (store timestamps):")
+        print(f"  browser {_median_ratio(br['browser'], br['cli'])} of the same config "
+              f"from the CLI; click → finished {statistics.median(br['click_to_finished']):.2f} s")
+    if results["start"]:
+        _report_start(results)
+    _report_cadence(results["cadence"])
+    _report_meta(results)
+
+
+def _report_start(results: dict[str, Any]) -> None:
     parts = ("page", "claim", "build", "first_step", "draw", "total")
     print(f"\nStart → first point on the loss chart, seconds, median of "
           f"{results['meta']['repeats']} (min–max of the total):\n")
@@ -265,16 +409,21 @@ def _report(results: dict[str, Any]) -> None:
               + f" | {min(totals):.2f}–{max(totals):.2f} |")
     if "warm" in med and "cold" in med:
         print(f"\ncold / warm: {med['cold'] / med['warm']:.1f}×")
-    c = results["cadence"]
+
+
+def _report_meta(results: dict[str, Any]) -> None:
+    m = results["meta"]
+    print(f"\n{m['cpus']} CPUs, Python {m['python']}, {m['machine']}, load average at the end "
+          f"{m['load_avg'][0]:.1f}; took {m['seconds']:.0f} s")
+
+
+def _report_cadence(c: dict[str, Any] | None) -> None:
     if c:
         print(f"\nLive panel while two runs train ({c['seconds']:.0f} s): {c['refreshes']} "
               f"refreshes, {c['per_s']:.2f}/s, median interval {c['median_gap']:.2f} s "
               f"(max {c['max_gap']:.2f} s); visible progress changes {c['visible_changes']} "
               f"({c['visible_per_s']:.2f}/s); runs still running at the end: "
               f"{c['running_at_end']}")
-    m = results["meta"]
-    print(f"\n{m['cpus']} CPUs, Python {m['python']}, {m['machine']}, load average at the end "
-          f"{m['load_avg'][0]:.1f}; took {m['seconds']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_core.store import (
+    ACTIVE_STATUSES,
     DB_NAME,
     LIVE_STATUSES,
     RUN_STATUSES,
@@ -224,14 +225,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     runs_dir = _runs_dir(args)
-    run_id = jobs.submit(cfg, runs_dir)
+    run_id = jobs.submit(cfg, runs_dir, start=args.detach)
     baseline_ids = _submit_baselines(cfg, runs_dir) if args.with_baselines else {}
     if args.detach:
         print(f"queued run {run_id} in {runs_dir}", file=sys.stderr)
         print(run_id)
         return 0
     store = RunStore(runs_dir)
+    trainer = jobs.train_here(run_id, runs_dir)
     run = _wait(store, run_id, runs_dir)
+    if trainer is not None:
+        _end_in_process(store, run_id, trainer)
+        run = store.get_run(run_id)
     print(_result_text(run))
     if baseline_ids:
         for task, base_id in baseline_ids.items():
@@ -240,6 +245,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(comparison_text(run_id, runs_dir))
     print(run_id)
     return 0 if run.status == "finished" else 1
+
+
+def _end_in_process(store: RunStore, run_id: str, trainer: Any) -> None:
+    """The run trained in this process: let it end; if we leave before (a second Ctrl-C),
+    it ends as stopped now rather than as a worker that died."""
+    trainer.join(timeout=5)  # a stop request is seen within a control poll (0.5 s)
+    if trainer.is_alive():
+        store.set_status(run_id, "stopped", "stopped: the command that trained it was left",
+                         expect=ACTIVE_STATUSES)
 
 
 def _submit_baselines(cfg: Any, runs_dir: Path) -> dict[str, str]:

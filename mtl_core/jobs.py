@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mtl_core import budget
 from mtl_core.store import ACTIVE_STATUSES, RunStore
 
-DEFAULT_MAX_JOBS = 2
 HEARTBEAT_STALE_S = 30.0  # a run with an older heartbeat AND a dead pid has lost its worker
 IDLE_TIMEOUT_S = 30.0  # how long a dispatched worker waits for more queued runs
 WARM_IDLE_TIMEOUT_S = 600.0  # how long a warm_up worker waits for its first run
 IDLE_WORKER_STALE_S = 60.0  # an idle worker row not refreshed for this long is gone
+WARM_FILE = "warm_until"  # in the runs dir: see warm_until()
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _children: list[subprocess.Popen[bytes]] = []  # workers we started, reaped in dispatch
@@ -35,10 +36,10 @@ _children_lock = threading.Lock()  # the Streamlit server dispatches from severa
 
 
 def max_concurrent() -> int:
-    """$MTL_MAX_JOBS (a positive integer), default 2."""
+    """$MTL_MAX_JOBS (a positive integer), default from the hardware (mtl_core.budget)."""
     text = os.environ.get("MTL_MAX_JOBS", "").strip()
     if not text:
-        return DEFAULT_MAX_JOBS
+        return budget.default_max_jobs(gpus=gpu_count())
     try:
         value = int(text)
     except ValueError:
@@ -48,8 +49,23 @@ def max_concurrent() -> int:
     return value
 
 
-def submit(cfg: Any, runs_dir: Path | None = None) -> str:
-    """Validate a config (dict or ExperimentConfig), queue it as a run, dispatch; the run id.
+def gpu_count() -> int:
+    """NVIDIA GPUs this process may use, without importing torch: CUDA_VISIBLE_DEVICES when
+    set, else the /dev/nvidiaN device files."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
+
+
+def budget_text() -> str:
+    """The core budget in one line (the sidebar, `runs`)."""
+    return budget.describe(budget.available_cores(), max_concurrent())
+
+
+def submit(cfg: Any, runs_dir: Path | None = None, *, start: bool = True) -> str:
+    """Validate a config (dict or ExperimentConfig), queue it as a run, dispatch (unless
+    `start` is False: the caller trains it, see `train_here`); the run id.
 
     Raises mtl_core.config.ConfigError (with every field's problem) before anything is queued.
     """
@@ -58,8 +74,36 @@ def submit(cfg: Any, runs_dir: Path | None = None) -> str:
     cfg = parse_config(cfg)
     store = RunStore(runs_dir)
     run_id = store.create_run(cfg)
-    dispatch(runs_dir)
+    if start:
+        dispatch(runs_dir)
     return run_id
+
+
+def train_here(run_id: str, runs_dir: Path | None = None) -> threading.Thread | None:
+    """Train a just-queued run in this process, in a background thread, when that is the
+    quickest way: no idle worker is waiting (handing over to one costs nothing), no other
+    run is queued ahead of it (it would jump the queue) and a slot is free. The thread goes
+    through the same Worker.run_one as a worker process, so the store sees the same rows and
+    statuses; only the pid is this process's. None (and the run dispatched to the workers)
+    otherwise. The CLI's foreground `train` uses it: the torch import it pays anyway replaces
+    a worker's start."""
+    store = RunStore(runs_dir)
+    reconcile(runs_dir)
+    idle = any(worker_run is None for _, worker_run, _ in _live_workers(store))
+    queued = [r.id for r in store.list_runs(["queued"])]
+    limit = max_concurrent()
+    if idle or queued != [run_id] or len(store.list_runs(ACTIVE_STATUSES)) >= limit:
+        dispatch(runs_dir)
+        return None
+    from mtl_core.worker import Worker  # imports torch and the trainer
+
+    worker = Worker(store, max_jobs=limit, announce=False)
+    if store.claim_run(os.getpid(), run_id) is None:  # taken meanwhile by a worker
+        return None
+    thread = threading.Thread(target=worker.run_one, args=(run_id,), daemon=True,
+                              name=f"train-{run_id}")
+    thread.start()
+    return thread
 
 
 def dispatch(runs_dir: Path | None = None, idle_timeout: float | None = None) -> None:
@@ -81,10 +125,29 @@ def dispatch(runs_dir: Path | None = None, idle_timeout: float | None = None) ->
 
 
 def warm_up(runs_dir: Path | None = None) -> None:
-    """Make sure one idle worker (torch already imported) waits for the next queued run."""
+    """Make sure one idle worker (torch already imported) waits for the next queued run, for
+    WARM_IDLE_TIMEOUT_S from now. An idle worker already waiting is kept that long rather than
+    doubled: otherwise one about to leave (a dispatched worker's short idle timeout) would
+    leave the page without the worker it was promised."""
     store = RunStore(runs_dir)
+    _write_warm_until(store.runs_dir, time.time() + WARM_IDLE_TIMEOUT_S)
     if not any(run_id is None for _, run_id, _ in _live_workers(store)):
         _spawn_worker(store, WARM_IDLE_TIMEOUT_S, max_concurrent())
+
+
+def warm_until(runs_dir: Path) -> float:
+    """Until when (epoch seconds) idle workers of this store stay, however short their own
+    idle timeout: the last `warm_up`'s promise. 0 when none was made."""
+    try:
+        return float((Path(runs_dir) / WARM_FILE).read_text())
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _write_warm_until(runs_dir: Path, until: float) -> None:
+    tmp = runs_dir / f"{WARM_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(repr(until))
+    os.replace(tmp, runs_dir / WARM_FILE)  # readers see the old or the new value, never half
 
 
 def stop(run_id: str, runs_dir: Path | None = None) -> str:
@@ -187,7 +250,7 @@ def _live_workers(store: RunStore) -> list[tuple[int, str | None, float]]:
 
 def _spawn_worker(store: RunStore, idle_timeout: float, max_jobs: int) -> int:
     """Start `python -m mtl_core.worker` in its own session, output to workers.log."""
-    env = dict(os.environ)
+    env = budget.worker_env(dict(os.environ), budget.available_cores(), max_jobs)
     # The worker must import this same mtl_core, whatever the caller's working directory.
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from mtl_core import budget
+from mtl_core.jobs import max_concurrent, warm_until
 from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
 
 POLL_S = 0.25  # how often an idle worker looks for a queued run
@@ -37,9 +39,25 @@ class Terminated(Exception):
     """A second SIGTERM (or one while idle): leave now."""
 
 
+class BudgetedSink:
+    """The run's sink, keeping its torch threads at their share of the core budget: the
+    trainer polls `control()` about twice a second, and each poll may re-apply the budget."""
+
+    def __init__(self, sink: StoreSink, threads: budget.ThreadBudget) -> None:
+        self.inner, self.threads = sink, threads
+
+    def control(self) -> Any:
+        self.threads.apply()
+        return self.inner.control()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class Worker:
     def __init__(self, store: RunStore, train: TrainFn | None = None,
-                 resolve_device: Callable[[str], Any] | None = None) -> None:
+                 resolve_device: Callable[[str], Any] | None = None,
+                 max_jobs: int | None = None, announce: bool = True) -> None:
         if train is None or resolve_device is None:
             from mtl_core import trainer  # imports torch: done once, before any claim
 
@@ -50,6 +68,9 @@ class Worker:
         self.train = train
         self.resolve_device = resolve_device
         self.pid = os.getpid()
+        self.cores = budget.cores_from_env()
+        self.max_jobs = max_jobs
+        self.announce = announce  # a line on stderr per run (workers.log); not in the CLI
         self.sink: StoreSink | None = None  # the run in progress, for the SIGTERM handler
         self.terminating = False
 
@@ -78,7 +99,8 @@ class Worker:
                     idle_since = time.monotonic()
                     continue
                 now = time.monotonic()
-                if now - idle_since >= idle_timeout:
+                if now - idle_since >= idle_timeout and time.time() >= warm_until(
+                        self.store.runs_dir):
                     break
                 if now - last_seen >= SEEN_EVERY_S:  # tells dispatch this worker still waits
                     self.store.worker_seen(self.pid)
@@ -90,18 +112,27 @@ class Worker:
         finally:
             self.store.remove_worker(self.pid)
 
+    def _budgeted(self, sink: StoreSink, cfg: Any) -> BudgetedSink:
+        if self.max_jobs is None:
+            self.max_jobs = max_concurrent()
+        threads = budget.ThreadBudget(
+            self.cores, self.max_jobs, lambda: len(self.store.list_runs(ACTIVE_STATUSES)),
+            budget.estimate_step_macs(cfg))
+        threads.apply(force=True)
+        return BudgetedSink(sink, threads)
+
     def run_one(self, run_id: str) -> str:
         """Train one claimed run and set its terminal status; returns that status."""
         from mtl_core.config import parse_config
 
-        print(f"[worker {self.pid}] run {run_id}: started", file=sys.stderr, flush=True)
+        self._say(f"run {run_id}: started")
         self.sink = self.store.sink(run_id)
         status, message, fields = "failed", None, {}
         try:
             cfg = parse_config(self.store.get_run(run_id).config)
             device = str(self.resolve_device(cfg.device))
             self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
-            result = self.train(cfg, self.sink)
+            result = self.train(cfg, self._budgeted(self.sink, cfg))
             status, message = result.status, result.message
             fields = {"step": result.steps, "summary": result.summary}
         except Terminated:
@@ -118,9 +149,12 @@ class Worker:
         # expect=active: a run already ended elsewhere (e.g. reconciled) keeps its status.
         self.store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
         self.store.worker_seen(self.pid)
-        print(f"[worker {self.pid}] run {run_id}: {status}" + (f" ({message})" if message else ""),
-              file=sys.stderr, flush=True)
+        self._say(f"run {run_id}: {status}" + (f" ({message})" if message else ""))
         return status
+
+    def _say(self, text: str) -> None:
+        if self.announce:
+            print(f"[worker {self.pid}] {text}", file=sys.stderr, flush=True)
 
 
 def preload() -> None:
@@ -164,13 +198,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="claim only while fewer runs are active (default $MTL_MAX_JOBS or 2)")
     args = parser.parse_args(argv)
     if args.max_jobs is None:
-        from mtl_core.jobs import max_concurrent
-
         args.max_jobs = max_concurrent()
 
     store = RunStore(args.runs_dir)
     try:
-        worker = Worker(store)
+        worker = Worker(store, max_jobs=args.max_jobs)
     except Exception as exc:  # noqa: BLE001 - e.g. a module of the trainer fails to import
         return _startup_failed(store, exc, args.run, args.max_jobs)
     signal.signal(signal.SIGTERM, worker.on_sigterm)

@@ -9,6 +9,10 @@ polling once they have ended). Pure parts: ui.compare_charts.
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 from typing import Any
 
 import streamlit as st
@@ -20,8 +24,6 @@ from ui.baselines_view import baselines_view
 from ui.live import cached_metrics
 from ui.run_table import runs_frame
 from ui.state import current_run_id, get_store, through_app
-
-through_app()
 
 REFRESH_S = 2.0
 TABLE_KEY = "cmp_table"

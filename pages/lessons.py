@@ -9,6 +9,10 @@ Train page then shows only the essential controls plus the lesson's knobs
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 import streamlit as st
 
 from mtl_core.config import ExperimentConfig
@@ -16,8 +20,6 @@ from mtl_core.lessons import LESSONS, Lesson, load_preset
 from ui import share
 from ui.state import current_run_id, set_current_run, through_app
 from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load, submit_run
-
-through_app()
 
 SWEEP_PAGE = "pages/sweep.py"
 SWEEP_LESSON = "choosing_weights"

@@ -7,6 +7,10 @@ picture says which evaluation step it is from; a slider goes back to earlier eva
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 from typing import Any
 
 import streamlit as st
@@ -16,8 +20,6 @@ from ui import charts
 from ui.live import fragment_run_info
 from ui.run_table import STATUS_ICONS
 from ui.state import current_run_id, get_store, set_current_run, through_app
-
-through_app()
 
 REFRESH_S = 2.0
 EVAL_KINDS = ("predictions", "grid", "confusion", "scatter")

@@ -7,6 +7,10 @@ baselines are runs too, so the "Baselines & Δm" view follows them the same way.
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 from typing import Any
 
 import pandas as pd
@@ -18,8 +22,6 @@ from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 from ui.baselines_view import baselines_view
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
 from ui.state import current_run_id, get_store, set_current_run, through_app
-
-through_app()
 
 REFRESH_S = 2.0
 TRAIN_PAGE = "pages/train.py"

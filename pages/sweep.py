@@ -11,6 +11,10 @@ train (a fragment that stops polling when they have all ended).
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 import itertools
 import time
 from typing import Any
@@ -34,8 +38,6 @@ from ui import config_form as form
 from ui import sweep_charts as sc
 from ui.state import current_run_id, get_store, runs_dir, through_app
 from ui.train_run import TRAIN_PAGE, request_load
-
-through_app()
 
 REFRESH_S = 2.0
 PLOTLY_CONFIG = {"displaylogo": False}

@@ -9,6 +9,10 @@ mode (`?mode=class`) draws only the essential controls plus a loaded lesson's kn
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 import streamlit as st
 
 from mtl_core.config import ConfigError, FieldError
@@ -17,8 +21,6 @@ from ui import train_run as run
 from ui import train_sections as sections
 from ui.diagram import build_diagram, suite_shapes
 from ui.state import through_app
-
-through_app()
 
 
 def _data_blocks_start(params: dict, data_error: str | None) -> bool:

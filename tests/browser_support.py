@@ -120,8 +120,10 @@ class AppServer:
 
     @classmethod
     def start(cls, runs_dir: Path, *, env: Mapping[str, str] | None = None,
-              timeout: float = 90.0, log_path: Path | None = None) -> AppServer:
-        """Start the app and wait until /_stcore/health answers ok (RuntimeError if not)."""
+              timeout: float = 90.0, log_path: Path | None = None,
+              script: str | Path = "app.py") -> AppServer:
+        """Start the app (or another `script`, e.g. a benchmark's reference app) and wait until
+        /_stcore/health answers ok (RuntimeError if not)."""
         runs_dir = Path(runs_dir).resolve()
         runs_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
@@ -129,7 +131,7 @@ class AppServer:
         full_env.update({"MTL_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
         log_path = log_path or runs_dir.parent / f"streamlit-{port}.log"
-        command = [sys.executable, "-m", "streamlit", "run", "app.py",
+        command = [sys.executable, "-m", "streamlit", "run", str(script),
                    "--server.headless", "true", "--server.port", str(port),
                    "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
                    "--browser.gatherUsageStats", "false"]
@@ -309,9 +311,25 @@ def selectbox_text(page: Any, key: str) -> str:
     return element(page, key).locator("input[role=combobox]").input_value()
 
 
+def nav_link(page: Any, title: str) -> Any:
+    """The link to a page in the app's sidebar menu (app.py draws it with st.page_link)."""
+    return page.locator('[data-testid="stSidebar"] a[data-testid="stPageLink-NavLink"]').filter(
+        has=page.get_by_text(title, exact=True)).first
+
+
 def open_page(page: Any, title: str) -> None:
     """Click a page of the sidebar navigation (e.g. "Predictions")."""
-    page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=True).click()
+    nav_link(page, title).click()
+
+
+# Records whether Streamlit's own page listing (file names: "app", "compare", …) ever shows.
+WATCH_FILE_NAV_JS = """
+window.__fileNavSeen = [];
+new MutationObserver(() => {
+  const nav = document.querySelector('[data-testid="stSidebarNav"]');
+  if (nav && nav.innerText) window.__fileNavSeen.push(nav.innerText);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
 
 
 def scroll_to_top_of(locator: Any) -> None:

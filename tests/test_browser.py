@@ -21,11 +21,13 @@ import yaml
 from browser_support import (
     ROOT,
     VIEWPORT,
+    WATCH_FILE_NAV_JS,
     AppServer,
     alert,
     button,
     element,
     launch_chromium,
+    nav_link,
     open_page,
     require_chromium,
     screenshot,
@@ -292,14 +294,19 @@ def test_a_link_straight_to_a_page_as_the_first_request_opens_it_inside_the_app(
     try:
         page = context.new_page()
         page.set_default_timeout(60_000)
+        page.add_init_script(WATCH_FILE_NAV_JS)
         page.goto(f"{server.url}/predictions?run={run_id}")
+        nav_link(page, "Build & Train").wait_for()  # the app's menu, from the first paint on
         sidebar = page.locator('[data-testid="stSidebar"]')
         sidebar.get_by_text("Current run").wait_for()
         assert run_id in sidebar.inner_text()
-        page.locator('[data-testid="stSidebarNav"]').get_by_text("Build & Train").wait_for()
         page.get_by_text("Decision boundaries").wait_for()
         assert run_id in selectbox_text(page, "pred_run")
         assert urlparse(page.url).path == "/predictions"
+        assert page.evaluate("window.__fileNavSeen") == [], "the file-name listing showed"
+        nav_link(page, "Runs").click()
+        page.get_by_role("heading", name="Runs").first.wait_for()
+        assert urlparse(page.url).path == "/runs"
         screenshot(page, "deep_link_first_request")
     finally:
         context.close()

@@ -148,12 +148,14 @@ def test_ctrl_c_stops_the_run_and_waits(tmp_path: Path, runs_dir: Path) -> None:
 def test_detach_prints_the_run_id_last(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     submitted = []
-    monkeypatch.setattr(jobs, "submit", lambda cfg, runs_dir: submitted.append(cfg) or "RID-1")
+    monkeypatch.setattr(jobs, "submit",
+                        lambda cfg, runs_dir, start: submitted.append((cfg, start)) or "RID-1")
     config = write_config(tmp_path, {"data": {"suite": "toy_2d"}})
     code, out, err = run_cli(capsys, "train", str(config), "--detach",
                              "--runs-dir", str(tmp_path / "runs"), "--set", "optim.lr=0.01")
     assert code == 0 and out.splitlines()[-1] == "RID-1" and "queued run RID-1" in err
-    assert submitted[0].optim.lr == 0.01
+    assert submitted[0][0].optim.lr == 0.01
+    assert submitted[0][1] is True  # queued for the workers, not trained here
 
 
 # -- overrides -------------------------------------------------------------------------------------

@@ -30,27 +30,13 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from functools import partial
+from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 from torch.autograd.graph import GradientEdge, get_gradient_edge
-from torchjd.aggregation import (
-    IMTLG,
-    MGDA,
-    Aggregator,
-    AlignedMTL,
-    CAGrad,
-    DualProj,
-    GradDrop,
-    GradVac,
-    GramianWeightedAggregator,
-    NashMTL,
-    PCGrad,
-    UPGrad,
-)
-from torchjd.linalg import QuadprogProjector
 
 from mtl_core.diagnostics import jacobian, stacked_scalars
 from mtl_core.models.base import MTLModel
@@ -59,7 +45,24 @@ from mtl_core.weighting import METHODS
 from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod
 
 if TYPE_CHECKING:
+    from torchjd.aggregation import Aggregator
+
     from mtl_core.config import ExperimentConfig
+
+
+def _jd() -> ModuleType:
+    """torchjd.aggregation, imported on first use: importing torchjd imports cvxpy and scipy
+    (about 1 s and 100 MB), which a run with a loss-level method, the app's pages and the CLI
+    never need."""
+    import torchjd.aggregation
+
+    return torchjd.aggregation
+
+
+def _quadprog(norm_eps: float, reg_eps: float) -> object:
+    from torchjd.linalg import QuadprogProjector
+
+    return QuadprogProjector(norm_eps=norm_eps, reg_eps=reg_eps)
 
 # Architectures whose `features` are not one shared representation (see MTLModel). An
 # architecture entry may also say so itself with `supports_representation=False` in its extras.
@@ -519,7 +522,7 @@ class GradientMethod(WeightingMethod):
         # Inference mode: the Python loops of PCGrad, MGDA and GradVac run 12-18 % faster on
         # these T x T tensors; the clone makes the result an ordinary tensor again.
         with torch.inference_mode():
-            if isinstance(aggregator, GramianWeightedAggregator):
+            if isinstance(aggregator, _jd().GramianWeightedAggregator):
                 weights = aggregator.gramian_weighting(gramian)
             else:  # a WeightedAggregator whose weighting only uses the Gramian (Nash-MTL)
                 weights = aggregator.weighting(_psd_factor(gramian))
@@ -567,7 +570,7 @@ def _register(name: str, description: str, params: type[Params] = GradientParams
            "in opposite directions.")
 class PCGradMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
-        return PCGrad()
+        return _jd().PCGrad()
 
 
 @_register("mgda", "Takes the smallest update in the convex hull of the task gradients: a "
@@ -576,7 +579,7 @@ class PCGradMethod(GradientMethod):
 class MGDAMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: MGDAParams = self.params  # type: ignore[assignment]
-        return MGDA(epsilon=p.epsilon, max_iters=p.max_iters)
+        return _jd().MGDA(epsilon=p.epsilon, max_iters=p.max_iters)
 
 
 @_register("cagrad", "Moves along the average gradient while maximising the worst task's "
@@ -585,7 +588,7 @@ class MGDAMethod(GradientMethod):
 class CAGradMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: CAGradParams = self.params  # type: ignore[assignment]
-        return CAGrad(c=p.c, norm_eps=p.norm_eps)
+        return _jd().CAGrad(c=p.c, norm_eps=p.norm_eps)
 
 
 @_register("imtl_g", "Chooses the update whose projection on every task's unit gradient is "
@@ -593,7 +596,7 @@ class CAGradMethod(GradientMethod):
            "scales.")
 class IMTLGMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
-        return IMTLG()
+        return _jd().IMTLG()
 
 
 @_register("nash_mtl", "Treats the tasks as players bargaining over the update (Nash "
@@ -609,7 +612,7 @@ class NashMTLMethod(GradientMethod):
 
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: NashMTLParams = self.params  # type: ignore[assignment]
-        return NashMTL(n_tasks=len(active), max_norm=p.max_norm,
+        return _jd().NashMTL(n_tasks=len(active), max_norm=p.max_norm,
                        update_weights_every=p.update_weights_every, optim_niter=p.optim_niter)
 
 
@@ -619,8 +622,8 @@ class NashMTLMethod(GradientMethod):
 class UPGradMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: ProjectorParams = self.params  # type: ignore[assignment]
-        return UPGrad(pref_vector=self._pref(active),
-                      projector=QuadprogProjector(norm_eps=p.norm_eps, reg_eps=p.reg_eps))
+        return _jd().UPGrad(pref_vector=self._pref(active),
+                          projector=_quadprog(p.norm_eps, p.reg_eps))
 
 
 @_register("aligned_mtl", "Makes the task gradients orthogonal and of equal size (aligning "
@@ -629,7 +632,7 @@ class UPGradMethod(GradientMethod):
 class AlignedMTLMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: AlignedMTLParams = self.params  # type: ignore[assignment]
-        return AlignedMTL(pref_vector=self._pref(active), scale_mode=p.scale_mode)
+        return _jd().AlignedMTL(pref_vector=self._pref(active), scale_mode=p.scale_mode)
 
 
 @_register("graddrop", "For each shared weight, keeps only the task gradients of one sign, "
@@ -640,7 +643,7 @@ class GradDropMethod(GradientMethod):
 
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: GradDropParams = self.params  # type: ignore[assignment]
-        return GradDrop(leak=torch.full((len(active),), p.leak))
+        return _jd().GradDrop(leak=torch.full((len(active),), p.leak))
 
     def _combine(self, matrix: Tensor) -> tuple[Tensor, Tensor]:
         aggregator = self._aggregator(tuple(range(matrix.shape[0])))
@@ -656,7 +659,7 @@ class GradDropMethod(GradientMethod):
 class GradVacMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: GradVacParams = self.params  # type: ignore[assignment]
-        return GradVac(beta=p.beta, eps=p.eps)
+        return _jd().GradVac(beta=p.beta, eps=p.eps)
 
     def aggregator_state(self, aggregator: Aggregator) -> dict | None:
         phi = aggregator.gramian_weighting._phi_t  # the running target similarities
@@ -674,5 +677,5 @@ class GradVacMethod(GradientMethod):
 class DualProjMethod(GradientMethod):
     def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
         p: ProjectorParams = self.params  # type: ignore[assignment]
-        return DualProj(pref_vector=self._pref(active),
-                        projector=QuadprogProjector(norm_eps=p.norm_eps, reg_eps=p.reg_eps))
+        return _jd().DualProj(pref_vector=self._pref(active),
+                            projector=_quadprog(p.norm_eps, p.reg_eps))

@@ -1,0 +1,81 @@
+"""First paint: the app shell draws before PyTorch and the chart code are imported.
+
+A fresh server imports torch, torchvision, torchjd, pandas and plotly (about 3 s of CPU on a
+2-core machine, much more while workers start) the first time a page needs them. Instead of a
+blank page for that long, the first script run of the server draws the navigation, the sidebar
+and the page's title, imports the rest in a background thread, and reruns the page as soon as
+the imports are done. Later sessions find everything imported and draw at once.
+
+Only the thread imports; nothing here calls `st.*` from it.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+
+import streamlit as st
+
+# What the pages need beyond Streamlit, heaviest first (each pulls in its own imports).
+HEAVY_MODULES = (
+    "mtl_core.trainer",  # torch, torchvision, torchjd, every suite, model and method
+    "ui.train_run", "ui.train_sections", "ui.diagram", "ui.live", "ui.charts",
+    "ui.compare_charts", "ui.sweep_charts", "ui.baselines_view", "mtl_core.sweep",
+    "mtl_core.lessons",
+)
+FIRST_WAIT_S = 0.05  # an already-warm process renders at once rather than via the rerun
+POLL_S = 0.25
+
+_done = threading.Event()
+_started = threading.Lock()
+_thread: threading.Thread | None = None
+errors: dict[str, BaseException] = {}  # module -> why it failed (the page then raises it)
+
+
+def _import_all() -> None:
+    try:
+        for name in HEAVY_MODULES:
+            try:
+                importlib.import_module(name)
+            except BaseException as exc:  # noqa: BLE001 - the page's own import reports it
+                errors[name] = exc
+    finally:
+        _done.set()
+
+
+def start() -> None:
+    """Begin the imports in the background (once per process)."""
+    global _thread
+    with _started:
+        if _thread is None:
+            _thread = threading.Thread(target=_import_all, name="mtl-preload", daemon=True)
+            if all(name in sys.modules for name in HEAVY_MODULES):
+                _done.set()
+            else:
+                _thread.start()
+
+
+def ready(wait_s: float = 0.0) -> bool:
+    """Whether the heavy imports are done (after waiting up to `wait_s`)."""
+    start()
+    return _done.wait(wait_s) if wait_s else _done.is_set()
+
+
+def wait(timeout: float | None = None) -> bool:
+    """Block until the imports are done (tests, benchmarks)."""
+    start()
+    return _done.wait(timeout)
+
+
+def first_paint(title: str) -> None:
+    """The page while the imports run: its title, a line saying what is happening, and a
+    fragment that reruns the app as soon as they are done."""
+    st.title(title)
+    st.caption(":material/hourglass_top: Starting the lab: loading PyTorch and the charts "
+               "(once per server start)…")
+    st.fragment(run_every=POLL_S)(_rerun_when_ready)()
+
+
+def _rerun_when_ready() -> None:
+    if _done.is_set():
+        st.rerun(scope="app")
