@@ -33,6 +33,7 @@ MAX_DEFAULT_JOBS = 8
 WORKER_MEMORY_BYTES = 1 << 30  # a worker's resident size with torch imported, rounded up
 SMALL_STEP_MACS = 20_000_000  # multiply-adds per step below which one thread is as fast
 REFRESH_EVERY_S = 2.0  # how often a training worker re-reads how many runs are active
+FIXED_THREADS_VAR = "MTL_FIXED_THREADS"  # the operator's OMP_NUM_THREADS: no budget then
 
 
 def available_cores() -> int:
@@ -87,7 +88,10 @@ def worker_env(base: dict[str, str], cores: int, max_jobs: int) -> dict[str, str
     (the operator's own OMP_NUM_THREADS, if set, wins)."""
     env = dict(base)
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env.setdefault("OMP_NUM_THREADS", str(cores_per_job(cores, max_jobs)))
+    if "OMP_NUM_THREADS" in base:
+        env[FIXED_THREADS_VAR] = base["OMP_NUM_THREADS"]
+    else:
+        env["OMP_NUM_THREADS"] = str(cores_per_job(cores, max_jobs))
     env["MTL_CORES"] = str(cores)
     return env
 
@@ -133,6 +137,8 @@ class ThreadBudget:
     _checked_at: float = -math.inf
 
     def apply(self, force: bool = False) -> int:
+        if os.environ.get(FIXED_THREADS_VAR):
+            return self.threads  # the operator chose the threads; torch already uses them
         now = time.monotonic()
         if not force and now - self._checked_at < REFRESH_EVERY_S:
             return self.threads

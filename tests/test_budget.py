@@ -90,6 +90,16 @@ def test_worker_env_makes_openmp_wait_passively_with_its_share():
     assert env["MTL_CORES"] == "8" and env["PATH"] == "/bin"
     own = budget.worker_env({"OMP_NUM_THREADS": "3"}, cores=8, max_jobs=4)
     assert own["OMP_NUM_THREADS"] == "3"  # the operator's setting wins
+    assert own[budget.FIXED_THREADS_VAR] == "3"
+    assert budget.FIXED_THREADS_VAR not in env
+
+
+def test_the_operators_thread_count_is_left_alone(monkeypatch):
+    monkeypatch.setenv(budget.FIXED_THREADS_VAR, "3")
+    torch.set_num_threads(3)
+    threads = budget.ThreadBudget(cores=8, max_jobs=1, active=lambda: 1)
+    threads.apply(force=True)
+    assert torch.get_num_threads() == 3
 
 
 def test_thread_budget_shrinks_when_other_runs_start_and_grows_back():
@@ -155,6 +165,7 @@ def test_a_large_run_gives_back_cores_when_a_second_run_starts(tmp_path: Path, m
 
 def test_a_spawned_worker_gets_the_budget_in_its_environment(end_workers: Path, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv(budget.FIXED_THREADS_VAR, raising=False)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     store = RunStore(end_workers)
     pid = jobs._spawn_worker(store, idle_timeout=5.0, max_jobs=2)

@@ -11,6 +11,7 @@ Only the thread imports; nothing here calls `st.*` from it.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 
@@ -33,12 +34,18 @@ errors: dict[str, BaseException] = {}  # module -> why it failed (the page then 
 
 
 def _import_all() -> None:
+    # The server's own torch work is tiny (diagrams on the meta device); its threads must not
+    # spin against the workers' (mtl_core.budget).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         for name in HEAVY_MODULES:
             try:
                 importlib.import_module(name)
             except BaseException as exc:  # noqa: BLE001 - the page's own import reports it
                 errors[name] = exc
+        import torch
+
+        torch.set_num_threads(1)
     finally:
         _done.set()
 
