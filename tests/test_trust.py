@@ -24,6 +24,7 @@ from ui.diagram import build_diagram
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-TOPSECRET"
+HEADER = "shadowcolumn"
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def secret(tmp_path: Path) -> Path:
     folder = tmp_path / "outside"
     folder.mkdir()
     path = folder / "shadow"
-    path.write_text(f"root,x\n{SECRET},1\n{SECRET},2\n{SECRET},3\n{SECRET},4\n")
+    path.write_text(f"{HEADER},x\n{SECRET},1\n{SECRET},2\n{SECRET},3\n{SECRET},4\n")
     return path
 
 
@@ -82,7 +83,7 @@ def test_a_link_naming_a_file_outside_the_roots_is_refused_quoting_nothing(secre
     assert "data.params.path" in [e.path for e in caught.value.errors]
     assert "allowed folders" in text and os.environ["MTL_DATA_DIR"] in text
     assert str(ROOT / "examples" / "data") in text
-    assert SECRET not in text and "root" not in text.replace("MTL_DATA_ROOTS", "")
+    assert SECRET not in text and HEADER not in text
 
 
 def test_a_symlink_inside_the_data_dir_pointing_outside_is_refused(secret):
