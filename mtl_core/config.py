@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from mtl_core import limits
-from mtl_core.limits import MAX_SEED, short
+from mtl_core.limits import MAX_SEED, clip, short
 
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid", "elu", "silu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
@@ -168,7 +168,7 @@ def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]
     errors = exc.errors()
     for err in errors[:MAX_ERRORS]:
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        msg = short(err["msg"].removeprefix("Value error, "), 300)
+        msg = clip(err["msg"].removeprefix("Value error, "), 300)
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         elif "input" in err and err["type"] not in ("missing",):

@@ -202,6 +202,7 @@ def _bomb(levels: int) -> str:
     for i in range(1, levels + 1):
         refs = ",".join([f"*a{i - 1}"] * 9)
         lines.append(f"a{i}: &a{i} [{refs}]")
+    lines.append(f"name: *a{levels}")  # a field whose error message would echo its value
     return "\n".join(lines) + "\n"
 
 
