@@ -367,3 +367,15 @@ def test_random_configs_never_pass_the_limits_and_refusals_name_fields(
     counts = limits.count_parameters(cfg)
     assert sum(counts.values()) <= lim.max_params
     assert limits.total_steps(cfg) <= lim.max_steps
+
+
+def test_the_worker_checks_the_limits_again_before_any_weight_exists(tiny_doc, monkeypatch,
+                                                                    built):
+    from mtl_core.sink import MemorySink
+    from mtl_core.trainer import train
+
+    cfg = parse_config(tiny_doc())
+    monkeypatch.setenv("MTL_MAX_PARAMS", "100")  # e.g. lowered after the run was queued
+    with pytest.raises(ValueError, match="MTL_MAX_PARAMS"):
+        train(cfg, MemorySink())
+    assert set(built) == {"meta"}
