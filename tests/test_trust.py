@@ -340,7 +340,7 @@ _FLOAT = st.one_of(st.floats(1e-5, 1.0), st.floats(allow_nan=True, allow_infinit
        batch=st.integers(1, 512), lr=_FLOAT, weight=_FLOAT,
        seed=st.one_of(st.integers(0, 10), st.integers(-10**30, 10**30)))
 def test_random_configs_never_pass_the_limits_and_refusals_name_fields(
-        layers, heads, epochs, batch, lr, weight, seed):
+        built, layers, heads, epochs, batch, lr, weight, seed):
     from mtl_core import limits
     from mtl_core.preflight import check_submit
 
@@ -353,6 +353,7 @@ def test_random_configs_never_pass_the_limits_and_refusals_name_fields(
         cfg = parse_config(doc)
         check_submit(cfg)
     except ConfigError as exc:
+        assert set(built) <= {"meta"}  # no weights, whatever was refused
         assert exc.errors
         for error in exc.errors:
             assert error.path.split(".")[0] in top, error
@@ -366,6 +367,7 @@ def test_random_configs_never_pass_the_limits_and_refusals_name_fields(
         assert value == value and abs(value) != float("inf")
     counts = limits.count_parameters(cfg)
     assert sum(counts.values()) <= lim.max_params
+    assert set(built) <= {"meta"}
     assert limits.total_steps(cfg) <= lim.max_steps
 
 

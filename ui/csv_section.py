@@ -39,7 +39,8 @@ def _preview(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path, nrows=500)
 
 
-def _read_preview(path_text: str) -> tuple[pd.DataFrame | None, str | None]:
+def _read_preview(path_text: str, errors_name_path: bool = False
+                  ) -> tuple[pd.DataFrame | None, str | None]:
     """The first rows of the table, or why not. The path comes from a browser: a file
     outside the allowed roots is never opened (mtl_core.trust), so nothing of it is shown."""
     if not path_text.strip():
@@ -47,8 +48,8 @@ def _read_preview(path_text: str) -> tuple[pd.DataFrame | None, str | None]:
     from mtl_core.trust import inside_roots, refusal
 
     path = inside_roots(path_text)
-    if path is None:
-        return None, refusal(path_text)
+    if path is None:  # the form's validation says so under the path box (same words)
+        return None, None if errors_name_path else refusal(path_text)
     if not path.is_file():
         return None, f"file not found: {path_text[:200]}"
     try:
@@ -78,7 +79,8 @@ def csv_section(errors: ConfigError | None) -> None:
     st.text_input("CSV path", key=f"{KEY}.path", help="Saved here when you upload; or type a "
                   "path (relative paths are also looked up in the data folder).", **KEEP)
     show_errors(form.errors_at(errors, "data.params.path"))
-    frame, problem = _read_preview(st.session_state[f"{KEY}.path"])
+    frame, problem = _read_preview(st.session_state[f"{KEY}.path"],
+                                   bool(form.errors_at(errors, "data.params.path")))
     if problem:
         st.error(problem, icon=":material/error:")
     if frame is None:
