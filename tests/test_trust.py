@@ -319,9 +319,10 @@ def test_csv_problems_exit_2_at_submit_and_nothing_is_queued(case, tmp_path, cap
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_without_cuda_exits_2_at_submit(tmp_path, capsys):
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_cuda_without_cuda_exits_2_at_submit(device, tmp_path, capsys):
     config = tmp_path / "c.yaml"
-    config.write_text("device: cuda\ndata: {suite: toy_2d}\n")
+    config.write_text(f"device: {device}\ndata: {{suite: toy_2d}}\n")
     code = cli.main(["train", str(config), "--detach", "--runs-dir", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "device:" in err and "cpu" in err
