@@ -417,11 +417,11 @@ def safe_yaml(text: str, source: str = "config") -> Any:
         return loader.get_single_data()
     except _TooBig as exc:
         raise ConfigError([FieldError("", f"{source} was refused: {exc}")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError([FieldError("", f"{source} is not valid YAML: "
-                                          f"{short(str(exc), 300)}")]) from None
     except RecursionError:  # belt and braces: the depth limit comes first
         raise ConfigError([FieldError("", f"{source} nests too deep")]) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # also a bad date,
+        raise ConfigError([FieldError("", f"{source} is not valid YAML: "  # a 5,000-digit int
+                                          f"{clip(str(exc), 300)}")]) from None
     finally:
         loader.dispose()
 

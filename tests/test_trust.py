@@ -244,6 +244,13 @@ def test_an_oversized_config_text_is_refused_naming_the_limit():
     assert "262,144" in _messages(caught.value)
 
 
+@pytest.mark.parametrize("text", ["seed: " + "9" * 5000, "name: 2001-13-45"])
+def test_values_yaml_cannot_build_are_a_config_error_not_a_traceback(text):
+    with pytest.raises(ConfigError) as caught:
+        loads_config_text(text, "odd.yaml")
+    assert "odd.yaml is not valid YAML" in str(caught.value) and len(str(caught.value)) < 500
+
+
 def test_echoed_values_are_truncated():
     with pytest.raises(ConfigError) as caught:
         parse_config({"optim": {"lr": "x" * 100_000}})
