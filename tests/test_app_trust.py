@@ -36,14 +36,16 @@ def app(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The device of every parameter any module registers (meta = no memory behind it)."""
     devices: list[str] = []
-    original = torch.nn.Linear.reset_parameters
+    original = torch.nn.Module.register_parameter
 
-    def spy(self: torch.nn.Linear) -> None:
-        devices.append(self.weight.device.type)
-        original(self)
+    def spy(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None:
+            devices.append(param.device.type)
+        original(self, name, param)
 
-    monkeypatch.setattr(torch.nn.Linear, "reset_parameters", spy)
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", spy)
     return devices
 
 
