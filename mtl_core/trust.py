@@ -74,9 +74,9 @@ def inside_roots(text: str) -> Path | None:
 
 def refusal(text: str) -> str:
     roots = ", ".join(str(r) for r in allowed_roots())
-    return (f"only files inside the allowed folders can be read from the browser: {roots} "
-            f"(upload the file, or ask the operator to add its folder to MTL_DATA_ROOTS); "
-            f"got {short(text)}")
+    return (f"only files inside the allowed folders can be read from a browser (or with "
+            f"MTL_RESTRICT_PATHS): {roots}; upload the file, or ask the operator to add its "
+            f"folder to MTL_DATA_ROOTS (got {short(text)})")
 
 
 def path_problems(suite: str, params: dict[str, Any]) -> list[tuple[str, str]]:
