@@ -390,3 +390,16 @@ def test_the_worker_checks_the_limits_again_before_any_weight_exists(tiny_doc, m
     with pytest.raises(ValueError, match="MTL_MAX_PARAMS"):
         train(cfg, MemorySink())
     assert set(built) == {"meta"}
+
+
+def test_the_diagram_of_a_generated_suite_generates_no_data(monkeypatch):
+    import mtl_core.data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the diagram generated the data set")
+
+    monkeypatch.setattr(mtl_core.data, "load_suite", refuse)
+    doc = {"data": {"suite": "synthetic_mmoe",
+                    "params": {"n_samples": 200_000, "n_test": 100_000, "n_features": 1024}}}
+    diagram = build_diagram(doc)
+    assert diagram.dot is not None and diagram.counts["shared"] == 1024 * 64 + 64 + 64 * 64 + 64

@@ -154,8 +154,16 @@ def cached_suite_shapes(suite: str, params_json: str, root: str) -> SuiteShapes:
     from mtl_core.config import DataConfig
     from mtl_core.data import SUITES, load_suite
 
+    entry = SUITES.get(suite)
+    if "describe" in entry.extra and not entry.extra.get("reads_files"):
+        # A generated suite: its params say every shape; generating it here would cost the
+        # server up to a gigabyte (200,000 x 1,024 features) for a picture.
+        checked = entry.params.model_validate(json.loads(params_json))
+        tasks, input_shapes = entry.extra["describe"](checked)
+        return SuiteShapes(tasks, input_shapes, entry.extra.get("input_kind", "vector"),
+                           int(getattr(checked, "n_samples", 0)))
     # Defaults filled in first: an absent `download` means True for the MNIST suites.
-    params = SUITES.get(suite).params.model_validate(json.loads(params_json)).model_dump()
+    params = entry.params.model_validate(json.loads(params_json)).model_dump()
     if "download" in params:
         params["download"] = False
     data = load_suite(DataConfig(suite=suite, params=params), seed=0, root=Path(root))

@@ -155,7 +155,7 @@ ATTRIBUTE_TASKS = ["digit", "parity", "greater_than_4", "ink"]
     "mnist_attributes",
     "Handwritten digits with four tasks: the digit, odd or even, above 4, and how much ink.",
     params=MnistParams, task_names=lambda p: list(ATTRIBUTE_TASKS), input_kind="image",
-    describe=lambda p: shapes_only(
+    reads_files=True, describe=lambda p: shapes_only(
         {"digit": ("classification", 10, "x"), "parity": ("binary", None, "x"),
          "greater_than_4": ("binary", None, "x"), "ink": ("regression", None, "x")},
         {"x": (1, 28, 28)}),
@@ -227,6 +227,7 @@ def overlay(left: Tensor, right: Tensor, shift: int, g: torch.Generator) -> Tens
     "multi_mnist",
     "Two overlapping handwritten digits per image: read the left one and the right one.",
     params=MultiMnistParams, task_names=lambda p: ["left", "right"], input_kind="image",
+    reads_files=True,
     describe=lambda p: shapes_only({s: ("classification", 10, "x") for s in ("left", "right")},
                                    {"x": (1, MULTI_SIZE, MULTI_SIZE)}),
 )
@@ -259,6 +260,7 @@ def build_multi_mnist(params: MultiMnistParams, *, seed: int, data_dir: Path) ->
     "mnist_fashion",
     "Two tasks with two inputs: recognise a handwritten digit and a clothing item.",
     params=MnistParams, task_names=lambda p: ["digit", "fashion"], input_kind="image",
+    reads_files=True,
     describe=lambda p: shapes_only({"digit": ("classification", 10, "digits"),
                                     "fashion": ("classification", 10, "fashion")},
                                    {"digits": (1, 28, 28), "fashion": (1, 28, 28)}),
