@@ -65,6 +65,18 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def _check_size(cfg: ExperimentConfig, data: Any) -> None:
+    """The limits once more with the real data, before any weight exists (a config that
+    reached the store some other way than the CLI or the pages)."""
+    from mtl_core import limits
+
+    rows = len(data.train) + len(data.val)
+    counts = limits.count_parameters(cfg, data.tasks, data.input_shapes)
+    problems = limits.params_problems(counts) + limits.steps_problems(cfg, rows)
+    if problems:
+        raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
+
+
 def make_optimizer(o: OptimConfig, params: list[torch.nn.Parameter],
                    device: torch.device) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -98,6 +110,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     data = load_suite(cfg.data, cfg.seed, names, device=device)
     specs = [data.task(n) for n in names]
 
+    _check_size(cfg, data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data).to(device)
     method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)

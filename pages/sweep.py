@@ -117,7 +117,7 @@ def with_tasks(cfg: ExperimentConfig, tasks: list[str]) -> ExperimentConfig:
     per_task = (doc.get("model", {}).get("heads") or {}).get("per_task") or {}
     if per_task:
         doc["model"]["heads"]["per_task"] = {t: w for t, w in per_task.items() if t in tasks}
-    return parse_config(doc)
+    return parse_config(doc, trusted=False)  # the browser chose it: paths inside the roots
 
 
 # ---------------------------------------------------------------- a new sweep
@@ -174,7 +174,10 @@ def _new_sweep(store: RunStore) -> None:
                  disabled=total > MAX_SWEEP_RUNS,
                  help=f"At most {MAX_SWEEP_RUNS} runs." if total > MAX_SWEEP_RUNS else None):
         try:
+            from mtl_core.preflight import check_submit
+
             base = with_tasks(cfg, tasks)
+            check_submit(base)  # what the CLI refuses at submit (device, table, size)
             sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras)
         except (ConfigError, ValueError, OSError) as exc:
             st.error(f"Could not start the sweep: {exc}")

@@ -32,6 +32,7 @@ from mtl_core.config import (
     FieldError,
     HeadConfig,
     parse_config,
+    safe_yaml,
 )
 
 PREFIX = "cfg."
@@ -180,9 +181,9 @@ def value_from_state(spec: FieldSpec, state: Mapping[str, Any], key: str) -> Any
         return _MISSING
     value = state[key]
     if spec.kind == "yaml" and isinstance(value, str):
-        try:
-            return yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+        try:  # a box in a browser: the same size, alias and depth limits as a file
+            return safe_yaml(value, key) if value.strip() else None
+        except ConfigError:
             return value  # parse_config reports it at this field
     return value
 
@@ -420,8 +421,9 @@ def _csv_kinds(state: Mapping[str, Any], targets: list[str]) -> dict[str, str]:
 
 
 def validate(doc: Mapping[str, Any]) -> tuple[ExperimentConfig | None, ConfigError | None]:
+    """The form's config, validated as a browser's (untrusted: paths inside the roots)."""
     try:
-        return parse_config(dict(doc)), None
+        return parse_config(dict(doc), trusted=False), None
     except ConfigError as exc:
         return None, exc
 

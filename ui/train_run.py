@@ -24,7 +24,13 @@ from typing import Any
 import streamlit as st
 import yaml
 
-from mtl_core.config import ConfigError, ExperimentConfig, loads_config_text, parse_config
+from mtl_core.config import (
+    ConfigError,
+    ExperimentConfig,
+    decode_config_bytes,
+    loads_config_text,
+    parse_config,
+)
 from ui import config_form as form
 from ui import share
 from ui.diagram import Diagram
@@ -59,11 +65,12 @@ def prepare_form_state() -> None:
     upload = state.get(YAML_UPLOAD_KEY)
     if upload is not None and state.get(_YAML_DONE) != upload.file_id:
         state[_YAML_DONE] = upload.file_id
-        try:
-            cfg = parse_config(loads_config_text(upload.getvalue().decode("utf-8", "replace"),
-                                                 source=upload.name))
+        try:  # untrusted: size, encoding, aliases and depth first, paths inside the roots
+            name = upload.name[:80]
+            text = decode_config_bytes(upload.getvalue(), name)
+            cfg = parse_config(loads_config_text(text, source=name), trusted=False)
         except ConfigError as exc:
-            state[_YAML_ERROR] = f"{upload.name} was not loaded:\n" + "\n".join(
+            state[_YAML_ERROR] = f"{upload.name[:80]} was not loaded:\n" + "\n".join(
                 f"- {e}" for e in exc.errors)
         else:
             state[form.PENDING_KEY] = cfg.to_dict()
@@ -211,8 +218,10 @@ def share_panel(cfg: ExperimentConfig | None, view: View) -> None:
 def submit_run(cfg: ExperimentConfig) -> str | None:
     """Queue `cfg` as a run; its id, or None after showing why it could not start."""
     from mtl_core import jobs
+    from mtl_core.preflight import check_submit
 
     try:
+        check_submit(cfg)  # what the CLI checks at submit, the page checks too
         return jobs.submit(cfg, runs_dir())
     except (ConfigError, ValueError, OSError) as exc:
         st.error(f"Could not start: {exc}")

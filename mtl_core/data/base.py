@@ -82,3 +82,13 @@ class SuiteData:
 class DataError(ValueError):
     """A suite cannot be built from what is on disk or in its params; the message says why
     and what to do."""
+
+
+def shapes_only(kinds: dict[str, tuple[str, int | None, str]],
+                input_shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[list[TaskSpec], dict[str, tuple[int, ...]]]:
+    """A suite's `describe` answer: {task: (kind, classes, input key)} and the input shapes,
+    for sizing a model (mtl_core.limits) without reading or generating any data."""
+    tasks = [TaskSpec(name, kind, num_classes=classes, input=key)  # type: ignore[arg-type]
+             for name, (kind, classes, key) in kinds.items()]
+    return tasks, dict(input_shapes)
