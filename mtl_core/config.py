@@ -29,6 +29,8 @@ OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
 TrunkType = Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small"]
 TRUNK_TYPES: tuple[str, ...] = TrunkType.__args__  # type: ignore[attr-defined]
 BACKBONES: tuple[str, ...] = TRUNK_TYPES[2:]  # torchvision models (mtl_core.models.backbones)
+# How many stages each backbone has (the units hard_sharing's shared_layers counts).
+BACKBONE_STAGES: dict[str, int] = {name: 5 for name in BACKBONES}
 Trainable = Literal["all", "last_block", "none"]
 
 
@@ -84,9 +86,7 @@ class TrunkConfig(_Strict):
     @property
     def depth(self) -> int:
         if self.is_backbone:
-            from mtl_core.models.backbones import n_stages
-
-            return n_stages(self.type) + len(self.hidden)
+            return BACKBONE_STAGES[self.type] + len(self.hidden)
         return len(self.layers) + len(self.hidden)
 
 

@@ -164,6 +164,8 @@ def cached_suite_shapes(suite: str, params_json: str, root: str) -> SuiteShapes:
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_blocks(model_json: str, suite: str, params_json: str, tasks: tuple[str, ...]
                   ) -> tuple[list[Block], dict[str, int], dict[str, tuple[int, ...]]]:
+    import torch
+
     from mtl_core.config import ModelConfig
     from mtl_core.data.base import Split, SuiteData
     from mtl_core.models import build_model
@@ -175,8 +177,11 @@ def cached_blocks(model_json: str, suite: str, params_json: str, tasks: tuple[st
     inputs = {k: v for k, v in shapes.input_shapes.items() if k in used}
     empty = Split({}, {})  # the model needs shapes only
     data = SuiteData(suite, chosen, empty, empty, empty, inputs, shapes.input_kind)  # type: ignore[arg-type]
-    model = build_model(ModelConfig.model_validate(json.loads(model_json)), data)
-    return model.blocks(), model.parameter_counts(), inputs
+    # On the meta device: shapes and counts only, no memory for the weights and no weights
+    # file read (a ResNet-50 costs nothing here).
+    with torch.device("meta"):
+        model = build_model(ModelConfig.model_validate(json.loads(model_json)), data)
+    return model.diagram_blocks(), model.parameter_counts(), inputs
 
 
 def suite_shapes(data: dict[str, Any]) -> tuple[SuiteShapes | None, str | None]:

@@ -48,7 +48,9 @@ class WeightsError(ValueError):
 
 
 def n_stages(name: str) -> int:
-    return 5
+    from mtl_core.config import BACKBONE_STAGES
+
+    return BACKBONE_STAGES[name]
 
 
 def _family(name: str) -> str:
