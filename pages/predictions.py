@@ -2,9 +2,10 @@
 
 Image suites: a grid of probe images with each task's predicted and true label (wrong ones
 marked), true and predicted boxes drawn on the images, and true vs predicted masks and depth
-maps for per-pixel tasks. Classification: a confusion matrix per task. Regression: predicted vs true. 2-D
-suites: each task's decision boundary over the points, like TensorFlow Playground. Every
-picture says which evaluation step it is from; a slider goes back to earlier evaluations.
+maps for per-pixel tasks. Classification: a confusion matrix per task. Regression:
+predicted vs true. 2-D suites: each task's decision boundary over the points, like
+TensorFlow Playground. Every picture says which evaluation step it is from; a slider goes
+back to earlier evaluations.
 """
 from __future__ import annotations
 

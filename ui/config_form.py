@@ -246,7 +246,8 @@ def head_key(task: str) -> str:
 
 _SCALARS = ("name", "seed", "device", "log_every", "data.train_fraction", "data.val_fraction",
             "model.trunk.type", "model.trunk.activation", "model.trunk.dropout",
-            "model.trunk.batch_norm", "model.trunk.trainable", "model.heads.activation", "model.heads.dropout",
+            "model.trunk.batch_norm", "model.trunk.trainable", "model.heads.activation",
+            "model.heads.dropout",
             "optim.optimizer", "optim.lr", "optim.weight_decay", "optim.batch_size",
             "optim.epochs", "optim.eval_every", "optim.early_stopping.patience")
 _FLOATS = {"data.train_fraction", "data.val_fraction", "model.trunk.dropout",

@@ -41,7 +41,7 @@ def boxes_svg(src: str, boxes: Sequence[tuple[str, Any, Any]], size: tuple[int, 
     (magenta, dashed) on top, as inline SVG in the image's own pixel coordinates."""
     height, width = size
     rects = []
-    for task, true, pred in boxes:
+    for _task, true, pred in boxes:
         if true is not None:
             rects.append(_rect(true, width, height, TRUE_BOX, "mtl-box-true"))
         if pred is not None:
