@@ -630,7 +630,9 @@ def _probe_images(probe: Mapping[str, Any], inputs: Sequence[str], i: int) -> li
 def probe_rows(probe: Mapping[str, Any], predictions: Mapping[str, Any] | None,
                tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One dict per probe sample: {"images": [image, ...], "tasks": [(task, pred, true,
-    correct)]} with labels already formatted and `correct` None for regression."""
+    correct)], "boxes": [(task, true box, predicted box)]} with labels already formatted and
+    `correct` None for regression. A box task's label is its IoU (right when ≥ 0.5);
+    per-pixel tasks have no label here (ui.vision_charts draws their maps)."""
     info = probe_tasks(probe)
     names = [t for t in (tasks or list(info)) if t in info]
     targets = probe.get("targets") or {}

@@ -160,7 +160,8 @@ def make_scenes(n: int, params: ScenesParams, g: torch.Generator
     # Far to near: the painter's algorithm gives the occlusion.
     order = depth.argsort(dim=1, descending=True)
     kind, depth, active = (t.gather(1, order) for t in (kind, depth, active))
-    radius = s * (0.30 / depth) * (0.8 + 0.4 * torch.rand(n, m, generator=g))  # perspective
+    # perspective (softened so far shapes stay a few pixels wide)
+    radius = s * (0.24 / depth ** 0.6) * (0.8 + 0.4 * torch.rand(n, m, generator=g))
     centre = torch.rand(n, m, 2, generator=g) * s
     colour = 0.35 + 0.65 * torch.rand(n, m, 3, generator=g)
     haze = (1.15 - 0.25 * depth.clamp(max=FAR)).clamp(0.2, 1.0)  # farther = dimmer
