@@ -655,7 +655,7 @@ def probe_rows(probe: Mapping[str, Any], predictions: Mapping[str, Any] | None,
 
                 boxes.append((task, true, pred))
                 iou = box_iou(pred, true) if pred is not None and true is not None else None
-                cells.append((task, "–" if iou is None else f"IoU {iou:.2f}", "box drawn",
+                cells.append((task, "–" if iou is None else f"IoU {iou:.2f}", "green box",
                               None if iou is None else iou >= 0.5))
                 continue
             cells.append((task, format_label(pred, kind, cn), format_label(true, kind, cn),
