@@ -325,3 +325,33 @@ def test_a_short_mnist_fashion_run_trains_both_tasks(isolated_dirs):
     for task in ("digit", "fashion"):
         first, last = first_and_last(sink, task)
         assert last < first, (task, first, last)
+
+
+def test_a_scenes_run_in_the_store_exports_and_compares_with_its_metrics(isolated_dirs, capsys):
+    """The new metrics go through the store, the CLI export and Δm like the old ones."""
+    import json as _json
+
+    from mtl_core import cli
+    from mtl_core.baselines import compare_run
+    from mtl_core.store import RunStore
+
+    store = RunStore(isolated_dirs)
+    doc = {"device": "cpu", "data": {"suite": "scenes", "params": {
+               "n_samples": 40, "n_test": 10, "size": 16}},
+           "model": {"trunk": {"type": "cnn", "layers": [4], "hidden": []},
+                     "heads": {"layers": [8]}},
+           "optim": {"epochs": 1, "batch_size": 16}, "log_every": 1}
+    cfg = parse_config(doc)
+    run_id = store.create_run(cfg, status="running")
+    result = train(cfg, store.sink(run_id))
+    store.set_status(run_id, result.status, summary=result.summary)
+    code = cli.main(["export", run_id, "--format", "json", "--runs-dir", str(isolated_dirs)])
+    assert code == 0
+    rows = _json.loads(capsys.readouterr().out)
+    rows = rows.get("metrics", rows) if isinstance(rows, dict) else rows
+    names = {(r["split"], r["task"], r["name"]) for r in rows}
+    assert {("test", "segmentation", "miou"), ("val", "depth", "abs_rel"),
+            ("test", "depth", "rmse")} <= names
+    comp = compare_run(run_id, isolated_dirs)  # no baselines yet: says so, picks the metrics
+    assert [r.metric for r in comp.rows] == ["miou", "abs_rel"]
+    assert comp.delta_m is None and "no finished baseline" in (comp.note or "")
