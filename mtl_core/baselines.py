@@ -29,7 +29,8 @@ from mtl_core.data.base import TaskSpec
 from mtl_core.metrics import HIGHER_IS_BETTER, delta_m
 from mtl_core.store import RunInfo, RunStore
 
-PRIMARY_METRIC = {"classification": "accuracy", "binary": "accuracy", "regression": "mse"}
+PRIMARY_METRIC = {"classification": "accuracy", "binary": "accuracy", "regression": "mse",
+                  "box": "iou", "dense_classification": "miou", "dense_regression": "abs_rel"}
 BASELINE_ARCHITECTURE = "single_task"
 # Top-level config keys that cannot change a run's metrics: the label, how often curves are
 # logged, and the device (it changes floating-point details, not what is measured).
@@ -43,7 +44,8 @@ DELTA_M_EXPLANATION = (
     "For every task t, take its metric M_t in the multi-task model and the same metric "
     "M_t^STL of a single-task model trained alone with the same layers, data and budget. "
     "The fraction (M_t − M_t^STL) / M_t^STL is how much the task changed, relative to its "
-    "baseline. δ_t is 1 when higher is better (accuracy) and 0 when lower is better (MSE), so "
+    "baseline. δ_t is 1 when higher is better (accuracy, IoU, mIoU) and 0 when lower is "
+    "better (MSE, abs_rel), so "
     "the factor (−1)^δ_t turns every improvement into a negative number. Δm is the average "
     "over the T tasks, in percent: **below 0 the multi-task model beats its single-task "
     "baselines on average, above 0 sharing hurt** (negative transfer). Because it averages "
@@ -59,7 +61,10 @@ def primary_metric(kind_or_metrics: str | Mapping[str, float]) -> str:
         except KeyError:
             raise ValueError(f"unknown task kind {kind_or_metrics!r}; "
                              f"known: {', '.join(PRIMARY_METRIC)}") from None
-    return "accuracy" if "accuracy" in kind_or_metrics else "mse"
+    for name in ("accuracy", "iou", "miou", "abs_rel"):  # each names its kind
+        if name in kind_or_metrics:
+            return name
+    return "mse"
 
 
 # --- configs and keys ---------------------------------------------------------------------
@@ -251,6 +256,11 @@ def compare_run(run_id: str, runs_dir: str | Path | None = None,
         if base.status == "finished":
             summaries[task] = base.summary
     metrics = run.summary.get(split) or {}
-    kinds = {t: "classification" if "accuracy" in (metrics.get(t) or {}) else "regression"
-             for t in tasks}
+    kinds = {t: _kind_of(metrics.get(t) or {}) for t in tasks}
     return comparison(run.summary, summaries, kinds, split)
+
+
+def _kind_of(metrics: Mapping[str, float]) -> str:
+    """A task's kind as its logged metrics tell it (the inverse of PRIMARY_METRIC)."""
+    name = primary_metric(metrics)
+    return next(kind for kind, metric in PRIMARY_METRIC.items() if metric == name)

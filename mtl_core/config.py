@@ -31,6 +31,12 @@ from mtl_core.limits import MAX_SEED, clip, short
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid", "elu", "silu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+TrunkType = Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small"]
+TRUNK_TYPES: tuple[str, ...] = TrunkType.__args__  # type: ignore[attr-defined]
+BACKBONES: tuple[str, ...] = TRUNK_TYPES[2:]  # torchvision models (mtl_core.models.backbones)
+# How many stages each backbone has (the units hard_sharing's shared_layers counts).
+BACKBONE_STAGES: dict[str, int] = {name: 5 for name in BACKBONES}
+Trainable = Literal["all", "last_block", "none"]
 
 
 class _Strict(BaseModel):
@@ -61,19 +67,31 @@ Widths = Annotated[list[int], AfterValidator(_widths)]
 
 class TrunkConfig(_Strict):
     """Shared trunk. `mlp`: `layers` then `hidden` are dense widths. `cnn`: `layers` are conv
-    channels (3x3 conv + 2x2 max-pool each), `hidden` the dense widths after flattening."""
+    channels (3x3 conv + 2x2 max-pool each), `hidden` the dense widths after flattening.
+    A torchvision backbone (`resnet18`, ..., image suites only) replaces the conv layers by
+    its stages (`layers` is not used); `hidden` adds dense layers after it. `weights`: none,
+    `imagenet` (from the local torch cache) or a path to a state dict file; `trainable`: which
+    of its stages train (the heads and `hidden` layers always do)."""
 
-    type: Literal["mlp", "cnn"] = "mlp"
+    type: TrunkType = "mlp"
     layers: list[int] = Field(default_factory=lambda: [64, 64])
     hidden: list[int] = Field(default_factory=list)
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     batch_norm: bool = False
+    weights: str | None = None
+    trainable: Trainable = "all"
 
     _check_layers = field_validator("layers", "hidden")(_widths)
 
     @property
+    def is_backbone(self) -> bool:
+        return self.type in BACKBONES
+
+    @property
     def depth(self) -> int:
+        if self.is_backbone:
+            return BACKBONE_STAGES[self.type] + len(self.hidden)
         return len(self.layers) + len(self.hidden)
 
 
@@ -234,7 +252,7 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None, *,
     path inside the allowed roots (mtl_core.trust)."""
     from mtl_core.data import SUITES
     from mtl_core.models import ARCHITECTURES
-    from mtl_core.trust import path_problems
+    from mtl_core.trust import path_problems, refusal, weights_outside_roots
     from mtl_core.weighting import METHODS
 
     lim = limits.current()
@@ -281,6 +299,16 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None, *,
         if cfg.model.trunk.type == "cnn" and suite.extra.get("input_kind") != "image":
             errors.append(FieldError("model.trunk.type", f"a cnn trunk needs an image suite; "
                                      f"{cfg.data.suite!r} has vector inputs, use mlp"))
+        if cfg.model.trunk.is_backbone:
+            from mtl_core.models.backbones import check_trunk
+
+            weights = cfg.model.trunk.weights
+            if not trusted and weights_outside_roots(weights):
+                # Refused before the file is looked at: its existence is not for a browser.
+                errors.append(FieldError("model.trunk.weights", refusal(weights or "")))
+            else:
+                errors.extend(FieldError(p, m) for p, m in check_trunk(
+                    cfg.model.trunk, cfg.data.suite, suite.extra.get("input_kind")))
     if arch_params is not None:
         cfg.model.params = arch_params.model_dump(mode="json")
         check = ARCHITECTURES.get(cfg.model.architecture).extra.get("check")

@@ -174,7 +174,8 @@ def meta_model(cfg: Any, tasks: list[TaskSpec] | None = None,
     used = {t.input for t in tasks}
     shapes = {k: v for k, v in input_shapes.items() if k in used}
     empty = Split({}, {})
-    data = SuiteData("", list(tasks), empty, empty, empty, shapes, "vector")
+    kind = "image" if any(len(shape) == 3 for shape in shapes.values()) else "vector"
+    data = SuiteData("", list(tasks), empty, empty, empty, shapes, kind)
     with torch.device("meta"):
         return build_model(model_cfg, data)
 

@@ -91,3 +91,16 @@ def path_problems(suite: str, params: dict[str, Any]) -> list[tuple[str, str]]:
         if isinstance(text, str) and text.strip() and inside_roots(text) is None:
             out.append((f"data.params.{name}", refusal(text)))
     return out
+
+
+def weights_outside_roots(weights: str | None) -> bool:
+    """Whether a `model.trunk.weights` path (not `imagenet`, which reads only torch's own
+    cache) leaves the allowed roots."""
+    if weights is None or not weights.strip() or weights == "imagenet":
+        return False
+    path = Path(weights).expanduser()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        return True
+    return not any(resolved.is_relative_to(root) for root in allowed_roots())

@@ -650,3 +650,26 @@ def test_class_mode_shows_the_knobs_a_lesson_names(app):
     assert not {"cfg.device", "cfg.optim.optimizer", "upload.yaml"} & set(keys)
     assert any("optim.weight_decay" in m.value for m in at.markdown)  # the banner names them
     assert at.number_input(key="cfg.optim.weight_decay").value == pytest.approx(0.001)
+
+
+def test_a_backbone_trunk_shows_its_controls_one_diagram_box_and_refuses_bad_weights(
+        app, tmp_path):
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("scenes").run()
+    at.selectbox(key="cfg.model.trunk.type").set_value("resnet18").run()
+    assert not at.exception and not _start(at).disabled
+    assert not [n for n in at.number_input if n.key.startswith("cfg.model.trunk.layers")]
+    spec = at.get("graphviz_chart")[0].proto.spec
+    assert "ResNet-18 · 5 stages → 512×3×3" in spec and "11,176,512 params" in spec
+    assert "Upsample ×2" in spec  # the dense heads' decoders
+    at.selectbox(key="cfg.model.trunk.trainable").set_value("none")
+    at.text_input(key=form.WEIGHTS_KEY).input(str(tmp_path / "missing.pt")).run()
+    assert _start(at).disabled
+    messages = [e.value for e in at.error]
+    assert any("no weights file at" in m and "missing.pt" in m for m in messages), messages
+    assert any("model.trunk.weights" in m and "to fix before Start" in m for m in messages)
+    at.text_input(key=form.WEIGHTS_KEY).input("").run()
+    assert not _start(at).disabled
+    trunk = _config_shown(at)["model"]["trunk"]
+    assert trunk["type"] == "resnet18" and trunk["trainable"] == "none"
+    assert trunk["weights"] is None

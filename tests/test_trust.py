@@ -403,3 +403,22 @@ def test_the_diagram_of_a_generated_suite_generates_no_data(monkeypatch):
                     "params": {"n_samples": 200_000, "n_test": 100_000, "n_features": 1024}}}
     diagram = build_diagram(doc)
     assert diagram.dot is not None and diagram.counts["shared"] == 1024 * 64 + 64 + 64 * 64 + 64
+
+
+def test_a_backbone_weights_path_outside_the_roots_is_refused_without_looking_at_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link must not tell whether a server file exists ("no weights file at …")."""
+    from mtl_core.models import backbones
+
+    looked: list[str] = []
+    monkeypatch.setattr(backbones, "weights_problem",
+                        lambda name, weights: looked.append(weights) or None)
+    outside = tmp_path / "elsewhere" / "secret.pt"
+    doc = {"data": {"suite": "digit_boxes"},
+           "model": {"trunk": {"type": "resnet18", "weights": str(outside)}}}
+    with pytest.raises(ConfigError) as refused:
+        parse_config(doc, trusted=False)
+    (error,) = [e for e in refused.value.errors if e.path == "model.trunk.weights"]
+    assert "allowed folders" in error.message and looked == []
+    parse_config(doc)  # the CLI's own user: the file check runs
+    assert looked == [str(outside)]

@@ -182,10 +182,10 @@ def cached_blocks(model_json: str, suite: str, params_json: str, tasks: tuple[st
     chosen = [by_name[n] for n in tasks]
     used = {t.input for t in chosen}
     inputs = {k: v for k, v in shapes.input_shapes.items() if k in used}
-    # On the meta device: shapes and counts only, no weights in the server (the widths were
-    # checked against the limits before this is called).
+    # On the meta device: shapes and counts only, no weights in the server and no weights
+    # file read (the widths were checked against the limits before this is called).
     model = meta_model(ModelConfig.model_validate(json.loads(model_json)), chosen, inputs)
-    return model.blocks(), model.parameter_counts(), inputs
+    return model.diagram_blocks(), model.parameter_counts(), inputs
 
 
 def suite_shapes(data: dict[str, Any]) -> tuple[SuiteShapes | None, str | None]:

@@ -15,10 +15,12 @@ from typing import Any
 import pandas as pd
 
 # Which single number stands for a task in the runs table (first one present wins).
-PRIMARY_METRICS = ("accuracy", "r2", "mse", "mae", "loss")
+PRIMARY_METRICS = ("accuracy", "iou", "miou", "r2", "abs_rel", "mse", "mae", "loss")
 LATEST_COLUMNS = [("train", "loss", "train loss"), ("val", "loss", "val loss"),
                   ("val", "accuracy", "val accuracy"), ("val", "r2", "val R²"),
                   ("val", "mse", "val MSE"), ("val", "mae", "val MAE"),
+                  ("val", "iou", "val IoU"), ("val", "miou", "val mIoU"),
+                  ("val", "abs_rel", "val abs_rel"),
                   ("train", "weight", "weight"), ("diag", "grad_norm", "grad norm")]
 STATUS_ICONS = {"queued": "⏳", "running": "▶️", "paused": "⏸️", "finished": "✅",
                 "stopped": "⏹️", "diverged": "💥", "failed": "❌"}

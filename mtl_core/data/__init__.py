@@ -88,4 +88,4 @@ def load_suite(
 
 
 # Importing the suite modules registers them.
-from mtl_core.data import synthetic, mnist, table  # noqa: E402,F401,I001 (order = menu order)
+from mtl_core.data import synthetic, mnist, vision, table  # noqa: E402,F401,I001 (order = menu order)
