@@ -10,15 +10,18 @@ targets are standardised like the synthetic suites (`target_scale` = pool std,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field
 
 from mtl_core.data import SUITES
 from mtl_core.data.base import DataError, Split, SuiteData, TaskKind, TaskSpec
 from mtl_core.registry import Params
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MAX_GUESSED_CLASSES = 20  # integer columns with at most this many values look like labels
 MAX_CLASSES = 100  # beyond this a "classification" override is almost surely a mistake
@@ -41,6 +44,8 @@ class CsvParams(Params):
 def infer_kind(column: pd.Series) -> TaskKind:
     """Text, booleans and whole numbers with few distinct values are labels (2 values:
     binary); any other number is a regression target."""
+    import pandas as pd  # here, not at the top: a worker without pandas is ~95 MB smaller
+
     n_unique = column.nunique()
     if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
         return "binary" if n_unique == 2 else "classification"
@@ -64,6 +69,8 @@ def _resolve(path_text: str, data_dir: Path) -> Path:
 
 
 def _read(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     from mtl_core.limits import current, over
 
     limits = current()
@@ -120,6 +127,8 @@ def _columns(frame: pd.DataFrame, params: CsvParams) -> tuple[list[str], list[st
 
 
 def _check_values(frame: pd.DataFrame, inputs: list[str], targets: list[str]) -> None:
+    import pandas as pd
+
     for name in inputs + targets:
         column = frame[name]
         bad = column.isna()
@@ -163,6 +172,8 @@ def _label_name(value: object) -> str:
 def _target(column: pd.Series, kind: TaskKind, pool: torch.Tensor
             ) -> tuple[torch.Tensor, TaskSpec, float | None]:
     """Encoded target, its spec and (regression only) the pool mean."""
+    import pandas as pd
+
     name = str(column.name)
     values = column.to_numpy()
     if column.nunique() < 2:
