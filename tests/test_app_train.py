@@ -663,7 +663,13 @@ def test_a_backbone_trunk_shows_its_controls_one_diagram_box_and_refuses_bad_wei
     assert "ResNet-18 · 5 stages → 512×3×3" in spec and "11,176,512 params" in spec
     assert "Upsample ×2" in spec  # the dense heads' decoders
     at.selectbox(key="cfg.model.trunk.trainable").set_value("none")
-    at.text_input(key=form.WEIGHTS_KEY).input(str(tmp_path / "missing.pt")).run()
+    at.text_input(key=form.WEIGHTS_KEY).input(str(tmp_path / "elsewhere.pt")).run()
+    assert _start(at).disabled  # outside the allowed folders: not even looked at
+    messages = [e.value for e in at.error]
+    assert any("allowed folders" in m for m in messages), messages
+    assert not any("no weights file" in m for m in messages), messages
+    inside = tmp_path / "data" / "missing.pt"  # MTL_DATA_DIR (conftest): an allowed root
+    at.text_input(key=form.WEIGHTS_KEY).input(str(inside)).run()
     assert _start(at).disabled
     messages = [e.value for e in at.error]
     assert any("no weights file at" in m and "missing.pt" in m for m in messages), messages
