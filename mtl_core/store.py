@@ -632,8 +632,8 @@ class RunStore:
         _check_status(status)
         config = cfg.to_dict()
         now = time.time()
-        if status == "queued" and not owner.privileged:
-            self._check_queue_quota(owner)
+        if status == "queued":
+            self.check_queue_room(owner)
         while True:
             run_id = _new_run_id()
             try:
@@ -662,18 +662,21 @@ class RunStore:
                          [_to_column(c, doc[c]) for c in cols])
 
     @_recovering
-    def _check_queue_quota(self, owner: Actor) -> None:
+    def check_queue_room(self, owner: Actor, adding: int = 1) -> None:
+        """QuotaError unless `owner` may queue `adding` more runs (the teacher and the operator
+        always may)."""
         cap = self.limits().max_queued_per_owner
-        if not cap:
+        if not cap or owner.privileged:
             return
         with self._connect() as conn:
             waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE owner = ? AND "
                                    "status = 'queued'", (owner.id,)).fetchone()[0]
-        if waiting >= cap:
+        if waiting + adding > cap:
+            more = "" if adding == 1 else f" and these {adding} would make {waiting + adding}"
             raise QuotaError(
                 f"you already have {waiting} run{'s' if waiting != 1 else ''} waiting in the "
-                f"queue; the class limit is {cap} per person (max_queued_per_owner). Wait for "
-                "one to start, or stop one, then start again.")
+                f"queue{more}; the class limit is {cap} per person (max_queued_per_owner). "
+                "Wait for one to start, or stop one, then start again.")
 
     @_recovering
     def get_run(self, run_id: str) -> RunInfo:
