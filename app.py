@@ -13,6 +13,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui.identity import identity_sidebar
 from ui.live import LIVE_REFRESH_S
 from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_current_run
 from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices, follow_url
@@ -36,6 +37,7 @@ BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finis
 RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
+RECOVERY_NOTICE_S = 3600.0  # a rebuild of the index is mentioned for this long
 
 
 def _reconcile() -> None:
@@ -78,8 +80,19 @@ def _current_run(run_id: str | None) -> None:
                     text=f"step {run.step} / {run.total_steps}")
 
 
+def _recovery_notice(store) -> None:
+    """One line when the run index was rebuilt lately (by any process), once per session."""
+    note = store.recovery_note()
+    if note and time.time() - note[0] < RECOVERY_NOTICE_S \
+            and st.session_state.get("_recovery_seen") != note[0]:
+        st.session_state["_recovery_seen"] = note[0]
+        st.toast(note[1], icon=":material/build:")
+
+
 def _sidebar() -> None:
     store = get_store()
+    _recovery_notice(store)
+    identity_sidebar(store)
     run_id = current_run_id()
     runs = store.list_runs()[:PICKER_RUNS]
     by_id = {r.id: r for r in runs}
