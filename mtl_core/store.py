@@ -89,6 +89,7 @@ BUSY_TIMEOUT_S = 5.0
 HEARTBEAT_EVERY_S = 2.0  # the sink refreshes heartbeat_at at least this often while polled
 READER_HEAL_AFTER_S = 1.0  # a reader ingests a .jsonl this long ahead of the index itself
 MAX_RUN_NAME_CHARS = 100
+RUN_JSON_EVERY_S = 1.0  # progress alone rewrites run.json at most this often
 
 # Columns of `runs` that set_status may write besides status/message.
 _RUN_FIELDS = ("step", "total_steps", "epoch", "device", "pid", "heartbeat_at", "started_at",
@@ -98,6 +99,7 @@ _RUN_JSON_FIELDS = ("id", "name", "owner", "owner_name", "status", "config", "cr
                     "started_at", "ended_at", "step", "total_steps", "epoch", "message",
                     "device", "pid", "heartbeat_at", "summary")
 _READY: set[Path] = set()  # indexes this process has already checked
+_JSON_SAVED_AT: dict[Path, float] = {}  # run folder -> when this process last wrote run.json
 _CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -607,12 +609,19 @@ class RunStore:
         if st.st_size > int(row[0]) and time.time() - st.st_mtime > READER_HEAL_AFTER_S:
             self._sync(run_id, kind)
 
-    def _save_run_json(self, conn: sqlite3.Connection, run_id: str) -> None:
-        """Mirror the run's row into <run>/run.json (called with the write lock held)."""
-        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    def _save_run_json(self, conn: sqlite3.Connection, run_id: str,
+                       throttle: bool = False) -> None:
+        """Mirror the run's row into <run>/run.json (called with the write lock held). With
+        `throttle` (progress), at most every RUN_JSON_EVERY_S per run and process: the index has
+        the latest step, and any change of status writes the file at once."""
         folder = self.run_dir(run_id)
+        now = time.monotonic()
+        if throttle and now - _JSON_SAVED_AT.get(folder, -math.inf) < RUN_JSON_EVERY_S:
+            return
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None or not folder.is_dir():
             return
+        _JSON_SAVED_AT[folder] = now
         doc: dict[str, Any] = {"layout": LAYOUT}
         for c in _RUN_JSON_FIELDS:
             doc[c] = row[c]
@@ -1000,7 +1009,7 @@ class RunStore:
                             "heartbeat_at = ? WHERE id = ?",
                             (int(step), int(total_steps), float(epoch), time.time(),
                              run_id)).rowcount:
-                self._save_run_json(conn, run_id)
+                self._save_run_json(conn, run_id, throttle=True)
 
     @_recovering
     def heartbeat(self, run_id: str) -> bool:
@@ -1223,5 +1232,7 @@ def _check_status(status: str) -> None:
 
 
 def _real(value: Any) -> float | None:
+    if value is None:  # the index's NULL: a NaN
+        return None
     value = float(value)
     return None if math.isnan(value) else value

@@ -67,7 +67,7 @@ def _cookie(name: str) -> str | None:
         value = st.context.cookies.get(name)
     except Exception:  # noqa: BLE001 - no browser (AppTest, bare script run)
         return None
-    return str(value) if value else None
+    return value if isinstance(value, str) and value else None  # AppTest gives a mock
 
 
 def _browser_secret() -> str:
