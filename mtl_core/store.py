@@ -815,7 +815,7 @@ class RunStore:
                 if max_active is not None and sum(active.values()) >= max_active:
                     return None
                 order = fair_order(_queued_rows(conn), _last_served(conn), active,
-                                   self.limits().max_active_per_owner)
+                                   self._owner_cap())
                 if not order or order[0][1]:
                     return None  # everyone waiting is at their owner's active quota
                 run_id = order[0][0]
@@ -842,7 +842,7 @@ class RunStore:
             active = _count_by_owner(conn, ACTIVE_STATUSES)
             queued = _queued_rows(conn)
             served = _last_served(conn)
-        cap = self.limits().max_active_per_owner
+        cap = self._owner_cap()
         order = [rid for rid, _ in fair_order(queued, served, active, cap)]
         owner = row["owner"]
         return QueuePlace(position=order.index(run_id) + 1, queued=len(order),
@@ -864,14 +864,15 @@ class RunStore:
             row = self._owned(conn, run_id, actor, "delete")
             if row["status"] in LIVE_STATUSES:
                 raise ValueError(f"run {run_id!r} is {row['status']}; stop it before deleting")
-            # Renamed first (one atomic step): a rebuild never resurrects half a folder.
+            for table in ("metrics", "snapshots", "controls"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            # Renamed (one atomic step) before it is removed: a rebuild never resurrects half a
+            # folder. Last in the transaction: if the rename fails, the rows stay too.
             folder = self.run_dir(run_id)
             trash = self.runs_dir / f".trash-{run_id}-{os.getpid()}"
             if folder.exists():
                 os.replace(folder, trash)
-            for table in ("metrics", "snapshots", "controls"):
-                conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- quotas --------------------------------------------------------------------------------
@@ -891,6 +892,14 @@ class RunStore:
                 except ValueError:
                     pass  # a hand-edited bad value falls back to the default
         return Limits(**values)
+
+    def _owner_cap(self) -> int:
+        """The per-owner active cap for claiming; a malformed env default must not stop every
+        worker (submits report it, see check_queue_room), so it counts as no cap here."""
+        try:
+            return self.limits().max_active_per_owner
+        except ValueError:
+            return 0
 
     def set_limits(self, actor: Actor, **values: int) -> Limits:
         """Change class-wide quotas (teacher or operator only); the new limits."""
