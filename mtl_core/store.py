@@ -183,6 +183,15 @@ def default_runs_dir() -> Path:
     return Path(env).expanduser() if env else Path("runs")
 
 
+def has_store(runs_dir: str | Path) -> bool:
+    """Whether `runs_dir` holds a run store: its index, or run folders to rebuild it from."""
+    path = Path(runs_dir)
+    if (path / DB_NAME).is_file():
+        return True
+    return path.is_dir() and any((p / RUN_JSON).is_file() or (p / "config.yaml").is_file()
+                                 for p in path.iterdir() if p.is_dir())
+
+
 @dataclass
 class RunInfo:
     id: str

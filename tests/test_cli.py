@@ -109,10 +109,10 @@ def test_train_show_export_round_trip(tmp_path: Path, runs_dir: Path,
 
     code, out, _ = run_cli(capsys, "runs", "--runs-dir", str(runs_dir))
     header, line = out.splitlines()
-    assert header.split() == ["id", "name", "suite", "arch", "method", "status", "step/total",
-                              "duration"]
-    assert line.split()[:7] == [run_id, "round-trip", "toy_2d", "hard_sharing", "static",
-                                "finished", "8/8"]
+    assert header.split() == ["id", "name", "owner", "suite", "arch", "method", "status",
+                              "step/total", "duration"]
+    assert line.split()[:8] == [run_id, "round-trip", "operator", "toy_2d", "hard_sharing",
+                                "static", "finished", "8/8"]
 
 
 def test_ctrl_c_stops_the_run_and_waits(tmp_path: Path, runs_dir: Path) -> None:

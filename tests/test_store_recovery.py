@@ -107,6 +107,19 @@ def test_deleted_index_is_rebuilt_with_every_run_and_curve(store: RunStore) -> N
     assert store.journal_mode() == "wal"
 
 
+def test_cli_lists_and_shows_runs_after_the_index_was_deleted(store: RunStore,
+                                                              capsys: Any) -> None:
+    from mtl_core import cli
+
+    before = fill(store)
+    store.db_path.unlink()
+    assert cli.main(["runs", "--runs-dir", str(store.runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert all(run_id in out for run_id in before["runs"]) and "Alice" in out
+    assert cli.main(["show", before["finished"], "--runs-dir", str(store.runs_dir)]) == 0
+    assert "finished" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_index_is_set_aside_and_rebuilt(store: RunStore, damage: str) -> None:
     before = fill(store)
