@@ -430,6 +430,9 @@ class RunStore:
                 what = f"runs.db was damaged (kept as {kept.name})"
             else:
                 self._set_aside(None)
+                if not self._run_folders():
+                    self._rebuild()  # a new store: nothing was lost, nothing to say
+                    return
                 what = "runs.db was missing" if state == "missing" else "runs.db was empty"
             count = self._rebuild()
             message = f"{what}; the run index was rebuilt from {count} run folders."

@@ -80,6 +80,12 @@ def same_as_before(store: RunStore, before: dict[str, Any]) -> None:
     assert store.snapshots(before["finished"], "predictions") == before["snapshots"]
 
 
+def test_a_new_store_is_not_a_recovery(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "fresh")
+    assert store.recovered is None and store.recovery_note() is None
+    assert store.list_runs() == [] and store.journal_mode() == "wal"
+
+
 def test_folders_hold_everything_needed_to_show_a_run(store: RunStore) -> None:
     before = fill(store)
     folder = store.run_dir(before["finished"])
