@@ -20,6 +20,8 @@ Layout of a runs directory (layout version 2):
     <run_id>/checkpoints/*.pt    torch.save'd state dicts ("final", periodic ones)
     <run_id>/error.txt           the traceback when a run failed
 
+(Line formats and atomic writes: mtl_core.run_files. Claim order: mtl_core.fair_queue.)
+
 A metric row's `id` is 1 + the byte offset of its line in metrics.jsonl (likewise snapshots):
 stable across rebuilds, increasing in the order written, so incremental readers
 (`metrics(run_id, after_id)`) keep working after the index is rebuilt. The index remembers per
@@ -55,7 +57,6 @@ import re
 import secrets
 import shutil
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -63,7 +64,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mtl_core.fair_queue import count_by_owner, fair_order, last_served, queued_rows
 from mtl_core.owners import OPERATOR, OPERATOR_ID, Actor, Limits, check_limit, env_limits, require
+from mtl_core.run_files import (
+    append,
+    file_lock,
+    metric_line,
+    metric_row,
+    snapshot_line,
+    snapshot_row,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from mtl_core.sink import Control, MetricRow
 
 if TYPE_CHECKING:
@@ -299,41 +311,6 @@ def _recovering(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-def _write_json_atomic(path: Path, doc: Any) -> None:
-    """Write JSON to a temporary file, then rename: a reader sees the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
-def _append(path: Path, data: bytes) -> None:
-    """Append in one O_APPEND write, so lines of concurrent appenders never interleave."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (and threads: flock is per open file)."""
-    try:
-        import fcntl
-    except ImportError:  # no fcntl (Windows): one process at a time is the user's job there
-        yield
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
 class RunStore:
     """A folder per run plus the SQLite index <runs_dir>/runs.db. Cheap to construct."""
 
@@ -413,7 +390,7 @@ class RunStore:
     def _recover(self, why: str) -> None:
         """Make the index usable again: migrate an older layout, set a corrupt file aside,
         rebuild from the folders. One process at a time; the others wait and find it done."""
-        with _file_lock(self.runs_dir / LOCK_FILE):
+        with file_lock(self.runs_dir / LOCK_FILE):
             state = self._probe(thorough=True)
             if state == "ok":
                 return  # another process (or thread) repaired it while we waited
@@ -526,17 +503,17 @@ class RunStore:
                     has_replica = "replica" in {c[1] for c in conn.execute(
                         "PRAGMA table_info(metrics)")}
                     rep = "replica" if has_replica else "0"
-                    lines = [_metric_line(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+                    lines = [metric_line(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
                              for r in conn.execute(
                                  f"SELECT step, epoch, split, task, name, value, {rep}, time "
                                  "FROM metrics WHERE run_id = ? ORDER BY id", (run_id,))]
-                    _write_bytes_atomic(folder / METRICS_FILE, b"".join(lines))
+                    write_bytes_atomic(folder / METRICS_FILE, b"".join(lines))
                 if "snapshots" in names and not (folder / SNAPSHOTS_FILE).exists():
-                    lines = [_snapshot_line(r[0], r[1], json.loads(r[2]), r[3])
+                    lines = [snapshot_line(r[0], r[1], json.loads(r[2]), r[3])
                              for r in conn.execute(
                                  "SELECT step, kind, payload, time FROM snapshots "
                                  "WHERE run_id = ? ORDER BY id", (run_id,))]
-                    _write_bytes_atomic(folder / SNAPSHOTS_FILE, b"".join(lines))
+                    write_bytes_atomic(folder / SNAPSHOTS_FILE, b"".join(lines))
                 if not (folder / "config.yaml").exists():
                     import yaml
 
@@ -547,7 +524,7 @@ class RunStore:
                     doc.setdefault("owner", OPERATOR_ID)
                     doc["config"] = json.loads(row["config"])
                     doc["summary"] = json.loads(row["summary"] or "{}")
-                    _write_json_atomic(folder / RUN_JSON, {"layout": LAYOUT, **doc})
+                    write_json_atomic(folder / RUN_JSON, {"layout": LAYOUT, **doc})
                 count += 1
         finally:
             conn.close()
@@ -588,8 +565,8 @@ class RunStore:
             line_id, pos = pos + 1, pos + len(line)
             try:
                 item = json.loads(line)
-                batch.append(_metric_row(run_id, line_id, item) if kind == "metrics"
-                             else _snapshot_row(run_id, line_id, item))
+                batch.append(metric_row(run_id, line_id, item) if kind == "metrics"
+                             else snapshot_row(run_id, line_id, item))
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # a damaged line (e.g. cut by a crash) is skipped, not fatal
         if kind == "metrics":
@@ -639,7 +616,7 @@ class RunStore:
             doc[c] = row[c]
         doc["config"] = json.loads(row["config"])
         doc["summary"] = json.loads(row["summary"] or "{}")
-        _write_json_atomic(folder / RUN_JSON, doc)
+        write_json_atomic(folder / RUN_JSON, doc)
 
     # -- runs ----------------------------------------------------------------------------------
 
@@ -670,7 +647,7 @@ class RunStore:
                "created_at": now, "started_at": started, "ended_at": None, "step": 0,
                "total_steps": 0, "epoch": 0.0, "message": None, "device": None, "pid": None,
                "heartbeat_at": None, "summary": {}}
-        _write_json_atomic(folder / RUN_JSON, doc)  # the folder is complete before the index
+        write_json_atomic(folder / RUN_JSON, doc)  # the folder is complete before the index
         self._index_new_run(doc)
         return run_id
 
@@ -823,10 +800,10 @@ class RunStore:
             return None  # idle workers poll often: no write lock when there is nothing to take
         with self._write() as conn:
             if run_id is None:
-                active = _count_by_owner(conn, ACTIVE_STATUSES)
+                active = count_by_owner(conn, ACTIVE_STATUSES)
                 if max_active is not None and sum(active.values()) >= max_active:
                     return None
-                order = fair_order(_queued_rows(conn), _last_served(conn), active,
+                order = fair_order(queued_rows(conn), last_served(conn), active,
                                    self._owner_cap())
                 if not order or order[0][1]:
                     return None  # everyone waiting is at their owner's active quota
@@ -851,9 +828,9 @@ class RunStore:
                                (run_id,)).fetchone()
             if row is None:
                 return None
-            active = _count_by_owner(conn, ACTIVE_STATUSES)
-            queued = _queued_rows(conn)
-            served = _last_served(conn)
+            active = count_by_owner(conn, ACTIVE_STATUSES)
+            queued = queued_rows(conn)
+            served = last_served(conn)
         cap = self._owner_cap()
         order = [rid for rid, _ in fair_order(queued, served, active, cap)]
         owner = row["owner"]
@@ -921,7 +898,7 @@ class RunStore:
         current = self.limits().to_dict()
         for key, value in values.items():
             current[key] = check_limit(key, value)
-        _write_json_atomic(self.runs_dir / LIMITS_FILE, current)
+        write_json_atomic(self.runs_dir / LIMITS_FILE, current)
         return Limits(**current)
 
     # -- metrics and snapshots -----------------------------------------------------------------
@@ -939,13 +916,13 @@ class RunStore:
                 step, epoch, split, task, name, value, replica = row
             else:
                 raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
-            lines.append(_metric_line(step, epoch, split, task, name, value, replica, now))
+            lines.append(metric_line(step, epoch, split, task, name, value, replica, now))
         if not lines:
             return
         folder = self.run_dir(run_id)
         if not folder.is_dir():
             return  # the run was deleted: nothing to keep its rows for
-        _append(folder / METRICS_FILE, b"".join(lines))
+        append(folder / METRICS_FILE, b"".join(lines))
         self._sync(run_id, "metrics")
 
     @_recovering
@@ -967,7 +944,7 @@ class RunStore:
         folder = self.run_dir(run_id)
         if not folder.is_dir():
             return
-        _append(folder / SNAPSHOTS_FILE, _snapshot_line(step, kind, payload, time.time()))
+        append(folder / SNAPSHOTS_FILE, snapshot_line(step, kind, payload, time.time()))
         self._sync(run_id, "snapshots")
 
     @_recovering
@@ -1155,91 +1132,6 @@ class StoreSink:
         self.store.save_checkpoint(self.run_id, state, name)
 
 
-# --- the fair queue -------------------------------------------------------------------------
-
-def fair_order(queued: list[tuple[str, str]], last_served: Mapping[str, float],
-               active: Mapping[str, int], owner_cap: int) -> list[tuple[str, bool]]:
-    """The order in which queued runs will be served, as (run id, blocked) pairs.
-
-    `queued`: (run id, owner) oldest first. Owners take turns: the next run goes to the owner
-    served least recently (`last_served`: when each owner's latest run started; never served
-    comes first), ties to the owner whose waiting run is oldest; within an owner, oldest first.
-    An owner with `owner_cap` runs active (0 = no cap; the operator has none) waits until one
-    ends: its runs come last, marked blocked.
-    """
-    heads: dict[str, list[str]] = {}
-    first_seen: dict[str, int] = {}
-    for i, (run_id, owner) in enumerate(queued):
-        heads.setdefault(owner, []).append(run_id)
-        first_seen.setdefault(owner, i)
-    last = {o: last_served.get(o, -math.inf) for o in heads}
-    busy = {o: active.get(o, 0) for o in heads}
-    clock = max([0.0, *[v for v in last_served.values() if v is not None]])
-    order: list[tuple[str, bool]] = []
-    while heads:
-        free = [o for o in heads
-                if not owner_cap or o == OPERATOR_ID or busy[o] < owner_cap]
-        if not free:
-            break
-        owner = min(free, key=lambda o: (last[o], first_seen[o]))
-        order.append((heads[owner].pop(0), False))
-        clock += 1.0
-        last[owner], busy[owner] = clock, busy[owner] + 1
-        if not heads[owner]:
-            del heads[owner]
-    blocked = {rid for ids in heads.values() for rid in ids}
-    order += [(rid, True) for rid, _ in queued if rid in blocked]
-    return order
-
-
-def _queued_rows(conn: sqlite3.Connection) -> list[tuple[str, str]]:
-    return [(r[0], r[1]) for r in conn.execute(
-        "SELECT id, owner FROM runs WHERE status = 'queued' ORDER BY created_at, rowid")]
-
-
-def _last_served(conn: sqlite3.Connection) -> dict[str, float]:
-    return {r[0]: r[1] for r in conn.execute(
-        "SELECT owner, MAX(started_at) FROM runs WHERE started_at IS NOT NULL GROUP BY owner")}
-
-
-def _count_by_owner(conn: sqlite3.Connection, statuses: Iterable[str]) -> dict[str, int]:
-    wanted = list(statuses)
-    return {r[0]: r[1] for r in conn.execute(
-        f"SELECT owner, COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(wanted))}) "
-        "GROUP BY owner", wanted)}
-
-
-# --- folder file formats --------------------------------------------------------------------
-
-def _metric_line(step: Any, epoch: Any, split: Any, task: Any, name: Any, value: Any,
-                 replica: Any, when: float) -> bytes:
-    item = [int(step), float(epoch), str(split), str(task), str(name), _real(value),
-            int(replica), float(when)]
-    return json.dumps(item, separators=(",", ":")).encode() + b"\n"
-
-
-def _metric_row(run_id: str, line_id: int, item: list[Any]) -> tuple[Any, ...]:
-    step, epoch, split, task, name, value, replica, when = item
-    return (run_id, line_id, int(step), float(epoch), str(split), str(task), str(name),
-            None if value is None else float(value), int(replica), float(when))
-
-
-def _snapshot_line(step: int, kind: str, payload: Any, when: float) -> bytes:
-    doc = {"step": int(step), "kind": str(kind), "payload": payload, "time": float(when)}
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
-
-
-def _snapshot_row(run_id: str, line_id: int, item: dict[str, Any]) -> tuple[Any, ...]:
-    return (run_id, line_id, int(item["step"]), str(item["kind"]), json.dumps(item["payload"]),
-            float(item["time"]))
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _to_column(name: str, value: Any) -> Any:
     """A run.json value as its `runs` column holds it."""
     if name in ("config", "summary"):
@@ -1250,10 +1142,3 @@ def _to_column(name: str, value: Any) -> Any:
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; use one of: {', '.join(RUN_STATUSES)}")
-
-
-def _real(value: Any) -> float | None:
-    if value is None:  # the index's NULL: a NaN
-        return None
-    value = float(value)
-    return None if math.isnan(value) else value

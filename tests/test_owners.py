@@ -11,6 +11,7 @@ import pytest
 
 from mtl_core import jobs
 from mtl_core.config import ExperimentConfig
+from mtl_core.fair_queue import fair_order
 from mtl_core.owners import (
     OPERATOR,
     Actor,
@@ -20,7 +21,7 @@ from mtl_core.owners import (
     ordinal,
     teacher_key_matches,
 )
-from mtl_core.store import QuotaError, RunStore, fair_order
+from mtl_core.store import QuotaError, RunStore
 
 ALICE = Actor(browser_owner_id("a" * 40), "Alice")
 BOB = Actor(browser_owner_id("b" * 40), "Bob")
