@@ -61,7 +61,13 @@ def _label(run) -> str:
 
 
 def _on_pick() -> None:
-    set_current_run(st.session_state.get(PICK_KEY))
+    picked = st.session_state.get(PICK_KEY)
+    # A rerun the browser sent with the label it showed before the run's status (and so its
+    # label) moved comes back as that label itself (Streamlit returns an unknown formatted
+    # option as is): the run id is its last part.
+    if isinstance(picked, str) and " · " in picked:
+        picked = picked.rsplit(" · ", 1)[-1]
+    set_current_run(picked)
 
 
 def _current_run(run_id: str | None) -> None:
