@@ -133,3 +133,27 @@ def test_app_rebuilds_a_damaged_index_and_says_so_in_one_line(store: RunStore) -
     at = page(RUNS_PAGE)
     assert set(at.dataframe[0].value["id"]) == {run_id}
 
+
+
+OIDC_SCRIPT = """
+import streamlit as st
+import ui.identity as identity
+identity._signed_in_email = lambda: "T.Eacher@School.example"  # as st.user would say
+actor = identity.current_actor()
+st.write(f"{actor.id}|{actor.teacher}")
+"""
+
+
+def test_a_signed_in_account_is_the_owner_and_listed_emails_are_teachers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import ui.identity as identity
+
+    real = identity._signed_in_email
+    try:
+        at = AppTest.from_string(OIDC_SCRIPT, default_timeout=60).run()
+        assert at.markdown[0].value == "user:t.eacher@school.example|False"
+        monkeypatch.setenv("MTL_TEACHERS", "someone@else.example, t.eacher@school.example")
+        at = AppTest.from_string(OIDC_SCRIPT, default_timeout=60).run()
+        assert at.markdown[0].value == "user:t.eacher@school.example|True"
+    finally:
+        identity._signed_in_email = real
