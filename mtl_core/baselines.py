@@ -27,6 +27,7 @@ from typing import Any
 from mtl_core.config import ConfigError, ExperimentConfig, TaskConfig, parse_config
 from mtl_core.data.base import TaskSpec
 from mtl_core.metrics import HIGHER_IS_BETTER, delta_m
+from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import RunInfo, RunStore
 
 PRIMARY_METRIC = {"classification": "accuracy", "binary": "accuracy", "regression": "mse",
@@ -137,7 +138,8 @@ def find_baselines(cfg: ExperimentConfig | dict[str, Any], runs_dir: str | Path 
 
 
 def find_or_submit_baselines(cfg: ExperimentConfig | dict[str, Any],
-                             runs_dir: str | Path | None = None) -> dict[str, str]:
+                             runs_dir: str | Path | None = None,
+                             owner: Actor = OPERATOR) -> dict[str, str]:
     """{task: run id} of a baseline for every positively weighted task: reused when a run with
     the same baseline key is finished or live, else queued now through mtl_core.jobs. Two
     calls at the very same moment may both queue a baseline (there is no lock); the second
@@ -148,7 +150,8 @@ def find_or_submit_baselines(cfg: ExperimentConfig | dict[str, Any],
     ids = find_baselines(cfg, runs_dir)
     for task, base in configs.items():
         if task not in ids:
-            ids[task] = jobs.submit(base, Path(runs_dir) if runs_dir is not None else None)
+            ids[task] = jobs.submit(base, Path(runs_dir) if runs_dir is not None else None,
+                                    owner=owner)
     return {task: ids[task] for task in configs}
 
 

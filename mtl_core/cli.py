@@ -28,6 +28,7 @@ from mtl_core.store import (
     RunInfo,
     RunStore,
     default_runs_dir,
+    has_store,
 )
 
 POLL_S = 0.25  # how often `train` (without --detach) reads the store
@@ -149,10 +150,10 @@ def metrics_table(per_task: dict[str, dict[str, float]]) -> str:
 
 
 def runs_table(runs: list[RunInfo]) -> str:
-    rows = [[r.id, r.name, r.suite, r.architecture, r.method, r.status,
+    rows = [[r.id, r.name, r.owner_label, r.suite, r.architecture, r.method, r.status,
              f"{r.step}/{r.total_steps or '?'}", format_duration(r.duration)] for r in runs]
-    return format_table(["id", "name", "suite", "arch", "method", "status", "step/total",
-                         "duration"], rows)
+    return format_table(["id", "name", "owner", "suite", "arch", "method", "status",
+                         "step/total", "duration"], rows)
 
 
 def _jsonable(value: Any) -> Any:
@@ -181,7 +182,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def _existing_store(args: argparse.Namespace) -> RunStore:
     """The store of a command that only reads or controls runs: never create one."""
     runs_dir = _runs_dir(args)
-    if not (runs_dir / DB_NAME).is_file():
+    if not has_store(runs_dir):
         raise UsageError(f"no run store in {runs_dir} (no {DB_NAME}); pass --runs-dir DIR "
                          "or set MTL_RUNS_DIR to the folder `train` wrote to")
     return RunStore(runs_dir)
@@ -432,7 +433,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from mtl_core import jobs
 
     runs_dir = _runs_dir(args)
-    if not (runs_dir / DB_NAME).is_file():
+    if not has_store(runs_dir):
         print(f"no runs yet in {runs_dir}", file=sys.stderr)
         return 0
     jobs.reconcile(runs_dir)

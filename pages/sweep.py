@@ -36,6 +36,7 @@ from mtl_core.sweep import (
 )
 from ui import config_form as form
 from ui import sweep_charts as sc
+from ui.identity import current_actor
 from ui.state import current_run_id, get_store, runs_dir, through_app
 from ui.train_run import TRAIN_PAGE, request_load
 
@@ -178,7 +179,8 @@ def _new_sweep(store: RunStore) -> None:
 
             base = with_tasks(cfg, tasks)
             check_submit(base)  # what the CLI refuses at submit (device, table, size)
-            sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras)
+            sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras,
+                                 owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
             st.error(f"Could not start the sweep: {exc}")
             return
@@ -279,7 +281,7 @@ def _more_methods(store: RunStore, table: pd.DataFrame, sweep_id: str) -> None:
                                   "extra point: does it reach the front without tuning?")
     if c2.button("Add", key=f"sweep_add_{sweep_id}", disabled=not methods, width="stretch"):
         try:
-            ids = add_methods(store, sweep_id, methods)
+            ids = add_methods(store, sweep_id, methods, owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
             st.error(f"Could not add them: {exc}")
             return

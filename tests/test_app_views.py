@@ -27,6 +27,7 @@ from ui.state import current_run_id, get_store
 live_panel(get_store(), current_run_id())
 """
 TIMEOUT = 30  # the first run of a page imports plotly and pandas
+TEACHER = {"_identity.teacher": True}  # a session that has unlocked the teacher's rights
 
 
 # ---------------------------------------------------------------- hand-made runs
@@ -169,7 +170,7 @@ def test_runs_page_opens_the_run_from_the_url_and_filters(runs):
 
 def test_delete_asks_for_confirmation_then_removes(store, runs):
     victim = runs["vector"]
-    at = run_page(RUNS_PAGE, victim)
+    at = run_page(RUNS_PAGE, victim, **TEACHER)  # the runs here are the operator's
     at.button(key="runs_delete").click().run()
     assert any("cannot be undone" in w.value for w in at.warning)
     assert victim in {r.id for r in store.list_runs()}  # nothing deleted yet
@@ -186,7 +187,7 @@ def test_delete_asks_for_confirmation_then_removes(store, runs):
 
 def test_live_run_can_be_stopped_not_deleted(store):
     rid = make_run(store, "live", "toy_2d", {"circle": "binary"}, status="running")
-    at = run_page(RUNS_PAGE, rid)
+    at = run_page(RUNS_PAGE, rid, **TEACHER)
     assert at.button(key="runs_delete").disabled
     at.button(key="runs_stop").click().run()
     assert store.pending_controls(rid) == ["stop"]

@@ -179,7 +179,9 @@ def _submit(store: RunStore, cfg: Any, before: dict[str, str], key: str) -> None
     from mtl_core import jobs
 
     try:
-        ids = find_or_submit_baselines(cfg, store.runs_dir)
+        from ui.identity import current_actor
+
+        ids = find_or_submit_baselines(cfg, store.runs_dir, owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
         st.error(f"Could not queue the baselines: {exc}")
         return

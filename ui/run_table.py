@@ -64,13 +64,15 @@ def _duration(run: Any, now: float) -> float | None:
 
 
 def runs_frame(runs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
-    """One row per run: id, name, suite, architecture, method, status, progress, one column
-    per task with its final primary metric ("task · metric"), duration, created."""
+    """One row per run: id, name, owner, suite, architecture, method, status, progress, one
+    column per task with its final primary metric ("task · metric"), duration, created."""
     now = time.time() if now is None else now
     rows = []
     for run in runs:
         row: dict[str, Any] = {
-            "id": run.id, "name": run.name, "suite": run.suite,
+            "id": run.id, "name": run.name,
+            "owner": getattr(run, "owner_name", None) or getattr(run, "owner", ""),
+            "suite": run.suite,
             "architecture": run.architecture, "method": run.method,
             "status": f"{STATUS_ICONS.get(run.status, '')} {run.status}".strip(),
             "progress": (run.step / run.total_steps) if run.total_steps else 0.0,
@@ -82,7 +84,7 @@ def runs_frame(runs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
         row["duration"] = format_duration(_duration(run, now))
         row["created"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
         rows.append(row)
-    fixed = ["id", "name", "suite", "architecture", "method", "status", "progress"]
+    fixed = ["id", "name", "owner", "suite", "architecture", "method", "status", "progress"]
     frame = pd.DataFrame(rows, columns=None if rows else fixed + ["duration", "created"])
     metric_cols = [c for c in frame.columns if c not in fixed + ["duration", "created"]]
     return frame[fixed + metric_cols + ["duration", "created"]]

@@ -219,10 +219,11 @@ def submit_run(cfg: ExperimentConfig) -> str | None:
     """Queue `cfg` as a run; its id, or None after showing why it could not start."""
     from mtl_core import jobs
     from mtl_core.preflight import check_submit
+    from ui.identity import current_actor
 
     try:
         check_submit(cfg)  # what the CLI checks at submit, the page checks too
-        return jobs.submit(cfg, runs_dir())
+        return jobs.submit(cfg, runs_dir(), owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
         st.error(f"Could not start: {exc}")
         return None
@@ -266,6 +267,8 @@ def run_buttons() -> None:
 
 def _run_buttons(run_id: str | None) -> None:
     from mtl_core import jobs
+    from mtl_core.owners import may_act
+    from ui.identity import current_actor
 
     info = None
     if run_id:
@@ -274,23 +277,30 @@ def _run_buttons(run_id: str | None) -> None:
         except KeyError:
             pass
     status = info.status if info else None
+    actor = current_actor()
+    mine = info is None or may_act(actor, info.owner)
+    why = None if mine else (f"Started by {info.owner_label}: only they or the teacher can "
+                             "stop or pause it.")
     c1, c2 = st.columns(2)
     stop = c1.button("Stop", icon=":material/stop:", key="train.stop", width="stretch",
-                     disabled=status not in ("queued", "running", "paused"))
+                     disabled=status not in ("queued", "running", "paused") or not mine,
+                     help=why)
     paused = status == "paused"
     toggle = c2.button("Resume" if paused else "Pause", key="train.pause", width="stretch",
                        icon=":material/play_circle:" if paused else ":material/pause:",
-                       disabled=status not in ("running", "paused"))
+                       disabled=status not in ("running", "paused") or not mine, help=why)
     try:
         if stop and run_id:
-            st.toast(f"Stop: {jobs.stop(run_id, runs_dir())}")
+            st.toast(f"Stop: {jobs.stop(run_id, runs_dir(), actor=actor)}")
         elif toggle and run_id:
-            answer = jobs.resume(run_id, runs_dir()) if paused else jobs.pause(run_id, runs_dir())
+            answer = (jobs.resume(run_id, runs_dir(), actor=actor) if paused
+                      else jobs.pause(run_id, runs_dir(), actor=actor))
             st.toast(f"{'Resume' if paused else 'Pause'}: {answer}")
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, PermissionError) as exc:
         st.warning(str(exc))
     if info is not None:
-        st.caption(f"Current run `{info.id}` · {info.status}")
+        st.caption(f"Current run `{info.id}` · {info.status}"
+                   + ("" if mine else f" · started by {info.owner_label}"))
         if st.button("Load its settings", icon=":material/content_copy:", key="train.clone",
                      type="tertiary", help="Fill every control with this run's config, to "
                                            "change one thing and train again."):
