@@ -1,4 +1,5 @@
-"""The one definition of the Pareto front used everywhere (weight sweeps, the geometry page).
+"""The one definition of the Pareto front used everywhere (weight sweeps, the geometry page,
+the lessons' text: `DEFINITION`).
 
 A point is on the front when no other point is at least as good on every objective and
 strictly better on at least one. Equal points therefore do not dominate each other: ties are
@@ -9,6 +10,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+DEFINITION = ("a run is on the Pareto front when no other run is at least as good on both "
+              "tasks and strictly better on at least one")
+
+
+def dominates(a: Sequence[float], b: Sequence[float], higher_is_better: Sequence[bool]) -> bool:
+    """Whether `a` is at least as good as `b` on every objective and strictly better on one
+    (False when either has a NaN)."""
+    pairs = [(x, y) if h else (-x, -y) for x, y, h in zip(a, b, higher_is_better, strict=True)]
+    if any(np.isnan(x) or np.isnan(y) for x, y in pairs):
+        return False
+    return all(x >= y for x, y in pairs) and any(x > y for x, y in pairs)
 
 
 def pareto_mask(values: np.ndarray | Sequence[Sequence[float]],
