@@ -184,8 +184,9 @@ def _mmoe(size: Size) -> Measurement:
 # ---------------------------------------------------------------------- sener2018_multimnist
 
 SENER_PUBLISHED = (96.46, 94.99)  # uniform scaling, left / right digit accuracy (%)
-# examples/multi_mnist.yaml (5k training images, 2 epochs), measured here: see README.
-SENER_EXPECTED_SCALED = (70.4, 73.6)
+# examples/multi_mnist.yaml (5k training images, 2 epochs, seed 0), measured here on CPU:
+# 70.30 / 73.70 (issue 13 measured 70.4 / 73.6 on another run of the same setting).
+SENER_EXPECTED_SCALED = (70.3, 73.7)
 SENER_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
 
