@@ -18,7 +18,7 @@ from ui.state import through_app
 
 through_app()
 
-DEFAULT_METHODS = ["static", "mgda", "pcgrad", "cagrad"]
+DEFAULT_METHODS = ["static", "mgda", "pcgrad"]
 SHOWN = {"sum": "weighted sum w₁·f₁ + w₂·f₂", "task1": "task 1 loss f₁", "task2": "task 2 loss f₂"}
 
 
@@ -60,7 +60,10 @@ with left:
                         key="geo_problem")
     problem = geo.PROBLEMS[name]
     methods = st.multiselect("Methods", geo.applicable_methods(), default=DEFAULT_METHODS,
-                             key="geo_methods")
+                             key="geo_methods",
+                             help="Every method of the trainer. CAGrad and Nash-MTL solve a "
+                                  "small convex program every step, so their paths take about "
+                                  "ten times longer than the others'.")
     labels = [f"({s[0]:g}, {s[1]:g})" for s in problem.starts]
     picked_starts = st.multiselect("Starts", labels, default=labels[:3], key=f"geo_starts_{name}",
                                    max_selections=geo.MAX_STARTS)
