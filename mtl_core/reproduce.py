@@ -347,9 +347,10 @@ CHECKS: dict[str, PaperCheck] = {c.name: c for c in [
         "mmoe2018_synthetic", "Shared-bottom loses more than MMoE as correlation falls",
         "On the synthetic two-task data of Ma et al., lowering the tasks' correlation hurts "
         "the shared-bottom model more than MMoE.",
-        "at correlation 1.0 the models are close; at 0.5 the shared-bottom loss is clearly "
-        "above MMoE's (averaged over 200 runs)",
-        "Ma et al., KDD 2018, Sec. 4.3, Fig. 4", _mmoe),
+        "at correlation 1.0 the models are close; as the correlation falls to 0.5 the "
+        "shared-bottom loss rises clearly above MMoE's (a qualitative figure: the paper "
+        "plots loss curves, no single number)",
+        "Ma et al., KDD 2018, Sec. 4 (synthetic data), Fig. 4", _mmoe),
     PaperCheck(
         "sener2018_multimnist", "MultiMNIST left / right digit accuracy (equal weights)",
         "A LeNet-style shared encoder with two heads reaches about 96 / 95 % on MultiMNIST "
