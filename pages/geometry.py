@@ -80,8 +80,9 @@ with left:
     shown = st.radio("Contours of", list(SHOWN), format_func=SHOWN.get, key="geo_shown")
     st.markdown("**Arrows at the point**")
     (bx0, bx1), (by0, by1) = problem.bounds
-    px = st.number_input("x₁", bx0, bx1, 0.0, key=f"geo_px_{name}")
-    py = st.number_input("x₂", by0, by1, 0.0, key=f"geo_py_{name}")
+    # Default: the first published start, where the tasks already pull apart.
+    px = st.number_input("x₁", bx0, bx1, float(problem.starts[0][0]), key=f"geo_px_{name}")
+    py = st.number_input("x₂", by0, by1, float(problem.starts[0][1]), key=f"geo_py_{name}")
 
 settings = geo.PathSettings(steps=int(steps), lr=float(lr), weights=(float(w1), float(w2)))
 errors = geo.check_settings(settings)

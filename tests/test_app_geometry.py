@@ -41,8 +41,18 @@ def test_page_draws_contours_pareto_set_paths_and_arrows(page):
     assert static["x"][-1] == pytest.approx(expected[0], abs=1e-6)
     assert static["y"][-1] == pytest.approx(expected[1], abs=1e-6)
     assert _traces(land, "mgda")
-    labels = {a.get("text") for a in land["layout"]["annotations"]}
-    assert {"−∇f1", "−∇f2", "static", "mgda"} <= labels
+    arrows = {a.get("text"): a for a in land["layout"]["annotations"]}
+    assert {"−∇f1", "−∇f2", "static", "mgda"} <= set(arrows)
+    # The static arrow starts at the picked point (default: the first start) and points
+    # along static's update there, −(∇f1 + ∇f2).
+    problem = geo.get_problem("scales")
+    view = geo.updates_at(problem, problem.starts[0], ["static"])
+    a = arrows["static"]
+    assert (a["ax"], a["ay"]) == pytest.approx(problem.starts[0])
+    drawn = np.array([a["x"] - a["ax"], a["y"] - a["ay"]])
+    expected_dir = -view.task_grads.sum(0)
+    cos = drawn @ expected_dir / (np.linalg.norm(drawn) * np.linalg.norm(expected_dir))
+    assert cos == pytest.approx(1.0, abs=1e-6)
     assert "geo_loss_space" in figs
     table = page.dataframe[0].value
     assert list(table["method"]) == ["static", "mgda"]

@@ -67,20 +67,20 @@ def _arrows(fig: go.Figure, problem: Problem, view: PointView, methods: list[str
     lengths are scaled together so the longest spans ARROW_FRACTION of the plot."""
     vectors = [(f"−∇f{t + 1}", -view.task_grads[t], "white") for t in range(2)]
     vectors += [(m, u, colour(methods, m)) for m, u in view.updates.items()]
+    px, py = view.point
+    fig.add_trace(go.Scatter(x=[px], y=[py], mode="markers", name="picked point",
+                             marker={"color": "white", "size": 10, "symbol": "diamond",
+                                     "line": {"color": "black", "width": 1}}))
     longest = max((np.linalg.norm(v) for _, v, _ in vectors), default=0.0)
-    if longest == 0:
+    if longest == 0:  # a flat point: nothing to draw but the point
         return
     width = problem.bounds[0][1] - problem.bounds[0][0]
     scale = ARROW_FRACTION * width / longest
-    px, py = view.point
     for label, v, c in vectors:
         fig.add_annotation(x=px + scale * v[0], y=py + scale * v[1], ax=px, ay=py,
                            xref="x", yref="y", axref="x", ayref="y", showarrow=True,
                            arrowhead=3, arrowwidth=2.5, arrowcolor=c, text=label,
                            font={"color": c}, bgcolor="rgba(0,0,0,0.4)")
-    fig.add_trace(go.Scatter(x=[px], y=[py], mode="markers", name="picked point",
-                             marker={"color": "white", "size": 10, "symbol": "diamond",
-                                     "line": {"color": "black", "width": 1}}))
 
 
 def loss_space(problem: Problem, front: np.ndarray, paths: list[Path], methods: list[str]
