@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mtl_core import reproduce_cli
 from mtl_core.store import (
     ACTIVE_STATUSES,
     DB_NAME,
@@ -612,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
         control = sub.add_parser(name, parents=[common], help=text)
         control.add_argument("run", metavar="RUN", help="a run id")
         control.set_defaults(func=cmd_control)
+    reproduce_cli.add_parser(sub, common)
     return parser
 
 

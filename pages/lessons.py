@@ -23,6 +23,8 @@ from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load,
 
 SWEEP_PAGE = "pages/sweep.py"
 SWEEP_LESSON = "choosing_weights"
+GEOMETRY_PAGE = "pages/geometry.py"
+GEOMETRY_LESSON = "gradient_conflict"
 PRESET_LETTERS = "ABCDEFGH"
 
 
@@ -89,6 +91,9 @@ def _card(number: int, lesson: Lesson) -> None:
                        "from the Build & Train settings.")
             st.page_link(SWEEP_PAGE, label="Open the Weight sweep page",
                          icon=":material/tune:", query_params=_query())
+        if lesson.id == GEOMETRY_LESSON:
+            st.page_link(GEOMETRY_PAGE, label="See conflict on the Gradient geometry page",
+                         icon=":material/insights:", query_params=_query())
 
 
 st.title("Lessons")

@@ -54,9 +54,11 @@ def _finite(table: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 
 
 def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
-                 line_front: bool = True) -> go.Figure:
-    """Validation metric of `y_task` against that of `x_task`, front and choice marked."""
-    x_col, y_col = f"val_{x_task}", f"val_{y_task}"
+                 line_front: bool = True, split: str = "val") -> go.Figure:
+    """Metric of `y_task` against that of `x_task` on `split` ("val", or "test": the same
+    runs on the test set, with the test front and the point validation chose)."""
+    x_col, y_col = f"{split}_{x_task}", f"{split}_{y_task}"
+    front_col = "on_front" if split == "val" else "on_test_front"
     text = pd.Series(hover_text(table), index=table.index)
     done = table[_finite(table, [x_col, y_col])]
     fig = go.Figure()
@@ -81,7 +83,7 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
         add(chosen, "chosen by validation", mode="markers",
             marker={"size": 17, "symbol": "star", "color": CHOSEN_COLOR,
                     "line": {"width": 1, "color": "#fff"}})
-    front = done[done["on_front"]].sort_values([x_col, y_col], kind="stable")
+    front = done[done[front_col]].sort_values([x_col, y_col], kind="stable")
     if not front.empty:
         add(front, "Pareto front", mode="lines+markers" if line_front else "markers",
             line={"color": FRONT_COLOR, "width": 2, "shape": "linear"},
@@ -90,10 +92,11 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
     if not fig.data:
         fig.add_annotation(text="no finished run yet", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 14, "color": "#888"})
-    fig.update_layout(title=f"{y_task} vs {x_task} (validation)", height=500,
+    split_name = "validation" if split == "val" else "test"
+    fig.update_layout(title=f"{y_task} vs {x_task} ({split_name})", height=500,
                       xaxis_title=axis_title(table, x_task),
                       yaxis_title=axis_title(table, y_task),
-                      uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}",
+                      uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}:{split}",
                       margin={"l": 60, "r": 20, "t": 50, "b": 40},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     return fig
