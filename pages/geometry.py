@@ -8,15 +8,16 @@ is imported inside it, after the page's first paint).
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from mtl_core import geometry as geo
 from ui import geometry_charts as gc
-from ui.state import through_app
-
-through_app()
 
 DEFAULT_METHODS = ["static", "mgda", "pcgrad"]
 SHOWN = {"sum": "weighted sum w₁·f₁ + w₂·f₂", "task1": "task 1 loss f₁", "task2": "task 2 loss f₂"}

@@ -18,7 +18,7 @@ import streamlit as st
 from mtl_core.config import ExperimentConfig
 from mtl_core.lessons import LESSONS, Lesson, load_preset
 from ui import share
-from ui.state import current_run_id, set_current_run, through_app
+from ui.state import current_run_id, set_current_run
 from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load, submit_run
 
 SWEEP_PAGE = "pages/sweep.py"

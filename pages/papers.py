@@ -5,15 +5,17 @@ run store's paper_checks/ folder, shows here when it ends.
 """
 from __future__ import annotations
 
+from ui.state import through_app
+
+through_app()  # first, before the heavy imports: a link straight here reruns through app.py
+
 import time
 
 import pandas as pd
 import streamlit as st
 
 from mtl_core.reproduce import CHECKS, HOLDS, load_result, running_pid, start_background
-from ui.state import runs_dir, through_app
-
-through_app()
+from ui.state import runs_dir
 
 REFRESH_S = 3.0
 

@@ -21,7 +21,7 @@ from mtl_core.store import RunInfo, RunStore
 from ui import charts, vision_charts
 from ui.live import fragment_run_info
 from ui.run_table import STATUS_ICONS
-from ui.state import current_run_id, get_store, set_current_run, through_app
+from ui.state import current_run_id, get_store, set_current_run
 
 REFRESH_S = 2.0
 EVAL_KINDS = ("predictions", "grid", "confusion", "scatter")

@@ -39,7 +39,7 @@ from mtl_core.sweep import (
 from ui import config_form as form
 from ui import sweep_charts as sc
 from ui.identity import current_actor
-from ui.state import current_run_id, get_store, runs_dir, through_app
+from ui.state import current_run_id, get_store, runs_dir
 from ui.train_run import TRAIN_PAGE, request_load
 
 REFRESH_S = 2.0

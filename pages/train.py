@@ -22,7 +22,6 @@ from ui import config_form as form
 from ui import train_run as run
 from ui import train_sections as sections
 from ui.diagram import build_diagram, suite_shapes
-from ui.state import through_app
 
 
 def _data_blocks_start(params: dict, data_error: str | None) -> bool:
