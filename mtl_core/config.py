@@ -99,6 +99,9 @@ class WeightingConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+MAX_REPLICAS = 32  # a stacked run holds K copies of the model and of the data
+
+
 class EarlyStoppingConfig(_Strict):
     patience: int = Field(0, ge=0)  # 0 = off; else evaluations without val improvement
     min_delta: float = Field(0.0, ge=0.0)  # an improvement must lower the val loss by more
@@ -117,6 +120,8 @@ class OptimConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
+    # K seeds seed..seed+K-1 trained together as one stacked model (mtl_core.replicas).
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     device: str = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] | None = None

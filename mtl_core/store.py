@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mtl_core.sink import Control, MetricRow
+from mtl_core.sink import Control, MetricRow, row_replica
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -43,7 +43,7 @@ LIVE_STATUSES = ("queued", "running", "paused")
 ACTIVE_STATUSES = ("running", "paused")  # a worker holds the run
 TERMINAL_STATUSES = ("finished", "stopped", "diverged", "failed")
 CONTROL_ACTIONS = ("stop", "pause", "resume")
-METRIC_COLUMNS = ["id", "step", "epoch", "split", "task", "name", "value", "time"]
+METRIC_COLUMNS = ["id", "step", "epoch", "split", "task", "name", "value", "time", "replica"]
 
 DB_NAME = "runs.db"
 BUSY_TIMEOUT_S = 5.0
@@ -83,7 +83,8 @@ CREATE TABLE IF NOT EXISTS metrics (
     task TEXT NOT NULL,
     name TEXT NOT NULL,
     value REAL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    replica INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, id);
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -188,6 +189,9 @@ class RunStore:
             # journal_mode is persistent in the file; setting it again is a no-op.
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(metrics)")}
+            if "replica" not in columns:  # a store made before stacked runs
+                conn.execute("ALTER TABLE metrics ADD COLUMN replica INTEGER NOT NULL DEFAULT 0")
         _READY.add(key)
 
     # -- connections ---------------------------------------------------------------------------
@@ -370,14 +374,15 @@ class RunStore:
 
     def add_metrics(self, run_id: str, rows: Iterable[MetricRow]) -> None:
         now = time.time()
-        batch = [(run_id, int(step), float(epoch), split, task, name, _real(value), now)
-                 for step, epoch, split, task, name, value in rows]
+        # 6-element rows (replica 0) or 7 (the replica of a stacked run, see mtl_core.sink)
+        batch = [(run_id, int(r[0]), float(r[1]), r[2], r[3], r[4], _real(r[5]), now,
+                  row_replica(r)) for r in rows]
         if not batch:
             return
         with self._write() as conn:
             conn.executemany(
-                "INSERT INTO metrics (run_id, step, epoch, split, task, name, value, time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+                "INSERT INTO metrics (run_id, step, epoch, split, task, name, value, time, "
+                "replica) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
 
     def metrics(self, run_id: str, after_id: int = 0) -> pd.DataFrame:
         """Metric rows with id > after_id, in the order written (incremental polling)."""
@@ -390,7 +395,7 @@ class RunStore:
         frame = pd.DataFrame([tuple(r) for r in rows], columns=METRIC_COLUMNS)
         # Fixed dtypes, also for an empty frame; NULL (a NaN written by the trainer) -> NaN.
         return frame.astype({"id": "int64", "step": "int64", "epoch": "float64",
-                             "value": "float64", "time": "float64"})
+                             "value": "float64", "time": "float64", "replica": "int64"})
 
     def add_snapshot(self, run_id: str, step: int, kind: str, payload: dict[str, Any]) -> None:
         with self._write() as conn:

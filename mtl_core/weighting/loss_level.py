@@ -230,6 +230,7 @@ class GradNorm(WeightingMethod):
     """
 
     params: GradNormParams
+    differentiates_parameters = True  # ‖∇_W ℓ_i‖ on the last shared layer
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         super().__init__(task_names, params, model)
