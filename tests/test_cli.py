@@ -94,7 +94,8 @@ def test_train_show_export_round_trip(tmp_path: Path, runs_dir: Path,
                            "--runs-dir", str(runs_dir))
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == len(logged) > 0
-    assert list(rows[0]) == ["step", "epoch", "split", "task", "name", "value", "time"]
+    assert list(rows[0]) == ["step", "epoch", "split", "task", "name", "value", "time",
+                            "replica"]
     assert {r["split"] for r in rows} >= {"train", "val", "test"}
     assert float(rows[0]["value"]) == pytest.approx(logged["value"].iloc[0])
 

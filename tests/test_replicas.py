@@ -245,3 +245,149 @@ def test_replicas_out_of_range_is_refused_naming_the_field(tiny_doc, value):
         parse_config(tiny_doc({"replicas": value}))
     assert any(e.path == "replicas" for e in info.value.errors)
     assert "32" in str(info.value) or "integer" in str(info.value) or "1" in str(info.value)
+
+
+# --- Δm over seeds -------------------------------------------------------------------------
+
+
+def test_t_interval_on_hand_made_numbers():
+    from mtl_core.metrics import mean_sd, t_interval
+
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    mean, sd = mean_sd(values)
+    assert mean == 3.0 and sd == pytest.approx(math.sqrt(2.5))
+    low, high = t_interval(values)  # 3 ± 2.776 · 1.5811 / √5
+    assert low == pytest.approx(3 - 2.776 * math.sqrt(2.5) / math.sqrt(5), abs=1e-9)
+    assert high == pytest.approx(3 + 2.776 * math.sqrt(2.5) / math.sqrt(5), abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        t_interval([1.0])
+
+
+def summary(seed_values: list[tuple[int, dict[str, float]]]) -> dict:
+    entries = [{"seed": s, "test": {t: {"mse": v} for t, v in vals.items()}}
+               for s, vals in seed_values]
+    tasks = list(seed_values[0][1])
+    mean = {t: {"mse": sum(v[t] for _, v in seed_values) / len(seed_values)} for t in tasks}
+    return {"test": mean, "replicas": entries}
+
+
+def test_delta_m_per_seed_mean_sd_interval_and_verdict():
+    from mtl_core.baselines import comparison
+
+    # baselines: mse 1.0 on both tasks for every seed; the multi-task run per seed:
+    run = summary([(0, {"a": 0.9, "b": 0.9}),    # Δm −10 %
+                   (1, {"a": 1.2, "b": 1.0}),    # Δm +10 %
+                   (2, {"a": 0.8, "b": 0.8})])   # Δm −20 %
+    base = {t: summary([(s, {t: 1.0}) for s in (0, 1, 2)]) for t in ("a", "b")}
+    comp = comparison(run, base, {"a": "regression", "b": "regression"})
+    spread = comp.seeds
+    assert spread is not None and spread.seeds == [0, 1, 2]
+    assert spread.deltas == pytest.approx([-10.0, 10.0, -20.0])
+    assert spread.mean == pytest.approx(-20 / 3)
+    sd = math.sqrt(sum((d + 20 / 3) ** 2 for d in (-10, 10, -20)) / 2)
+    assert spread.sd == pytest.approx(sd)
+    low, high = spread.interval
+    assert low == pytest.approx(-20 / 3 - 4.303 * sd / math.sqrt(3))
+    assert high == pytest.approx(-20 / 3 + 4.303 * sd / math.sqrt(3))
+    assert spread.helped == 2 and spread.verdict() == "sharing helped in 2 of 3 seeds"
+    assert "95 % interval" in spread.text()
+
+
+def test_delta_m_spread_needs_the_same_seeds_in_the_baselines():
+    from mtl_core.baselines import comparison
+
+    run = summary([(0, {"a": 0.9}), (1, {"a": 1.1})])
+    other_seeds = {"a": summary([(5, {"a": 1.0}), (6, {"a": 1.0})])}
+    assert comparison(run, other_seeds, {"a": "regression"}).seeds is None
+    one_seed = {"test": {"a": {"mse": 0.9}}}
+    assert comparison(one_seed, {"a": {"test": {"a": {"mse": 1.0}}}},
+                      {"a": "regression"}).seeds is None
+
+
+# --- the CLI and the store ------------------------------------------------------------------
+
+
+def test_store_keeps_the_replica_of_each_row(tmp_path):
+    from mtl_core.config import ExperimentConfig
+    from mtl_core.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(ExperimentConfig())
+    store.add_metrics(run_id, [(1, 0.1, "train", "a", "loss", 0.5),  # an old 6-element row
+                               (1, 0.1, "train", "a", "loss", 0.7, 3)])
+    frame = store.metrics(run_id)
+    assert frame.replica.tolist() == [0, 3] and frame.value.tolist() == [0.5, 0.7]
+
+
+def test_an_older_store_gains_the_replica_column(tmp_path):
+    import sqlite3
+
+    from mtl_core import store as store_module
+    from mtl_core.config import ExperimentConfig
+
+    runs = tmp_path / "old"
+    runs.mkdir()
+    schema = store_module._SCHEMA.replace(",\n    replica INTEGER NOT NULL DEFAULT 0", "")
+    assert "replica" not in schema
+    with sqlite3.connect(runs / store_module.DB_NAME) as conn:
+        conn.executescript(schema)
+    store = store_module.RunStore(runs)
+    run_id = store.create_run(ExperimentConfig())
+    store.add_metrics(run_id, [(1, 0.1, "val", "a", "mse", 0.2, 1)])
+    assert store.metrics(run_id).replica.tolist() == [1]
+
+
+def stacked_store(tmp_path):
+    from mtl_core.config import ExperimentConfig
+    from mtl_core.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    run_id = store.create_run(ExperimentConfig.model_validate(
+        {"name": "seeds", "replicas": 3, "data": {"suite": "toy_2d"}}))
+    store.set_status(run_id, "running", pid=1)
+    store.add_metrics(run_id, [(8, 1.0, "test", "circle", "accuracy", v, r)
+                               for r, v in enumerate((0.7, 0.8, 0.9))])
+    entries = [{"seed": s, "test": {"circle": {"accuracy": v}}, "val": {}, "best_val": {}}
+               for s, v in zip((4, 5, 6), (0.7, 0.8, 0.9), strict=True)]
+    store.set_status(run_id, "finished", step=8, total_steps=8,
+                     summary={"test": {"circle": {"accuracy": 0.8}}, "val": {}, "best_val": {},
+                              "replicas": entries})
+    return store, run_id
+
+
+def test_show_prints_mean_and_sd_over_the_seeds(tmp_path, capsys):
+    import json
+
+    from mtl_core import cli
+
+    store, run_id = stacked_store(tmp_path)
+    assert cli.main(["show", run_id, "--runs-dir", str(store.runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "mean ± sd over 3 seeds (4, 5, 6)" in out
+    assert "0.8 ± 0.1" in out
+    assert cli.main(["show", run_id, "--json", "--runs-dir", str(store.runs_dir)]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["summary"]["test"]["circle"]["accuracy"] == 0.8
+    assert [e["seed"] for e in shown["summary"]["replicas"]] == [4, 5, 6]
+    assert cli.main(["export", run_id, "--format", "csv",
+                     "--runs-dir", str(store.runs_dir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split(",")[-1] == "replica"
+    assert [line.split(",")[-1] for line in lines[1:]] == ["0", "1", "2"]
+
+
+def test_set_replicas_beyond_the_limit_exits_2_naming_the_field(tmp_path, capsys):
+    import yaml
+
+    from mtl_core import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"suite": "toy_2d"}}))
+    try:
+        code = cli.main(["train", str(config), "--set", "replicas=40",
+                         "--runs-dir", str(tmp_path / "runs")])
+    except SystemExit as exc:
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "replicas" in err and "32" in err
