@@ -243,7 +243,8 @@ HEADS_SAME = "cfg.model.heads.same"
 def head_key(task: str) -> str:
     return f"cfg.model.heads.per_task.{task}"
 
-_SCALARS = ("name", "seed", "device", "log_every", "data.train_fraction", "data.val_fraction",
+_SCALARS = ("name", "seed", "replicas", "device", "log_every", "data.train_fraction",
+            "data.val_fraction",
             "model.trunk.type", "model.trunk.activation", "model.trunk.dropout",
             "model.trunk.batch_norm", "model.heads.activation", "model.heads.dropout",
             "optim.optimizer", "optim.lr", "optim.weight_decay", "optim.batch_size",

@@ -1,0 +1,91 @@
+"""What a stacked run shows: mean curves with a band, mean ± sd tables, the Replicas control."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_app_train import _config_shown, _start, app, warm_calls  # noqa: F401
+
+from mtl_core.config import parse_config
+from ui import charts
+from ui import config_form as form
+from ui.live import latest_text
+
+
+def frame(values: dict[int, list[float]], split: str = "train", task: str = "a",
+          name: str = "loss") -> pd.DataFrame:
+    """values: {replica: [value at step 1, 2, ...]}."""
+    rows = [{"id": i, "step": step + 1, "epoch": 0.0, "split": split, "task": task,
+             "name": name, "value": v, "time": 0.0, "replica": r}
+            for i, (r, step, v) in enumerate((r, s, v) for r, vs in values.items()
+                                             for s, v in enumerate(vs))]
+    return pd.DataFrame(rows)
+
+
+def test_series_is_the_mean_over_replicas_or_one_replica():
+    df = frame({0: [1.0, 2.0], 1: [3.0, 6.0], 2: [5.0, 10.0]})
+    x, y = charts.series(df, "train", "a", "loss")
+    assert x.tolist() == [1.0, 2.0] and y.tolist() == [3.0, 6.0]
+    _, y1 = charts.series(df, "train", "a", "loss", replica=1)
+    assert y1.tolist() == [3.0, 6.0] and charts.has_replicas(df)
+    assert not charts.has_replicas(frame({0: [1.0, 2.0]}))
+
+
+def band_traces(fig):
+    return [t for t in fig.data if t.fill == "toself"]
+
+
+def test_sd_band_and_range_band_edges():
+    df = frame({0: [1.0, 2.0], 1: [2.0, 4.0], 2: [6.0, 12.0]})  # means 3 and 6
+    sd = np.sqrt(7.0)  # of 1, 2, 6; of 2, 4, 12 it is twice that
+    fig = charts.loss_figure(df, ["a"], ["train"], band="sd")
+    (band,) = band_traces(fig)
+    # the upper edge forward, then the lower edge backwards
+    assert list(band.y) == pytest.approx([3 + sd, 6 + 2 * sd, 6 - 2 * sd, 3 - sd])
+    fig = charts.loss_figure(df, ["a"], ["train"], band="range")
+    (band,) = band_traces(fig)
+    assert list(band.y) == pytest.approx([6.0, 12.0, 2.0, 1.0])
+    mean = [t for t in fig.data if t.name == "a"][0]
+    assert list(mean.y) == pytest.approx([3.0, 6.0])
+
+
+def test_lines_band_draws_every_seed_and_none_draws_the_mean_only():
+    df = frame({0: [1.0, 2.0], 1: [3.0, 6.0], 2: [5.0, 10.0]})
+    fig = charts.loss_figure(df, ["a"], ["train"], band="lines")
+    thin = [t for t in fig.data if "seed" in (t.name or "")]
+    assert len(thin) == 3 and [list(t.y) for t in thin][2] == [5.0, 10.0]
+    assert not band_traces(fig)
+    fig = charts.loss_figure(df, ["a"], ["train"], band="none")
+    assert len(fig.data) == 1 and list(fig.data[0].y) == [3.0, 6.0]
+
+
+def test_one_seed_draws_no_band():
+    fig = charts.loss_figure(frame({0: [1.0, 2.0]}), ["a"], ["train"], band="sd")
+    assert not band_traces(fig) and len(fig.data) == 1
+
+
+def test_latest_numbers_are_mean_and_sd_over_the_seeds():
+    df = pd.concat([frame({0: [1.0, 2.0], 1: [3.0, 4.0]}),
+                    frame({0: [0.5], 1: [0.7]}, split="val")], ignore_index=True)
+    table = latest_text(df, ["a"])
+    cells = table.loc["a"].tolist()
+    assert "3 ± 1.4" in cells  # train loss: latest 2 and 4
+    assert "0.6 ± 0.14" in cells  # val loss: 0.5 and 0.7
+    one = latest_text(frame({0: [1.0, 2.0]}), ["a"])
+    assert "2" in one.loc["a"].tolist()
+
+
+def test_replicas_state_round_trip():
+    state = form.state_from_config({"replicas": 5})
+    assert state["cfg.replicas"] == 5
+    assert parse_config(form.config_from_state(state)).replicas == 5
+
+
+def test_the_train_page_has_a_replicas_control_that_refuses_too_many(app):  # noqa: F811
+    at = app.run()
+    at.number_input(key="cfg.replicas").set_value(4).run()
+    assert not at.exception and _config_shown(at)["replicas"] == 4
+    at.number_input(key="cfg.replicas").set_value(40).run()
+    assert _start(at).disabled
+    messages = [e.value for e in at.error]
+    assert any("replicas" in m and "32" in m for m in messages), messages
