@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -358,6 +358,9 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     first = replicas[0]
     specs = [first.data.task(n) for n in names]
     engine = choose_engine(cfg, replicas)
+    # Loss-level methods draw nothing from the global generator (RLW has its own): only a
+    # gradient-level one (GradDrop) needs each replica's global random state around its step.
+    own_rng = first.method.kind != "loss"
     reuse = first.method.reuses_task_gradients
     gradient_level = first.method.kind == "gradient"
     n_shared = sum(p.numel() for p in first.shared)
@@ -396,7 +399,8 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
         for epoch in range(cfg.optim.epochs):
             for rep in replicas:
                 rep.order = torch.randperm(n_train, generator=rep.order_rng).to(device)
-                rep.model.train()
+                if stacked is None:  # the stacked template is always in training mode
+                    rep.model.train()
             for start in range(0, n_train, batch_size):
                 features: list[list[Tensor]] = [[] for _ in replicas]
                 if stacked is not None and batches is not None:
@@ -441,7 +445,7 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                     for rep in replicas:
                         if rep.active:
                             _replica_backward(rep, losses[rep.index], features[rep.index],
-                                              known[rep.index], raw, device)
+                                              known[rep.index], raw, device, own_rng)
                 if totals:
                     torch.autograd.backward(totals)
                 if stacked is not None:
@@ -480,7 +484,8 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 if step % eval_every == 0 or step == total_steps:
                     for rep in replicas:
                         if rep.active:
-                            _evaluate_replica(rep, cfg, specs, task_weights, sink, step, epoch)
+                            _evaluate_replica(rep, cfg, specs, task_weights, sink, step, epoch,
+                                              train_mode=stacked is None)
                 if not any(rep.active for rep in replicas):
                     if all(rep.status == "diverged" for rep in replicas):
                         raise _AllDiverged
@@ -528,11 +533,13 @@ class _AllDiverged(Exception):
 
 
 def _replica_backward(rep: Replica, losses: Tensor, features: list[Tensor],
-                      known: TaskGradients | None, raw: Tensor, device: torch.device) -> None:
-    """Replica `rep`'s method step, with its own random state. A method that fails on a
-    non-finite loss (a solver on a NaN Gramian) marks the replica diverged instead."""
+                      known: TaskGradients | None, raw: Tensor, device: torch.device,
+                      own_rng: bool) -> None:
+    """Replica `rep`'s method step, with its own random state where the method may draw
+    from the global generator. A method that fails on a non-finite loss (a solver on a NaN
+    Gramian) marks the replica diverged instead."""
     try:
-        with own_random_state(rep, device):
+        with own_random_state(rep, device) if own_rng else nullcontext():
             rep.result = rep.method.backward(losses, features, rep.model, known)
     except (RuntimeError, ValueError, ArithmeticError):
         values = raw[rep.index].detach()
@@ -551,11 +558,12 @@ def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> T
 
 
 def _evaluate_replica(rep: Replica, cfg: ExperimentConfig, specs: list, task_weights: Tensor,
-                      sink: Sink, step: int, epoch: int) -> None:
+                      sink: Sink, step: int, epoch: int, train_mode: bool) -> None:
     """The single run's evaluation step for one replica, early stopping included."""
     rep.last_val = _evaluate_and_snapshot(rep.model, rep.data, rep.probe, specs, task_weights,
                                           sink, step, epoch, rep.index)
-    rep.model.train()
+    if train_mode:
+        rep.model.train()
     val_total = rep.last_val["total"]["loss"]
     stopping = cfg.optim.early_stopping
     if val_total < rep.best_val - stopping.min_delta:

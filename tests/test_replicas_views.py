@@ -89,3 +89,57 @@ def test_the_train_page_has_a_replicas_control_that_refuses_too_many(app):  # no
     assert _start(at).disabled
     messages = [e.value for e in at.error]
     assert any("replicas" in m and "32" in m for m in messages), messages
+
+
+def test_seeds_figure_marks_each_seed_and_the_interval():
+    from mtl_core.baselines import SeedSpread
+    from ui.baselines_view import seeds_figure
+
+    spread = SeedSpread([0, 1, 2], [-10.0, 10.0, -20.0])
+    fig = seeds_figure(spread)
+    dots, mean = fig.data
+    assert list(dots.y) == [-10.0, 10.0, -20.0]
+    low, high = spread.interval
+    assert mean.y[0] == pytest.approx(-20 / 3)
+    assert mean.error_y.array[0] == pytest.approx(high - spread.mean)
+    assert mean.error_y.arrayminus[0] == pytest.approx(spread.mean - low)
+    assert "2 of 3 seeds" in fig.layout.title.text
+
+
+def test_compare_overlay_draws_a_band_per_stacked_run():
+    from ui.compare_charts import overlay_figure
+
+    stacked = frame({0: [1.0, 2.0], 1: [3.0, 4.0]}, split="val")
+    single = frame({0: [2.0, 2.5]}, split="val")
+    fig = overlay_figure({"s": stacked, "o": single}, {"s": "stacked", "o": "one"},
+                         {"s": "#1f77b4", "o": "#ff7f0e"}, "a", "loss", ["val"])
+    assert len(band_traces(fig)) == 1
+    means = {t.name: list(t.y) for t in fig.data if t.fill != "toself"}
+    assert means == {"stacked · val": [2.0, 3.0], "one · val": [2.0, 2.5]}
+
+
+def test_predictions_page_picks_a_replica(isolated_dirs):
+    from test_app_views import PREDICTIONS_PAGE, plotly_figures, run_page
+
+    from mtl_core.config import ExperimentConfig
+    from mtl_core.sink import replica_kind
+    from mtl_core.store import RunStore
+
+    store = RunStore(isolated_dirs)
+    run_id = store.create_run(ExperimentConfig.model_validate(
+        {"name": "seeds", "seed": 3, "replicas": 2, "data": {"suite": "synthetic_mmoe"},
+         "tasks": [{"name": "task1"}]}), status="running")
+    sink = store.sink(run_id)
+    for r, pred in enumerate(([0.1, 0.9], [0.5, 0.6])):
+        sink.snapshot(0, replica_kind("probe", r), {"tasks": {"task1": {
+            "kind": "regression", "class_names": None, "input": "x"}}, "images": {},
+            "targets": {"task1": [0.0, 1.0]}})
+        sink.snapshot(10, replica_kind("scatter", r),
+                      {"task1": {"true": [0.0, 1.0], "pred": pred}})
+    store.set_status(run_id, "finished", summary={"test": {}})
+    at = run_page(PREDICTIONS_PAGE, run_id)
+    picker = at.selectbox(key=f"pred_replica_{run_id}")
+    assert picker.options == ["seed 3 (replica 0)", "seed 4 (replica 1)"]
+    assert plotly_figures(at)["pred_sc_task1"]["data"][0]["y"] == [0.1, 0.9]
+    picker.set_value(1).run()
+    assert plotly_figures(at)["pred_sc_task1"]["data"][0]["y"] == [0.5, 0.6]
