@@ -143,3 +143,32 @@ def test_predictions_page_picks_a_replica(isolated_dirs):
     assert plotly_figures(at)["pred_sc_task1"]["data"][0]["y"] == [0.1, 0.9]
     picker.set_value(1).run()
     assert plotly_figures(at)["pred_sc_task1"]["data"][0]["y"] == [0.5, 0.6]
+
+
+def test_sweep_front_uses_the_means_with_error_bars(isolated_dirs):
+    from mtl_core.config import ExperimentConfig
+    from mtl_core.store import RunStore
+    from mtl_core.sweep import sweep_table
+    from ui.sweep_charts import front_figure
+
+    store = RunStore(isolated_dirs)
+    for w, a_vals, b_vals in [(0.25, (0.1, 0.3), (0.5, 0.5)), (0.75, (0.4, 0.4), (0.2, 0.6))]:
+        cfg = ExperimentConfig.model_validate(
+            {"name": f"sweep w={w}/{1 - w} #abc123", "replicas": 2,
+             "data": {"suite": "synthetic_mmoe"},
+             "tasks": [{"name": "task1", "weight": w}, {"name": "task2", "weight": 1 - w}]})
+        run_id = store.create_run(cfg, status="running")
+        entries = [{"seed": s, "val": {"task1": {"mse": a}, "task2": {"mse": b}},
+                    "test": {}, "best_val": {}}
+                   for s, a, b in zip((0, 1), a_vals, b_vals, strict=True)]
+        mean = {"task1": {"mse": sum(a_vals) / 2}, "task2": {"mse": sum(b_vals) / 2}}
+        store.set_status(run_id, "finished", summary={"val": mean, "test": mean,
+                                                      "best_val": {}, "replicas": entries})
+    table = sweep_table(store, "abc123")
+    assert table["val_task1"].tolist() == pytest.approx([0.2, 0.4])  # the means
+    assert table["valsd_task1"].tolist() == pytest.approx([np.sqrt(0.02), 0.0])
+    assert table["valsd_task2"].tolist() == pytest.approx([0.0, np.sqrt(0.08)])
+    fig = front_figure(table, "task1", "task2")
+    grid = next(t for t in fig.data if t.name == "weight grid")
+    assert list(grid.error_x.array) == pytest.approx([np.sqrt(0.02), 0.0])
+    assert list(grid.error_y.array) == pytest.approx([0.0, np.sqrt(0.08)])
