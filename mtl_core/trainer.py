@@ -6,6 +6,10 @@ weighting method fill the gradients, step the optimizer. Losses and effective we
 accumulated on the device and read once per `log_every` steps, so a GPU never waits on the
 host between logging steps. Evaluation (val metrics, prediction snapshots, early stopping)
 runs every epoch or every `optim.eval_every` steps; test metrics at the end.
+
+`replicas: K > 1` (K seeds as one stacked model) runs the same loop over K replicas at once in
+`mtl_core.replicas.train_replicas`; it reuses this module's evaluation, logging rows and
+checkpoint pieces.
 """
 from __future__ import annotations
 

@@ -172,3 +172,35 @@ def test_sweep_front_uses_the_means_with_error_bars(isolated_dirs):
     grid = next(t for t in fig.data if t.name == "weight grid")
     assert list(grid.error_x.array) == pytest.approx([np.sqrt(0.02), 0.0])
     assert list(grid.error_y.array) == pytest.approx([0.0, np.sqrt(0.08)])
+
+
+def test_live_panel_of_a_stacked_run_draws_bands_and_mean_sd(isolated_dirs):
+    import time
+
+    from test_app_views import live_app, plotly_figures
+
+    from mtl_core.config import ExperimentConfig
+    from mtl_core.store import RunStore
+
+    store = RunStore(isolated_dirs)
+    run_id = store.create_run(ExperimentConfig.model_validate(
+        {"name": "seeds", "replicas": 3, "data": {"suite": "synthetic_mmoe"},
+         "tasks": [{"name": "task1"}]}), status="running")
+    sink = store.sink(run_id)
+    sink.metrics([(step, step / 10, "train", task, "loss", (r + 1.0) / step, r)
+                  for step in range(1, 11) for r in range(3) for task in ("task1", "total")])
+    sink.progress(10, 20, 1.0)
+    store.set_status(run_id, "running", heartbeat_at=time.time())
+    at = live_app(run_id)
+    assert at.get("button_group") or at.session_state["live_band"] == "sd"
+    loss = plotly_figures(at)["live_loss"]
+    bands = [t for t in loss["data"] if t.get("fill") == "toself"]
+    assert len(bands) == 2  # task1 and total
+    mean = next(t for t in loss["data"] if t["name"] == "task1 · train")
+    assert mean["y"][0] == pytest.approx(2.0)  # (1 + 2 + 3) / 3 at step 1, before smoothing
+    latest = at.dataframe[0].value
+    assert latest.loc["task1", "train loss"] == "0.2 ± 0.1"
+    at.session_state["live_band"] = "lines"
+    at.run()
+    loss = plotly_figures(at)["live_loss"]
+    assert sum("seed" in (t.get("name") or "") for t in loss["data"]) == 6
