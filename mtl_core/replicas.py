@@ -401,13 +401,17 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 rep.order = torch.randperm(n_train, generator=rep.order_rng).to(device)
                 if stacked is None:  # the stacked template is always in training mode
                     rep.model.train()
+            orders = torch.stack([r.order for r in replicas])  # type: ignore[misc]
             for start in range(0, n_train, batch_size):
+                step += 1
+                logging_step = step % log_every == 0 or step == 1 or step == total_steps
+                # Per-task scalars (the Jacobian's `known.losses`) only where a Jacobian is
+                # taken; other steps give each method its row of `raw` (the same values).
+                scalars = (logging_step and bool(first.shared)) or (gradient_level and reuse)
                 features: list[list[Tensor]] = [[] for _ in replicas]
                 if stacked is not None and batches is not None:
-                    index = torch.stack([r.order[start:start + batch_size]  # type: ignore[index]
-                                         for r in replicas])
-                    raw = stacked(*batches.take(index))
-                    per_task = [list(raw[r].unbind(0)) for r in range(K)]
+                    raw = stacked(*batches.take(orders[:, start:start + batch_size]))
+                    per_task = [list(raw[r].unbind(0)) for r in range(K)] if scalars else []
                 else:
                     per_task = []
                     for rep in replicas:
@@ -419,14 +423,15 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                         per_task.append([task_loss(s, outputs[s.name], batch.targets[s.name])
                                          for s in specs])
                     raw = torch.stack([torch.stack(ls) for ls in per_task])
-                losses = [_weighted_stack(ls, weight_values) if weighted else torch.stack(ls)
-                          for ls in per_task]
-
-                step += 1
-                logging_step = step % log_every == 0 or step == 1 or step == total_steps
+                if per_task:
+                    losses = [_weighted_stack(ls, weight_values) if weighted
+                              else torch.stack(ls) for ls in per_task]
+                else:
+                    weighted_raw = raw * task_weights if weighted else raw
+                    losses = list(weighted_raw.unbind(0))
                 diag_rows: list[MetricRow] = []
                 known: list[TaskGradients | None] = [None] * K
-                if (logging_step and first.shared) or (gradient_level and reuse):
+                if scalars:
                     wrt = [r.reuse_params if reuse else r.shared for r in replicas]
                     grads = (stacked.jacobians(raw, wrt) if stacked is not None
                              else replica_jacobians(raw, wrt))
