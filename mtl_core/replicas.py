@@ -49,6 +49,7 @@ from mtl_core.models import MTLModel, build_model
 from mtl_core.models.stacked import fold, stacked_task_loss
 from mtl_core.sink import MetricRow, Sink, replica_kind
 from mtl_core.trainer import (
+    EVAL_CHUNK,
     PROBE_SIZE,
     TrainResult,
     _ControlPoller,
@@ -217,6 +218,22 @@ class StackedModel:
         return torch.stack([stacked_task_loss(s, out[s.name], folded(targets[s.name]),
                                               self.replicas) for s in self.specs], dim=1)
 
+    @torch.no_grad()
+    def outputs(self, inputs: dict[str, Tensor], chunk: int) -> list[dict[str, Tensor]]:
+        """Every replica's outputs (evaluation mode) on its own inputs (K, N, ...), in one
+        pass per chunk of N."""
+        self.template.eval()
+        n = next(iter(inputs.values())).shape[1]
+        parts: list[dict[str, list[Tensor]]] = [{} for _ in range(self.replicas)]
+        for start in range(0, n, chunk):
+            folded = {k: x[:, start:start + chunk].reshape(-1, *x.shape[2:])
+                      for k, x in inputs.items()}
+            for name, value in self.template(folded).items():
+                for r, part in enumerate(value.chunk(self.replicas)):
+                    parts[r].setdefault(name, []).append(part)
+        self.template.train()
+        return [{name: torch.cat(v) for name, v in p.items()} for p in parts]
+
     def collect_grads(self) -> None:
         """Add the gradients written on the replicas' views to the stacked leaves."""
         for leaf, views in zip(self.params, self.per_replica, strict=True):
@@ -369,6 +386,9 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     stacked = StackedModel.build([r.model for r in replicas], specs) \
         if engine == "stacked" else None
     batches = StackedBatches(replicas) if stacked is not None else None
+    # every replica's val inputs side by side, for one stacked evaluation pass
+    val_inputs = ({k: torch.stack([r.data.val.inputs[k] for r in replicas])
+                   for k in first.data.val.inputs} if stacked is not None else {})
     if stacked is not None:  # the stacked leaves, and each method's own parameters
         params = stacked.params + [p for r in replicas for p in r.method.extra_parameters()]
     else:
@@ -487,10 +507,12 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                     sink.progress(step, total_steps, fraction)
                     window_steps, epoch_mark = 0, 0
                 if step % eval_every == 0 or step == total_steps:
+                    val_outputs = (stacked.outputs(val_inputs, EVAL_CHUNK)  # type: ignore[arg-type]
+                                   if stacked is not None else [None] * K)
                     for rep in replicas:
                         if rep.active:
                             _evaluate_replica(rep, cfg, specs, task_weights, sink, step, epoch,
-                                              train_mode=stacked is None)
+                                              stacked is None, val_outputs[rep.index])
                 if not any(rep.active for rep in replicas):
                     if all(rep.status == "diverged" for rep in replicas):
                         raise _AllDiverged
@@ -563,10 +585,11 @@ def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> T
 
 
 def _evaluate_replica(rep: Replica, cfg: ExperimentConfig, specs: list, task_weights: Tensor,
-                      sink: Sink, step: int, epoch: int, train_mode: bool) -> None:
+                      sink: Sink, step: int, epoch: int, train_mode: bool,
+                      outputs: dict[str, Tensor] | None) -> None:
     """The single run's evaluation step for one replica, early stopping included."""
     rep.last_val = _evaluate_and_snapshot(rep.model, rep.data, rep.probe, specs, task_weights,
-                                          sink, step, epoch, rep.index)
+                                          sink, step, epoch, rep.index, outputs)
     if train_mode:
         rep.model.train()
     val_total = rep.last_val["total"]["loss"]

@@ -335,8 +335,12 @@ def _evaluate(model: MTLModel, split: Split, specs: list, task_weights: Tensor,
 
 def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs: list,
                            task_weights: Tensor, sink: Sink, step: int,
-                           epoch: int, replica: int = 0) -> dict[str, dict[str, float]]:
-    outputs = _forward_chunked(model, data.val)
+                           epoch: int, replica: int = 0,
+                           outputs: dict[str, Tensor] | None = None
+                           ) -> dict[str, dict[str, float]]:
+    """Val metrics and the evaluation snapshots; `outputs` are the model's val outputs when
+    the caller has them (a stacked run computes every replica's in one pass)."""
+    outputs = outputs if outputs is not None else _forward_chunked(model, data.val)
     val = _evaluate(model, data.val, specs, task_weights, outputs)
     sink.metrics(_metric_rows(step, float(epoch + 1), "val", val, replica))
 

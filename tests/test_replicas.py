@@ -391,3 +391,14 @@ def test_set_replicas_beyond_the_limit_exits_2_naming_the_field(tmp_path, capsys
     assert code == 2
     err = capsys.readouterr().err
     assert "replicas" in err and "32" in err
+
+
+def test_batch_norm_replicas_keep_their_own_statistics(tiny_doc):
+    # SGD: Adam would turn the ~1e-9 rounding noise of a bias feeding a BatchNorm (its true
+    # gradient is 0) into ±lr steps that differ between any two float orderings.
+    doc = tiny_doc({"model": {"trunk": {"batch_norm": True}},
+                    "optim": {"optimizer": "sgd", "epochs": 2}})
+    assert engine_of({**doc, "replicas": 2}) == "stacked"
+    _, sink, singles = stacked_and_single(doc, 2)
+    for i, one in enumerate(singles):  # val metrics use each replica's running statistics
+        assert_same(rows_of(one), rows_of(sink, i))

@@ -69,8 +69,9 @@ class StackedConv2d(nn.Module):
 
 
 class StackedBatchNorm(nn.Module):
-    """Training-mode batch norm of each replica on its own rows; the running statistics are
-    the stacked (K, C) buffers, updated in place as each replica's own module would."""
+    """Batch norm of each replica on its own rows; the running statistics are the stacked
+    (K, C) buffers, updated in place in training mode as each replica's own module would,
+    and used in evaluation mode."""
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, tensors: dict[str, Tensor],
                  replicas: int) -> None:
@@ -79,6 +80,12 @@ class StackedBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         k, bn, t = self.replicas, self.bn, self.tensors
+        if not self.training:  # evaluation: each replica's running statistics
+            return _from_channels(F.batch_norm(
+                _to_channels(x, k), t["running_mean"].view(-1), t["running_var"].view(-1),
+                None if t.get("weight") is None else t["weight"].reshape(-1),
+                None if t.get("bias") is None else t["bias"].reshape(-1),
+                False, 0.0, bn.eps), k)
         tracked = t.get("num_batches_tracked")
         momentum = bn.momentum
         if tracked is not None:
