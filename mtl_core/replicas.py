@@ -516,8 +516,8 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 if not any(rep.active for rep in replicas):
                     if all(rep.status == "diverged" for rep in replicas):
                         raise _AllDiverged
-                    message = (f"early stopping: no val improvement in {patience} evaluations "
-                               "in any replica")
+                    message = (f"early stopping: every replica went {patience} evaluations "
+                               "without a val improvement")
                     raise _StopRequested
                 control.poll(step, epoch)
             epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
