@@ -378,8 +378,8 @@ def _follow(store: RunStore, run_id: str, runs_dir: Path, bar: _ProgressLine) ->
         if len(rows):
             after_id = int(rows["id"].iloc[-1])
             total = rows[(rows.split == "train") & (rows.task == "total") & (rows.name == "loss")]
-            if len(total):
-                bar.loss = float(total["value"].iloc[-1])
+            if len(total):  # a stacked run: the mean over its seeds at the latest step
+                bar.loss = float(total[total.step == total.step.iloc[-1]]["value"].mean())
         if not run.is_live:
             return run
         bar.show(run)
