@@ -116,6 +116,9 @@ class WeightingMethod:
     # True: a loss-level `backward` differentiates model parameters itself (GradNorm's norms);
     # a stacked run (mtl_core.replicas) then gives each replica its own forward graph.
     differentiates_parameters = False
+    # True: `backward` is exactly backprop(losses.sum(), known) with weights 1 and no state
+    # (static); a stacked run then sums every replica's losses in one op.
+    sums_losses = False
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         self.task_names = list(task_names)

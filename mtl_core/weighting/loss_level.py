@@ -72,6 +72,7 @@ class StaticParams(Params):
 )
 class Static(WeightingMethod):
     constant_weights = True
+    sums_losses = True
     _ones: Tensor | None = None
 
     def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
