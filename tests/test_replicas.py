@@ -402,3 +402,14 @@ def test_batch_norm_replicas_keep_their_own_statistics(tiny_doc):
     _, sink, singles = stacked_and_single(doc, 2)
     for i, one in enumerate(singles):  # val metrics use each replica's running statistics
         assert_same(rows_of(one), rows_of(sink, i))
+
+
+def test_baselines_train_with_the_same_replicas(tiny_doc):
+    from mtl_core.baselines import baseline_configs, baseline_key
+
+    doc = tiny_doc({"replicas": 5, "seed": 2})
+    configs = baseline_configs(doc)
+    assert configs and all(c.replicas == 5 and c.seed == 2 for c in configs.values())
+    one_seed = baseline_configs(tiny_doc({"seed": 2}))
+    task = next(iter(configs))
+    assert baseline_key(configs[task]) != baseline_key(one_seed[task])  # never mixed up
