@@ -30,7 +30,7 @@ import pandas as pd
 
 from mtl_core.baselines import primary_metric
 from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
-from mtl_core.metrics import HIGHER_IS_BETTER
+from mtl_core.metrics import HIGHER_IS_BETTER, mean_sd
 from mtl_core.owners import OPERATOR, Actor
 from mtl_core.pareto import dominates, pareto_front
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
@@ -294,6 +294,16 @@ def _val_metrics(run: RunInfo) -> dict[str, dict[str, float]]:
     return run.summary.get("val") or {}
 
 
+def _seed_sd(run: RunInfo, task: str, metric: str) -> float:
+    """The sd over a stacked run's seeds of `task`'s val metric (NaN for one seed): the
+    Pareto front uses the means, drawn with these as error bars."""
+    patience = run.config.get("optim", {}).get("early_stopping", {}).get("patience", 0)
+    key = "best_val" if patience else "val"
+    values = [float(v) for e in run.summary.get("replicas") or [] if not e.get("diverged")
+              for v in [((e.get(key) or {}).get(task) or {}).get(metric)] if v is not None]
+    return mean_sd(values)[1] if len(values) > 1 else float("nan")
+
+
 def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
     """One row per run of the sweep, in submission order. Columns: run_id, name, method,
     status, w_<task> (configured weights), val_<task> and test_<task> (primary metric, NaN
@@ -301,7 +311,8 @@ def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
     methods included), chosen (the grid point chosen by validation; extra methods are not
     candidates, they are not a weight one could set; so an extra method that beats every
     grid point can leave the chosen one off the front). `df.attrs` holds "tasks", "metrics"
-    ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id"."""
+    ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id". valsd_<task>: the sd
+    of val_<task> over a stacked run's seeds (NaN for one seed)."""
     runs = sweep_runs(store, sweep_id)
     tasks = [t["name"] for t in runs[0].config.get("tasks") or []] if runs else []
     metrics: dict[str, str] = {}
@@ -323,12 +334,16 @@ def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
                 value = (values.get(task) or {}).get(metrics.get(task, ""))
                 row[f"{split}_{task}"] = float(value) if finished and value is not None \
                     else float("nan")
+        for task in tasks:  # a stacked run: the spread of the val metric over its seeds
+            row[f"valsd_{task}"] = _seed_sd(run, task, metrics.get(task, "")) if finished \
+                else float("nan")
         rows.append(row)
 
     frame = pd.DataFrame(rows, columns=["run_id", "name", "method", "status",
                                         *(f"w_{t}" for t in tasks),
                                         *(f"val_{t}" for t in tasks),
-                                        *(f"test_{t}" for t in tasks)])
+                                        *(f"test_{t}" for t in tasks),
+                                        *(f"valsd_{t}" for t in tasks)])
     directions = [HIGHER_IS_BETTER[metrics[t]] if t in metrics else True for t in tasks]
     points = frame[[f"val_{t}" for t in tasks]].to_numpy(dtype=float).tolist()
     front = set(pareto_front(points, directions)) if tasks else set()

@@ -45,7 +45,8 @@ if cfg is not None:
     elif shapes is not None and diagram.dot is None and diagram.error:
         late.append(FieldError(diagram.error_path or "model", diagram.error))
     # What the CLI refuses at submit (mtl_core.preflight), from what the page already has.
-    late += [FieldError(p, m) for p, m in limits.params_problems(diagram.counts)]
+    late += [FieldError(p, m) for p, m in limits.params_problems(diagram.counts,
+                                                                 replicas=cfg.replicas)]
     if shapes is not None and cfg.data.suite == "csv":
         late += [FieldError(p, m) for p, m in limits.steps_problems(cfg, shapes.rows)]
     problem = device_problem(cfg.device, run.devices())
