@@ -17,7 +17,7 @@ import streamlit as st
 
 from mtl_core.config import ExperimentConfig
 from mtl_core.lessons import LESSONS, Lesson, load_preset
-from ui import share
+from ui import lesson_run, share
 from ui.state import current_run_id, set_current_run
 from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load, submit_run
 
@@ -86,6 +86,7 @@ def _card(number: int, lesson: Lesson) -> None:
                          icon=":material/play_arrow:", width="stretch",
                          help="Load it and start training right away"):
                 load_and_start(lesson, i)
+        lesson_run.panel(lesson)  # the claim, "Run this lesson", the comparison and verdict
         if lesson.id == SWEEP_LESSON:
             st.caption("Load the preset, then open the Weight sweep page: a new sweep starts "
                        "from the Build & Train settings.")
