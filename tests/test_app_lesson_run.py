@@ -72,8 +72,7 @@ def test_run_this_lesson_queues_presets_and_baselines_then_shows_the_verdict(
             _finish(store, ids[f"baseline:{v}:{t}"], _entries([{t: 1.0}] * 5))
     at.run()
     assert not at.exception, [e.message for e in at.exception]
-    table = next(d.value for d in at.dataframe if "per seed" in d.value.columns)
-    rows = table.set_index("preset")
+    rows = next(t.value for t in at.table if "per seed" in t.value.columns)
     column = "Δm against its baselines (%), mean ± sd"
     assert rows.loc["A: correlation 1.0", column] == "-10 ± 0"
     assert rows.loc["A: correlation 1.0", "status"] == "finished"

@@ -121,3 +121,51 @@ def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page:
     assert all(seen[0][t] < final[t] for t in tasks), (seen, final)
     assert set(info.summary["test"]) == set(tasks)
     screenshot(page, "lesson_4_finished")
+
+
+def test_run_this_lesson_trains_its_presets_and_shows_the_comparison_and_verdict(
+        app: AppServer, page: Any) -> None:
+    """The "Run this lesson" button: the lesson's presets train in the workers (5 stacked
+    seeds each), and the card itself shows the comparison table and the claim's verdict, the
+    same verdict mtl_core.lesson_claims finds on the stored runs."""
+    from mtl_core.lesson_claims import CLAIMS, evaluate
+
+    lesson = get_lesson("loss_scales")  # no baselines needed: two runs
+    claim = CLAIMS[lesson.id]
+    page.goto(f"{app.url}/")
+    settle(page)
+    open_page(page, "Lessons")
+    page.get_by_role("heading", name="Lessons").wait_for()
+    settle(page)
+    page.get_by_text(lesson.title).first.click()
+    page.get_by_text(lesson.question).first.wait_for()
+    before = {r.id for r in RunStore(app.runs_dir).list_runs()}
+    element(page, f"lesson_run_{lesson.id}").locator("button").first.click()
+
+    store = RunStore(app.runs_dir)
+    new = wait_until(lambda: [r for r in store.list_runs() if r.id not in before]
+                     if len(store.list_runs()) >= len(before) + 2 else None,
+                     60, "the lesson's two runs to be queued")
+    by_name = {r.name: r for r in new}
+    assert set(by_name) == {load_preset(lesson, i).name for i in (0, 1)}
+    table = element(page, f"lesson_table_{lesson.id}")
+    table.wait_for(timeout=60_000)
+    assert "preset" in table.inner_text()
+    page.get_by_text("Training:").first.wait_for(timeout=60_000)  # the card polls meanwhile
+    screenshot(page, "lesson_run_1_training")
+
+    wait_until(lambda: all(store.get_run(r.id).status == "finished" for r in new), 300,
+               "the lesson's runs to finish")
+    verdict = page.locator('[data-testid="stAlert"]', has_text="Claim").first
+    verdict.wait_for(timeout=60_000)
+    expected = evaluate(lesson.id, {("A" if r.name == load_preset(lesson, 0).name else "B"): r.id
+                                    for r in new}, app.runs_dir).check
+    assert expected is not None and len(expected.figures) == 5
+    word = "passed" if expected.passed else "failed"
+    text = verdict.inner_text()
+    assert f"Claim {word}: {expected.held} of 5 seeds" in text, text
+    assert f"{expected.figures[0]:+.4g}" in text, text  # the per-seed figures are shown
+    shown = table.inner_text()
+    assert "finished" in shown and claim.figure in shown, shown
+    assert "A: static" in shown and "B: uncertainty" in shown, shown
+    screenshot(page, "lesson_run_2_verdict")

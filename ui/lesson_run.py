@@ -70,7 +70,8 @@ def _results(lesson: Lesson, ids: dict[str, str], polling: bool) -> None:
         return
     if polling and result.done:
         st.rerun()  # every run ended: a full rerun declares the fragment without polling
-    st.dataframe(_table(lesson, result), hide_index=True, key=f"lesson_table_{lesson.id}")
+    with st.container(key=f"lesson_table_{lesson.id}"):  # a static table: its text is on the page
+        st.table(_table(lesson, result).set_index("preset"))
     baselines = sum(label.startswith("baseline:") for label in result.statuses)
     if not result.done:
         finished = sum(s == "finished" for s in result.statuses.values())
