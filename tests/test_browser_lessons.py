@@ -149,8 +149,7 @@ def test_run_this_lesson_trains_its_presets_and_shows_the_comparison_and_verdict
     by_name = {r.name: r for r in new}
     assert set(by_name) == {load_preset(lesson, i).name for i in (0, 1)}
     table = element(page, f"lesson_table_{lesson.id}")
-    table.wait_for(timeout=60_000)
-    assert "preset" in table.inner_text()
+    wait_until(lambda: "A: static" in table.inner_text(), 60, "the comparison table")
     page.get_by_text("Training:").first.wait_for(timeout=60_000)  # the card polls meanwhile
     screenshot(page, "lesson_run_1_training")
 
