@@ -4,9 +4,10 @@ A lesson has one preset, or two (`..._a.yaml` / `..._b.yaml`) when it compares t
 `variants` names them. `knobs` are the dotted config paths the lesson is about (class mode
 shows only those controls); a knob may exist in one variant only (e.g. a cross-stitch param).
 Presets live in examples/lessons/ and are ordinary configs: everything goes through
-`mtl_core.config.load_config`. Each is sized for tens of seconds on a laptop CPU, start-up
-included (a foreground `train` of relatedness_a took 43.6 s end to end on a loaded 2-core
-machine, issue 13).
+`mtl_core.config.load_config`. The presets whose lesson makes a claim train `replicas: 5`
+(seeds 0-4 as one stacked run); the claim is checked over those seeds by
+`mtl_core.lesson_claims`. Training takes 2-11 s in memory on one thread; through the store it
+takes longer (the per-replica evaluation snapshots; bench/RESULTS.md).
 
 The synthetic problems are small, so a result can change with the seed; several lessons say
 so, because checking a second seed is itself part of doing MTL experiments well.

@@ -97,3 +97,11 @@ def test_a_failed_claim_is_shown_failed_with_its_figures(monkeypatch, store, dis
     verdict = " ".join(e.value for e in at.error)
     assert "Claim failed: 3 of 5 seeds" in verdict
     assert "+76, -3, -1, +71, +66" in verdict
+
+
+def test_presets_sharing_a_data_set_share_their_baselines(monkeypatch, store, dispatched):  # noqa: F811
+    at = _open(monkeypatch, "data_efficiency")  # B is single_task on A's data: same baselines
+    ids = at.session_state[RUNS_KEY]["data_efficiency"]
+    assert ids["baseline:A:task1"] == ids["baseline:B:task1"]
+    assert len(store.list_runs()) == 4  # A, B and one baseline per task, not two
+    assert "Training: 0 of 4 runs finished (2 of them single-task baselines)" in _shown(at)

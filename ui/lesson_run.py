@@ -72,10 +72,12 @@ def _results(lesson: Lesson, ids: dict[str, str], polling: bool) -> None:
         st.rerun()  # every run ended: a full rerun declares the fragment without polling
     with st.container(key=f"lesson_table_{lesson.id}"):  # a static table: its text is on the page
         st.table(_table(lesson, result).set_index("preset"))
-    baselines = sum(label.startswith("baseline:") for label in result.statuses)
+    # presets sharing a data set share their baselines: count each run once
+    by_id = {ids[label]: (label, s) for label, s in result.statuses.items()}
+    baselines = sum(label.startswith("baseline:") for label, _ in by_id.values())
     if not result.done:
-        finished = sum(s == "finished" for s in result.statuses.values())
-        st.caption(f":material/hourglass_top: Training: {finished} of {len(result.statuses)} "
+        finished = sum(s == "finished" for _, s in by_id.values())
+        st.caption(f":material/hourglass_top: Training: {finished} of {len(by_id)} "
                    f"runs finished ({baselines} of them single-task baselines). The verdict "
                    "appears when all have finished.")
     elif result.failed:
