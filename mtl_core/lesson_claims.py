@@ -197,9 +197,10 @@ def lesson_runs(lesson_id: str, runs_dir: str | Path | None = None, owner: Any =
     baselines, reused when they exist) through mtl_core.jobs: {label: run id}, labels as in
     SeedRuns. Raises ConfigError/QuotaError/ValueError before queueing anything it can check."""
     from mtl_core import jobs
-    from mtl_core.baselines import find_or_submit_baselines
+    from mtl_core.baselines import baseline_key, find_or_submit_baselines
     from mtl_core.owners import OPERATOR
     from mtl_core.preflight import check_submit
+    from mtl_core.store import RunStore
 
     owner = owner or OPERATOR
     needs = lesson_id in CLAIMS and CLAIMS[lesson_id].needs_baselines
@@ -207,6 +208,16 @@ def lesson_runs(lesson_id: str, runs_dir: str | Path | None = None, owner: Any =
     for cfg in configs.values():
         check_submit(cfg)
     path = Path(runs_dir) if runs_dir is not None else None
+    if needs:  # the baselines not found yet are queued too
+        from mtl_core.baselines import baseline_configs, find_baselines
+
+        missing = {baseline_key(b) for cfg in configs.values()
+                   for task, b in baseline_configs(cfg).items()
+                   if task not in find_baselines(cfg, path)}
+    else:
+        missing = set()
+    # the whole lesson or nothing: not half of it queued when the owner's quota runs out
+    RunStore(path).check_queue_room(owner, adding=len(configs) + len(missing))
     ids: dict[str, str] = {}
     for label, cfg in configs.items():
         ids[label] = jobs.submit(cfg, path, owner=owner)

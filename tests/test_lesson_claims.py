@@ -111,3 +111,21 @@ def test_every_claimed_lessons_presets_train_five_replicas():
         configs = claims.lesson_configs(lesson_id)
         assert len(configs) == len(get_lesson(lesson_id).presets)
         assert {cfg.replicas for cfg in configs.values()} == {5}, lesson_id
+
+
+def test_a_lesson_that_does_not_fit_the_owners_queue_quota_queues_nothing(
+        isolated_dirs, monkeypatch):
+    from mtl_core import jobs
+    from mtl_core.owners import Actor
+    from mtl_core.store import QuotaError, RunStore
+
+    monkeypatch.setattr(jobs, "dispatch", lambda runs_dir=None, idle_timeout=None: None)
+    store = RunStore(isolated_dirs)
+    store.set_limits(Actor("teacher", "T", teacher=True), max_queued_per_owner=5)
+    alice = Actor("browser:alice", "Alice")
+    # relatedness: 2 presets + 2 baselines each (different data) = 6 runs > 5
+    with pytest.raises(QuotaError, match="these 6 would make 6"):
+        claims.lesson_runs("relatedness", isolated_dirs, owner=alice)
+    assert store.list_runs() == []
+    ids = claims.lesson_runs("loss_scales", isolated_dirs, owner=alice)  # 2 runs fit
+    assert {store.get_run(i).owner for i in ids.values()} == {"browser:alice"}
