@@ -105,3 +105,16 @@ def test_presets_sharing_a_data_set_share_their_baselines(monkeypatch, store, di
     assert ids["baseline:A:task1"] == ids["baseline:B:task1"]
     assert len(store.list_runs()) == 4  # A, B and one baseline per task, not two
     assert "Training: 0 of 4 runs finished (2 of them single-task baselines)" in _shown(at)
+
+
+def test_a_lesson_over_the_queue_quota_says_so_next_to_the_button(
+        monkeypatch, store, dispatched):  # noqa: F811
+    from mtl_core.owners import Actor
+
+    store.set_limits(Actor("teacher", "T", teacher=True), max_queued_per_owner=3)
+    at = _open(monkeypatch, "relatedness")  # 6 runs
+    errors = " ".join(e.value for e in at.error)
+    assert "Could not start the lesson" in errors and "max_queued_per_owner" in errors
+    assert store.list_runs() == [] and not dispatched
+    assert "relatedness" not in (at.session_state[RUNS_KEY] if RUNS_KEY in at.session_state
+                                 else {})
