@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -314,19 +315,38 @@ def describe_failure(exc: BaseException) -> str:
 # -- the task on a node ---------------------------------------------------------------------------
 
 class RemoteStore:
-    """The RunStore methods a task needs, each a call to the store's actor (synchronous, so
-    one task's writes arrive in order)."""
+    """The RunStore methods a task needs, each a call to the store's actor.
 
-    def __init__(self, actor: Any) -> None:
-        self.actor = actor
+    Every call goes through one thread of this process: one task's writes arrive in order,
+    and a task blocked in ray.get would lend its CPU to another task (Ray's rule for nested
+    calls: a third run would start on a 2-CPU node), which a call from a thread that is not
+    the task's does not do."""
+
+    def __init__(self, actor: str) -> None:
+        self.handle = self.submit(ray.get_actor, actor, namespace=NAMESPACE)
+
+    @staticmethod
+    def submit(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return _caller().submit(fn, *args, **kwargs).result()
 
     def __getattr__(self, method: str) -> Any:
         if method not in STORE_METHODS:
             raise AttributeError(method)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            return ray.get(self.actor.call.remote(method, *args, **kwargs))
+            return self.submit(lambda: ray.get(self.handle.call.remote(method, *args,
+                                                                       **kwargs)))
         return call
+
+
+_CALLER: ThreadPoolExecutor | None = None
+
+
+def _caller() -> ThreadPoolExecutor:
+    global _CALLER
+    if _CALLER is None:
+        _CALLER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtl-store")
+    return _CALLER
 
 
 class CpuCheckpointSink(StoreSink):
@@ -352,8 +372,7 @@ def _to_cpu(value: Any) -> Any:
 @ray.remote(max_retries=0)  # a retry would train again over what the first try reported
 def run_task(actor: str, run_id: str, version: str, env: dict[str, str]) -> str:
     """Train one run on this node; "claimed" once it took the run, "not queued" otherwise."""
-    handle = ray.get_actor(actor, namespace=NAMESPACE)
-    store: Any = RemoteStore(handle)
+    store: Any = RemoteStore(actor)
     if mtl_core.__version__ != version:
         store.set_status(run_id, "failed", f"node {socket.gethostname()} has MTL Lab "
                          f"{mtl_core.__version__}, the store {version}: install the same "
@@ -389,6 +408,7 @@ def run_task(actor: str, run_id: str, version: str, env: dict[str, str]) -> str:
     except BaseException as exc:  # noqa: BLE001 - any failure must end as "failed"
         lines = traceback.format_exception_only(type(exc), exc)
         message = "".join(lines).strip().splitlines()[-1]
-        ray.get(handle.write_error.remote(run_id, traceback.format_exc()))
+        text = traceback.format_exc()
+        store.submit(lambda: ray.get(store.handle.write_error.remote(run_id, text)))
     store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
     return "claimed"
