@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,6 +87,7 @@ class LocalCluster:
         for group in reversed(self.groups):
             if group > 0:
                 self.kill_group(group)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def _field(stat: Path, index: int) -> int | None:
