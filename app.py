@@ -14,6 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from ui import preload
+from ui.identity import identity_sidebar
 from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_current_run
 
 # Only light modules above: the shell (navigation, sidebar, title) draws before torch and the
@@ -38,6 +39,7 @@ BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finis
 RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query per rerun
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
+RECOVERY_NOTICE_S = 3600.0  # a rebuild of the index is mentioned for this long
 
 
 def _reconcile() -> None:
@@ -61,7 +63,13 @@ def _label(run) -> str:
 
 
 def _on_pick() -> None:
-    set_current_run(st.session_state.get(PICK_KEY))
+    picked = st.session_state.get(PICK_KEY)
+    # A rerun the browser sent with the label it showed before the run's status (and so its
+    # label) moved comes back as that label itself (Streamlit returns an unknown formatted
+    # option as is): the run id is its last part.
+    if isinstance(picked, str) and " · " in picked:
+        picked = picked.rsplit(" · ", 1)[-1]
+    set_current_run(picked)
 
 
 def _current_run(run_id: str | None) -> None:
@@ -85,6 +93,13 @@ def _navigation_links(pages: list) -> None:
     Streamlit's own listing of pages/ by file name never shows on a fresh server)."""
     for p in pages:
         st.page_link(p)
+def _recovery_notice(store) -> None:
+    """One line when the run index was rebuilt lately (by any process), once per session."""
+    note = store.recovery_note()
+    if note and time.time() - note[0] < RECOVERY_NOTICE_S \
+            and st.session_state.get("_recovery_seen") != note[0]:
+        st.session_state["_recovery_seen"] = note[0]
+        st.toast(note[1], icon=":material/build:")
 
 
 def _sidebar() -> None:
@@ -94,6 +109,8 @@ def _sidebar() -> None:
     from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices
 
     store = get_store()
+    _recovery_notice(store)
+    identity_sidebar(store)
     run_id = current_run_id()
     runs = store.list_runs()[:PICKER_RUNS]
     by_id = {r.id: r for r in runs}

@@ -27,9 +27,11 @@ from typing import Any
 from mtl_core.config import ConfigError, ExperimentConfig, TaskConfig, parse_config
 from mtl_core.data.base import TaskSpec
 from mtl_core.metrics import HIGHER_IS_BETTER, delta_m
+from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import RunInfo, RunStore
 
-PRIMARY_METRIC = {"classification": "accuracy", "binary": "accuracy", "regression": "mse"}
+PRIMARY_METRIC = {"classification": "accuracy", "binary": "accuracy", "regression": "mse",
+                  "box": "iou", "dense_classification": "miou", "dense_regression": "abs_rel"}
 BASELINE_ARCHITECTURE = "single_task"
 # Top-level config keys that cannot change a run's metrics: the label, how often curves are
 # logged, and the device (it changes floating-point details, not what is measured).
@@ -43,7 +45,8 @@ DELTA_M_EXPLANATION = (
     "For every task t, take its metric M_t in the multi-task model and the same metric "
     "M_t^STL of a single-task model trained alone with the same layers, data and budget. "
     "The fraction (M_t − M_t^STL) / M_t^STL is how much the task changed, relative to its "
-    "baseline. δ_t is 1 when higher is better (accuracy) and 0 when lower is better (MSE), so "
+    "baseline. δ_t is 1 when higher is better (accuracy, IoU, mIoU) and 0 when lower is "
+    "better (MSE, abs_rel), so "
     "the factor (−1)^δ_t turns every improvement into a negative number. Δm is the average "
     "over the T tasks, in percent: **below 0 the multi-task model beats its single-task "
     "baselines on average, above 0 sharing hurt** (negative transfer). Because it averages "
@@ -59,7 +62,10 @@ def primary_metric(kind_or_metrics: str | Mapping[str, float]) -> str:
         except KeyError:
             raise ValueError(f"unknown task kind {kind_or_metrics!r}; "
                              f"known: {', '.join(PRIMARY_METRIC)}") from None
-    return "accuracy" if "accuracy" in kind_or_metrics else "mse"
+    for name in ("accuracy", "iou", "miou", "abs_rel"):  # each names its kind
+        if name in kind_or_metrics:
+            return name
+    return "mse"
 
 
 # --- configs and keys ---------------------------------------------------------------------
@@ -132,7 +138,8 @@ def find_baselines(cfg: ExperimentConfig | dict[str, Any], runs_dir: str | Path 
 
 
 def find_or_submit_baselines(cfg: ExperimentConfig | dict[str, Any],
-                             runs_dir: str | Path | None = None) -> dict[str, str]:
+                             runs_dir: str | Path | None = None,
+                             owner: Actor = OPERATOR) -> dict[str, str]:
     """{task: run id} of a baseline for every positively weighted task: reused when a run with
     the same baseline key is finished or live, else queued now through mtl_core.jobs. Two
     calls at the very same moment may both queue a baseline (there is no lock); the second
@@ -143,7 +150,8 @@ def find_or_submit_baselines(cfg: ExperimentConfig | dict[str, Any],
     ids = find_baselines(cfg, runs_dir)
     for task, base in configs.items():
         if task not in ids:
-            ids[task] = jobs.submit(base, Path(runs_dir) if runs_dir is not None else None)
+            ids[task] = jobs.submit(base, Path(runs_dir) if runs_dir is not None else None,
+                                    owner=owner)
     return {task: ids[task] for task in configs}
 
 
@@ -251,6 +259,11 @@ def compare_run(run_id: str, runs_dir: str | Path | None = None,
         if base.status == "finished":
             summaries[task] = base.summary
     metrics = run.summary.get(split) or {}
-    kinds = {t: "classification" if "accuracy" in (metrics.get(t) or {}) else "regression"
-             for t in tasks}
+    kinds = {t: _kind_of(metrics.get(t) or {}) for t in tasks}
     return comparison(run.summary, summaries, kinds, split)
+
+
+def _kind_of(metrics: Mapping[str, float]) -> str:
+    """A task's kind as its logged metrics tell it (the inverse of PRIMARY_METRIC)."""
+    name = primary_metric(metrics)
+    return next(kind for kind, metric in PRIMARY_METRIC.items() if metric == name)

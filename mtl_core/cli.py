@@ -28,6 +28,7 @@ from mtl_core.store import (
     RunInfo,
     RunStore,
     default_runs_dir,
+    has_store,
 )
 
 POLL_S = 0.25  # how often `train` (without --detach) reads the store
@@ -51,9 +52,7 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
     `tasks`) is first filled with that default, so `tasks.0.weight=0.5` works on any config.
     Problems raise ConfigError with the path concerned.
     """
-    import yaml
-
-    from mtl_core.config import ConfigError, FieldError
+    from mtl_core.config import ConfigError, FieldError, safe_yaml
 
     document = copy.deepcopy(document)
     for override in overrides:
@@ -63,10 +62,9 @@ def apply_overrides(document: dict[str, Any], overrides: list[str]) -> dict[str,
             raise ConfigError([FieldError("", f"--set expects key.path=value, e.g. "
                                               f"optim.epochs=2 (got {override!r})")])
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError([FieldError(path, f"--set value {text!r} is not valid YAML: "
-                                                f"{exc}")]) from None
+            value = safe_yaml(text, f"--set value {text[:60]!r}")
+        except ConfigError as exc:
+            raise ConfigError([FieldError(path, e.message) for e in exc.errors]) from None
         if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as text
         _set_path(document, path.split("."), value)
@@ -152,10 +150,10 @@ def metrics_table(per_task: dict[str, dict[str, float]]) -> str:
 
 
 def runs_table(runs: list[RunInfo]) -> str:
-    rows = [[r.id, r.name, r.suite, r.architecture, r.method, r.status,
+    rows = [[r.id, r.name, r.owner_label, r.suite, r.architecture, r.method, r.status,
              f"{r.step}/{r.total_steps or '?'}", format_duration(r.duration)] for r in runs]
-    return format_table(["id", "name", "suite", "arch", "method", "status", "step/total",
-                         "duration"], rows)
+    return format_table(["id", "name", "owner", "suite", "arch", "method", "status",
+                         "step/total", "duration"], rows)
 
 
 def _jsonable(value: Any) -> Any:
@@ -184,7 +182,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def _existing_store(args: argparse.Namespace) -> RunStore:
     """The store of a command that only reads or controls runs: never create one."""
     runs_dir = _runs_dir(args)
-    if not (runs_dir / DB_NAME).is_file():
+    if not has_store(runs_dir):
         raise UsageError(f"no run store in {runs_dir} (no {DB_NAME}); pass --runs-dir DIR "
                          "or set MTL_RUNS_DIR to the folder `train` wrote to")
     return RunStore(runs_dir)
@@ -199,26 +197,34 @@ def _get_run(store: RunStore, run_id: str) -> RunInfo:
 
 
 def _load_config(args: argparse.Namespace) -> Any:
-    """The validated config of `args.config` with `--set` overrides; UsageError if invalid."""
+    """The validated config of `args.config` with `--set` overrides, checked for this machine
+    (mtl_core.preflight); UsageError if anything is wrong, before anything is queued."""
     from mtl_core import jobs
-    from mtl_core.config import ConfigError, loads_config_text, parse_config
+    from mtl_core.config import ConfigError, loads_config_text, parse_config, read_config_file
+    from mtl_core.preflight import check_submit
+    from mtl_core.trust import restrict_paths
 
+    if getattr(args, "ray", None):  # first: the device is then the cluster's to check
+        os.environ[jobs.RAY_ADDRESS_VAR] = args.ray  # this command's runs (and baselines)
     path = Path(args.config)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+        text = read_config_file(path)
+    except ConfigError as exc:
+        raise UsageError(f"cannot read config {path}: "
+                         + "; ".join(e.message for e in exc.errors)) from None
     try:
-        cfg = parse_config(apply_overrides(loads_config_text(text, str(path)), args.set or []))
+        cfg = parse_config(apply_overrides(loads_config_text(text, str(path)), args.set or []),
+                           trusted=not restrict_paths())
+        check_submit(cfg)
     except ConfigError as exc:
         raise UsageError(f"invalid config {path}:\n" +
                          "\n".join(f"  - {e}" for e in exc.errors)) from None
+    except ValueError as exc:  # a bad MTL_MAX_* limit
+        raise UsageError(str(exc)) from None
     try:
         jobs.max_concurrent()  # a bad MTL_MAX_JOBS is refused before anything is queued
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if getattr(args, "ray", None):
-        os.environ[jobs.RAY_ADDRESS_VAR] = args.ray  # this command's runs (and baselines)
     return cfg
 
 
@@ -432,7 +438,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from mtl_core import jobs
 
     runs_dir = _runs_dir(args)
-    if not (runs_dir / DB_NAME).is_file():
+    if not has_store(runs_dir):
         print(f"no runs yet in {runs_dir}", file=sys.stderr)
         return 0
     jobs.reconcile(runs_dir)

@@ -9,6 +9,8 @@ pages can show a message next to the widget concerned and the CLI can print them
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,9 +25,18 @@ from pydantic import (
     field_validator,
 )
 
+from mtl_core import limits
+from mtl_core.limits import MAX_SEED, clip, short
+
 Activation = Literal["relu", "leaky_relu", "gelu", "tanh", "sigmoid", "elu", "silu"]
 ACTIVATIONS: tuple[str, ...] = Activation.__args__  # type: ignore[attr-defined]
 OPTIMIZERS: tuple[str, ...] = ("adam", "adamw", "sgd", "rmsprop")
+TrunkType = Literal["mlp", "cnn", "resnet18", "resnet34", "resnet50", "mobilenet_v3_small"]
+TRUNK_TYPES: tuple[str, ...] = TrunkType.__args__  # type: ignore[attr-defined]
+BACKBONES: tuple[str, ...] = TRUNK_TYPES[2:]  # torchvision models (mtl_core.models.backbones)
+# How many stages each backbone has (the units hard_sharing's shared_layers counts).
+BACKBONE_STAGES: dict[str, int] = {name: 5 for name in BACKBONES}
+Trainable = Literal["all", "last_block", "none"]
 
 
 class _Strict(BaseModel):
@@ -56,19 +67,31 @@ Widths = Annotated[list[int], AfterValidator(_widths)]
 
 class TrunkConfig(_Strict):
     """Shared trunk. `mlp`: `layers` then `hidden` are dense widths. `cnn`: `layers` are conv
-    channels (3x3 conv + 2x2 max-pool each), `hidden` the dense widths after flattening."""
+    channels (3x3 conv + 2x2 max-pool each), `hidden` the dense widths after flattening.
+    A torchvision backbone (`resnet18`, ..., image suites only) replaces the conv layers by
+    its stages (`layers` is not used); `hidden` adds dense layers after it. `weights`: none,
+    `imagenet` (from the local torch cache) or a path to a state dict file; `trainable`: which
+    of its stages train (the heads and `hidden` layers always do)."""
 
-    type: Literal["mlp", "cnn"] = "mlp"
+    type: TrunkType = "mlp"
     layers: list[int] = Field(default_factory=lambda: [64, 64])
     hidden: list[int] = Field(default_factory=list)
     activation: Activation = "relu"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     batch_norm: bool = False
+    weights: str | None = None
+    trainable: Trainable = "all"
 
     _check_layers = field_validator("layers", "hidden")(_widths)
 
     @property
+    def is_backbone(self) -> bool:
+        return self.type in BACKBONES
+
+    @property
     def depth(self) -> int:
+        if self.is_backbone:
+            return BACKBONE_STAGES[self.type] + len(self.hidden)
         return len(self.layers) + len(self.hidden)
 
 
@@ -116,7 +139,7 @@ class OptimConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: str = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] | None = None
@@ -155,19 +178,49 @@ class ConfigError(ValueError):
         return [e for e in self.errors if e.path == prefix or e.path.startswith(prefix + ".")]
 
 
+MAX_ERRORS = 20  # a config with thousands of bad items gets a readable list
+
+
 def _pydantic_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     out = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors[:MAX_ERRORS]:
         path = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = clip(err["msg"].removeprefix("Value error, "), 300)
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
-        elif err["type"] == "literal_error":
-            msg = f"{msg} (got {err.get('input')!r})"
         elif "input" in err and err["type"] not in ("missing",):
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {short(err['input'])})"  # bounded: never the whole input
         out.append(FieldError(path, msg))
+    if len(errors) > MAX_ERRORS:
+        out.append(FieldError(prefix, f"... and {len(errors) - MAX_ERRORS} more problems"))
     return out
+
+
+def _walk_problems(document: Any, lim: limits.Limits) -> list[FieldError]:
+    """Non-finite numbers anywhere (inf/nan break training and the store's JSON), and a
+    document too big or too deep (aliases counted each time they are used), checked before
+    pydantic copies anything."""
+    errors: list[FieldError] = []
+    budget = [lim.max_config_nodes]
+
+    def walk(node: Any, path: tuple[str, ...], depth: int) -> bool:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > lim.max_config_depth:
+            return False
+        if isinstance(node, float) and not math.isfinite(node):
+            errors.append(FieldError(".".join(path), f"must be a finite number (got {node})"))
+        elif isinstance(node, dict):
+            return all(walk(v, (*path, str(k)), depth + 1) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            return all(walk(v, (*path, str(i)), depth + 1) for i, v in enumerate(node))
+        return True
+
+    if not walk(document, (), 0):
+        return [FieldError("", f"the config is too large or nested too deep: more than "
+                               f"{lim.max_config_nodes:,} values or {lim.max_config_depth} "
+                               f"levels (MTL_MAX_CONFIG_NODES, MTL_MAX_CONFIG_DEPTH)")]
+    return errors[:MAX_ERRORS]
 
 
 def _check_plugin(registry: Any, name: str, params: dict[str, Any], path: str,
@@ -190,11 +243,19 @@ def _check_plugin(registry: Any, name: str, params: dict[str, Any], path: str,
         return None
 
 
-def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> ExperimentConfig:
-    """Validate a config document; return it with every default and task filled in."""
+def parse_config(document: dict[str, Any] | ExperimentConfig | None, *,
+                 trusted: bool = True) -> ExperimentConfig:
+    """Validate a config document; return it with every default and task filled in.
+
+    Every origin gets the size limits (mtl_core.limits) and finite numbers. `trusted=False`
+    (a config from a browser, or the CLI under MTL_RESTRICT_PATHS) also keeps every file
+    path inside the allowed roots (mtl_core.trust)."""
     from mtl_core.data import SUITES
     from mtl_core.models import ARCHITECTURES
+    from mtl_core.trust import path_problems, refusal, weights_outside_roots
     from mtl_core.weighting import METHODS
+
+    lim = limits.current()
 
     if isinstance(document, ExperimentConfig):
         document = document.to_dict()
@@ -203,6 +264,9 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> Experime
     if not isinstance(document, dict):
         raise ConfigError([FieldError("", "a config must be a mapping of fields "
                                           f"(got {type(document).__name__})")])
+    walked = _walk_problems(document, lim)
+    if walked:
+        raise ConfigError(walked)
     try:
         cfg = ExperimentConfig.model_validate(document)
     except ValidationError as exc:
@@ -235,6 +299,16 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> Experime
         if cfg.model.trunk.type == "cnn" and suite.extra.get("input_kind") != "image":
             errors.append(FieldError("model.trunk.type", f"a cnn trunk needs an image suite; "
                                      f"{cfg.data.suite!r} has vector inputs, use mlp"))
+        if cfg.model.trunk.is_backbone:
+            from mtl_core.models.backbones import check_trunk
+
+            weights = cfg.model.trunk.weights
+            if not trusted and weights_outside_roots(weights):
+                # Refused before the file is looked at: its existence is not for a browser.
+                errors.append(FieldError("model.trunk.weights", refusal(weights or "")))
+            else:
+                errors.extend(FieldError(p, m) for p, m in check_trunk(
+                    cfg.model.trunk, cfg.data.suite, suite.extra.get("input_kind")))
     if arch_params is not None:
         cfg.model.params = arch_params.model_dump(mode="json")
         check = ARCHITECTURES.get(cfg.model.architecture).extra.get("check")
@@ -246,8 +320,12 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None) -> Experime
         if check:
             errors.extend(FieldError(p, m) for p, m in check(cfg, method_params))
     if not _is_device_spec(cfg.device):
-        errors.append(FieldError("device", f"unknown device {cfg.device!r}; "
+        errors.append(FieldError("device", f"unknown device {short(cfg.device)}; "
                                  "use auto, cpu, cuda, cuda:N or mps"))
+    errors.extend(FieldError(p, m) for p, m in limits.config_problems(cfg, lim))
+    if not trusted:
+        errors.extend(FieldError(p, m) for p, m in path_problems(cfg.data.suite,
+                                                                 cfg.data.params))
     if errors:
         raise ConfigError(errors)
     return cfg
@@ -278,22 +356,133 @@ def _is_device_spec(device: str) -> bool:
     return device.startswith("cuda:") and device[5:].isdigit()
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
+def load_config(path: str | Path, *, trusted: bool = True) -> ExperimentConfig:
     """Read a YAML or JSON file (JSON is YAML) and validate it."""
+    return parse_config(loads_config_text(read_config_file(path), source=str(path)),
+                        trusted=trusted)
+
+
+def read_config_file(path: str | Path) -> str:
+    """The text of a config file: at most MTL_MAX_CONFIG_BYTES, UTF-8 (ConfigError if not)."""
     path = Path(path)
+    lim = limits.current()
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(lim.max_config_bytes + 1)  # never more, whatever the file is
     except OSError as exc:
         raise ConfigError([FieldError("", f"cannot read {path}: {exc.strerror}")]) from None
-    return parse_config(loads_config_text(text, source=str(path)))
+    return decode_config_bytes(data, str(path))
+
+
+def decode_config_bytes(data: bytes, source: str = "config") -> str:
+    """Config bytes (a file, an upload) as text; ConfigError for a binary or non-UTF-8 one."""
+    lim = limits.current()
+    if len(data) > lim.max_config_bytes:
+        raise ConfigError([FieldError("", _too_big(source, len(data), lim))])
+    if b"\x00" in data:
+        raise ConfigError([FieldError("", f"{source} is a binary file, not a YAML or JSON "
+                                          "config")])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([FieldError("", f"{source} is not UTF-8 text (byte "
+                                          f"0x{data[exc.start]:02x} at position {exc.start}); "
+                                          "save it as UTF-8")]) from None
+
+
+def _too_big(source: str, size: int, lim: limits.Limits) -> str:
+    return f"{source}: {limits.over('the size in bytes', size, 'max_config_bytes', lim)}"
+
+
+class _TooBig(Exception):
+    pass
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """A SafeLoader that counts, while composing, every node with each alias expanded (the
+    size the document has once loaded and walked) and the nesting depth; it stops at the
+    first node past a limit, long before an alias bomb or a 200,000-deep `[` costs anything."""
+
+    def __init__(self, stream: str, lim: limits.Limits) -> None:
+        super().__init__(stream)
+        self.lim = lim
+        self.depth = 0
+        self.aliases = 0
+        self.sizes: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > self.lim.max_config_depth:
+            raise _TooBig(f"it nests lists and mappings too deep: more than "
+                          f"{self.lim.max_config_depth} levels (MTL_MAX_CONFIG_DEPTH)")
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        children = node.value if isinstance(node.value, list) else []
+        size = 1
+        for child in children:
+            for part in (child if isinstance(child, tuple) else (child,)):
+                size += self.sizes.get(id(part), 1)
+        self.sizes[id(node)] = size
+        if size > self.lim.max_config_nodes:
+            raise _TooBig(f"it has more than {self.lim.max_config_nodes:,} values once its "
+                          f"{self.aliases:,} alias references are expanded "
+                          "(MTL_MAX_CONFIG_NODES)")
+        return node
+
+
+def safe_yaml(text: str, source: str = "config") -> Any:
+    """YAML (or JSON) text as Python values, within the size, alias and depth limits."""
+    lim = limits.current()
+    if len(text) > lim.max_config_bytes or len(text.encode()) > lim.max_config_bytes:
+        raise ConfigError([FieldError("", _too_big(source, len(text.encode()), lim))])
+    loader = _LimitedLoader(text, lim)
+    try:
+        return loader.get_single_data()
+    except _TooBig as exc:
+        raise ConfigError([FieldError("", f"{source} was refused: {exc}")]) from None
+    except RecursionError:  # belt and braces: the depth limit comes first
+        raise ConfigError([FieldError("", f"{source} nests too deep")]) from None
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # also a bad date,
+        raise ConfigError([FieldError("", f"{source} is not valid YAML: "  # a 5,000-digit int
+                                          f"{clip(str(exc), 300)}")]) from None
+    finally:
+        loader.dispose()
 
 
 def loads_config_text(text: str, source: str = "config") -> dict[str, Any]:
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([FieldError("", f"{source} is not valid YAML: {exc}")]) from None
+    document = safe_yaml(text, source)
     return document if document is not None else {}
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def safe_json(raw: bytes | str, source: str = "config") -> Any:
+    """JSON as Python values, refused before `json.loads` when too big or nested too deep."""
+    lim = limits.current()
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    if len(text) > lim.max_config_bytes:
+        raise ConfigError([FieldError("", _too_big(source, len(text), lim))])
+    depth = 0
+    for match in _JSON_TOKENS.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > lim.max_config_depth:
+                raise ConfigError([FieldError("", f"{source} nests lists and mappings too "
+                                                  f"deep: more than {lim.max_config_depth} "
+                                                  "levels (MTL_MAX_CONFIG_DEPTH)")])
+        elif token in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ConfigError([FieldError("", f"{source} nests too deep")]) from None
 
 
 def save_config(cfg: ExperimentConfig, path: str | Path) -> None:

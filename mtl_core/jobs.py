@@ -13,6 +13,11 @@ everything it had written.
 
 With $MTL_RAY_ADDRESS set, runs are Ray tasks instead (mtl_core.ray_executor): `submit` hands
 them to the cluster, `dispatch`/`reconcile` ask it about them, and no local worker starts.
+
+Owners (mtl_core.owners): `submit` records who queued a run (`owner`, the local operator by
+default) and refuses a submit past that owner's queue quota (store.QuotaError); `stop`, `pause`
+and `resume` take the `actor` who asks and raise PermissionError unless it is the run's owner,
+the teacher or the operator.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_core import budget
+from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import ACTIVE_STATUSES, RunStore
 
 HEARTBEAT_STALE_S = 30.0  # a run with an older heartbeat AND a dead pid has lost its worker
@@ -91,11 +97,13 @@ def budget_text() -> str:
     return budget.describe(budget.available_cores(), max_concurrent())
 
 
-def submit(cfg: Any, runs_dir: Path | None = None, *, start: bool = True) -> str:
-    """Validate a config (dict or ExperimentConfig), queue it as a run, dispatch (unless
-    `start` is False: the caller trains it, see `train_here`); the run id.
+def submit(cfg: Any, runs_dir: Path | None = None, owner: Actor = OPERATOR, *,
+           start: bool = True) -> str:
+    """Validate a config (dict or ExperimentConfig), queue it as a run of `owner`, dispatch
+    (unless `start` is False: the caller trains it, see `train_here`); the run id.
 
-    Raises mtl_core.config.ConfigError (with every field's problem) before anything is queued.
+    Raises mtl_core.config.ConfigError (with every field's problem) or store.QuotaError (the
+    owner already has the most queued runs allowed) before anything is queued.
     """
     from mtl_core.config import parse_config
 
@@ -105,7 +113,7 @@ def submit(cfg: Any, runs_dir: Path | None = None, *, start: bool = True) -> str
         ray_executor = _ray()
         request = ray_executor.check(cfg, address)
     store = RunStore(runs_dir)
-    run_id = store.create_run(cfg)
+    run_id = store.create_run(cfg, owner=owner)
     if address is not None:
         ray_executor.launch(store, run_id, request)  # never trained here, even if not start
     elif start:
@@ -194,12 +202,13 @@ def _write_warm_until(runs_dir: Path, until: float) -> None:
     os.replace(tmp, runs_dir / WARM_FILE)  # readers see the old or the new value, never half
 
 
-def stop(run_id: str, runs_dir: Path | None = None) -> str:
+def stop(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> str:
     """Stop a run. A queued run is stopped at once ("stopped"); a running or paused one gets a
     stop request its worker acts on, keeping its metrics ("requested"). KeyError for an
-    unknown run, ValueError for one that has already ended."""
+    unknown run, ValueError for one that has already ended, PermissionError unless `actor`
+    may change it."""
     store = RunStore(runs_dir)
-    run = store.get_run(run_id)
+    run = store.check_actor(run_id, actor, "stop")
     if run.status == "queued":
         if store.set_status(run_id, "stopped", "stopped before it started", expect=["queued"]):
             return "stopped"
@@ -210,11 +219,11 @@ def stop(run_id: str, runs_dir: Path | None = None) -> str:
     raise ValueError(f"run {run_id!r} has already ended ({run.status}); nothing to stop")
 
 
-def pause(run_id: str, runs_dir: Path | None = None) -> str:
+def pause(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> str:
     """Ask a running run to pause ("requested"); "already paused" if it is paused and no
-    resume is pending."""
+    resume is pending. PermissionError unless `actor` may change it."""
     store = RunStore(runs_dir)
-    run = store.get_run(run_id)
+    run = store.check_actor(run_id, actor, "pause")
     if run.status == "running" or (run.status == "paused"
                                    and "resume" in store.pending_controls(run_id)):
         store.request_control(run_id, "pause")
@@ -224,11 +233,11 @@ def pause(run_id: str, runs_dir: Path | None = None) -> str:
     raise ValueError(_not_active(run_id, run.status, "paused"))
 
 
-def resume(run_id: str, runs_dir: Path | None = None) -> str:
+def resume(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> str:
     """Ask a paused run to go on ("requested"); "already running" if it is running and no
-    pause is pending."""
+    pause is pending. PermissionError unless `actor` may change it."""
     store = RunStore(runs_dir)
-    run = store.get_run(run_id)
+    run = store.check_actor(run_id, actor, "resume")
     if run.status == "paused" or (run.status == "running"
                                   and "pause" in store.pending_controls(run_id)):
         store.request_control(run_id, "resume")

@@ -199,6 +199,32 @@ LESSONS: list[Lesson] = [
         knobs=("model.architecture", "model.params.init_self", "data.params.correlation"),
     ),
     Lesson(
+        id="one_backbone",
+        title="One backbone, two jobs",
+        text=(
+            "The textbook vision example of multi-task learning is one backbone with two "
+            "heads: one says what is in the image (classification), the other where it is "
+            "(localisation, a box). Here a digit sits somewhere on a larger canvas; preset A "
+            "shares one convolutional trunk between the digit head and the box head, preset "
+            "B trains a separate network for each job on the same images. Both jobs need "
+            "the same strokes found first, so sharing gives each head features trained by "
+            "twice the error signal, at half the parameters. The trunk ends in feature maps, "
+            "not a flat vector, because a box head needs to know where the features are."
+        ),
+        presets=("one_backbone_a.yaml", "one_backbone_b.yaml"),
+        variants=("shared trunk", "a network per task"),
+        look_for=(
+            "Test accuracy of digit and test IoU of box in A and B (higher is better for "
+            "both).",
+            "The boxes on the Predictions page: green is the truth, magenta the model's box.",
+            "Train the single-task baselines of A and read Δm: below 0 means sharing helped.",
+            "The parameter counts of A and B in the architecture diagram.",
+        ),
+        question=("Would you expect sharing to help more or less if the box head only had "
+                  "to say which half of the canvas the digit is in?"),
+        knobs=("model.architecture", "model.trunk.type", "model.trunk.trainable"),
+    ),
+    Lesson(
         id="choosing_weights",
         title="Choosing the weights with a sweep",
         text=(

@@ -5,34 +5,55 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mtl_core import task_kinds
 from mtl_core.data.base import TaskSpec
 
 # Which direction is better for each metric (used for early stopping, Δm and the pages).
-HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "loss": False, "mse": False, "mae": False}
+HIGHER_IS_BETTER = {"accuracy": True, "r2": True, "loss": False, "mse": False, "mae": False,
+                    **task_kinds.HIGHER_IS_BETTER}
 
 
 def task_loss(spec: TaskSpec, output: Tensor, target: Tensor) -> Tensor:
-    """Cross-entropy for classification, BCE-with-logits for binary, MSE for regression."""
-    if spec.kind == "classification":
+    """Cross-entropy for classification (per pixel for dense classification),
+    BCE-with-logits for binary, MSE for regression, smooth L1 + GIoU for boxes, L1 per pixel
+    for dense regression."""
+    if spec.kind in ("classification", "dense_classification"):
         return F.cross_entropy(output, target)
     if spec.kind == "binary":
         return F.binary_cross_entropy_with_logits(output, target)
+    if spec.kind == "box":
+        return task_kinds.box_loss(output, target)
+    if spec.kind == "dense_regression":
+        return F.l1_loss(output, target)
     return F.mse_loss(output, target)
 
 
 def predict(spec: TaskSpec, output: Tensor) -> Tensor:
-    """Class id for classification and binary tasks, the value for regression."""
+    """Class id for classification and binary tasks, the value for regression, the box
+    [x0, y0, x1, y1] for boxes, the class map / value map for dense tasks."""
     if spec.kind == "classification":
         return output.argmax(dim=-1)
+    if spec.kind == "dense_classification":
+        return output.argmax(dim=1)
     if spec.kind == "binary":
         return (output > 0).long()
+    if spec.kind == "box":
+        return task_kinds.decode_box(output)
     return output
 
 
 def task_metrics(spec: TaskSpec, output: Tensor, target: Tensor) -> dict[str, Tensor]:
-    """Scalar tensors: loss plus accuracy (classification/binary) or mse, mae, r2 (regression)."""
+    """Scalar tensors: loss plus accuracy (classification/binary), mse, mae, r2
+    (regression), iou, acc50 (box), miou, pixel_acc (dense classification) or abs_rel, rmse
+    (dense regression)."""
     out = {"loss": task_loss(spec, output, target)}
-    if spec.kind in ("classification", "binary"):
+    if spec.kind == "box":
+        out.update(task_kinds.box_metrics(output, target))
+    elif spec.kind == "dense_classification":
+        out.update(task_kinds.dense_classification_metrics(output, target))
+    elif spec.kind == "dense_regression":
+        out.update(task_kinds.dense_regression_metrics(output, target))
+    elif spec.kind in ("classification", "binary"):
         out["accuracy"] = (predict(spec, output) == target.long()).float().mean()
     else:
         err = output - target
@@ -41,6 +62,16 @@ def task_metrics(spec: TaskSpec, output: Tensor, target: Tensor) -> dict[str, Te
         var = ((target - target.mean()) ** 2).mean()
         out["r2"] = 1 - out["mse"] / var.clamp_min(1e-12)
     return out
+
+
+def display_output(spec: TaskSpec, output: Tensor) -> Tensor:
+    """What the Predictions page shows: class id, P(class 1) for binary, the value for
+    regression, the box for boxes, the class map / value map (2 decimals) for dense tasks."""
+    if spec.kind == "binary":
+        return torch.sigmoid(output)
+    if spec.kind in ("box", "dense_regression"):
+        return torch.round(predict(spec, output) * 1000) / 1000
+    return predict(spec, output)
 
 
 def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:

@@ -1,36 +1,81 @@
-"""The run store: one SQLite database (WAL) plus a folder per run.
+"""The run store: a folder per run (the truth) plus `runs.db`, an SQLite index (WAL) of them.
 
-Layout of a runs directory:
+Layout of a runs directory (layout version 2):
 
-    runs.db                      runs, metrics, snapshots, controls, workers
+    runs.db                      the index: runs, metrics, snapshots (rebuilt from the folders
+                                 whenever it is missing, corrupt or of an older layout), and the
+                                 transient controls and workers tables
+    limits.json                  class-wide quotas set by the teacher (mtl_core.owners.Limits)
+    workers.log                  stdout/stderr of the worker processes
+    <run_id>/run.json            {"layout": 2, "id", "name", "owner", "owner_name", "status",
+                                 "config", "created_at", "started_at", "ended_at", "step",
+                                 "total_steps", "epoch", "message", "device", "pid",
+                                 "heartbeat_at", "summary"}: rewritten atomically (temp file +
+                                 os.replace) after every change of the run's row
     <run_id>/config.yaml         the validated config, as the run was started
+    <run_id>/metrics.jsonl       one JSON array per line, appended:
+                                 [step, epoch, split, task, name, value|null, replica, time]
+    <run_id>/snapshots.jsonl     one JSON object per line, appended:
+                                 {"step", "kind", "payload", "time"}
     <run_id>/checkpoints/*.pt    torch.save'd state dicts ("final", periodic ones)
     <run_id>/error.txt           the traceback when a run failed
-    workers.log                  stdout/stderr of the worker processes
+
+(Line formats and atomic writes: mtl_core.run_files. Claim order: mtl_core.fair_queue.)
+
+A metric row's `id` is 1 + the byte offset of its line in metrics.jsonl (likewise snapshots):
+stable across rebuilds, increasing in the order written, so incremental readers
+(`metrics(run_id, after_id)`) keep working after the index is rebuilt. The index remembers per
+run how many bytes of each .jsonl it holds (`metrics_offset`, `snapshots_offset`); a writer
+appends its lines to the file first (one O_APPEND write), then, in one index transaction,
+ingests everything past that offset and moves the offset. A crash between the two, or an index
+rebuilt meanwhile, loses nothing: the next ingest (by any writer, by a reader that finds the
+file ahead of the index, or by a rebuild) picks the lines up, and never twice.
 
 Concurrency model: every call opens its own short-lived connection, so a `RunStore` can be
 shared by threads (Streamlit) and processes (workers). WAL mode lets readers run while a worker
 writes; writers take the lock up front (`BEGIN IMMEDIATE`) and wait up to `BUSY_TIMEOUT_S`.
-A committed row survives a killed worker (synchronous=NORMAL only risks the last commits on
-power loss, not on a process crash).
+run.json is written while the index's write lock is held, so two writers never interleave.
+Rebuilding the index takes an exclusive lock file (`.index.lock`), builds a new database beside
+it and moves it into place; a process that finds the index broken waits for that lock and
+retries. Controls and worker rows are transient and not kept across a rebuild.
+
+A runs dir of the older layout (metrics and snapshots only in runs.db) is migrated on first
+open: every run's rows are exported into its folder, the old database is kept as
+`runs.db.v1-<time>.bak`, and the index is rebuilt. A corrupt index is kept as
+`runs.db.corrupt-<time>`. `RunStore.recovered` (this process) and `recovery_note()` (any
+process) say what happened, in one line.
 
 SQLite stores NaN as NULL, so a diverged loss reads back as NaN in `metrics()`.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
 import secrets
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from mtl_core.fair_queue import count_by_owner, fair_order, last_served, queued_rows
+from mtl_core.owners import OPERATOR, OPERATOR_ID, Actor, Limits, check_limit, env_limits, require
+from mtl_core.run_files import (
+    append,
+    file_lock,
+    metric_line,
+    metric_row,
+    snapshot_line,
+    snapshot_row,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from mtl_core.sink import Control, MetricRow
 
 if TYPE_CHECKING:
@@ -43,19 +88,35 @@ LIVE_STATUSES = ("queued", "running", "paused")
 ACTIVE_STATUSES = ("running", "paused")  # a worker holds the run
 TERMINAL_STATUSES = ("finished", "stopped", "diverged", "failed")
 CONTROL_ACTIONS = ("stop", "pause", "resume")
-METRIC_COLUMNS = ["id", "step", "epoch", "split", "task", "name", "value", "time"]
+METRIC_COLUMNS = ["id", "step", "epoch", "split", "task", "name", "value", "time", "replica"]
 
 DB_NAME = "runs.db"
+LAYOUT = 2  # PRAGMA user_version of the index; the older layout (0) kept metrics only here
+RUN_JSON = "run.json"
+METRICS_FILE = "metrics.jsonl"
+SNAPSHOTS_FILE = "snapshots.jsonl"
+LIMITS_FILE = "limits.json"
+LOCK_FILE = ".index.lock"
 BUSY_TIMEOUT_S = 5.0
 HEARTBEAT_EVERY_S = 2.0  # the sink refreshes heartbeat_at at least this often while polled
+READER_HEAL_AFTER_S = 1.0  # a reader ingests a .jsonl this long ahead of the index itself
+MAX_RUN_NAME_CHARS = 100
+RUN_JSON_EVERY_S = 1.0  # progress alone rewrites run.json at most this often
 
 # Columns of `runs` that set_status may write besides status/message.
 _RUN_FIELDS = ("step", "total_steps", "epoch", "device", "pid", "heartbeat_at", "started_at",
                "ended_at", "summary")
-_READY: set[Path] = set()  # databases whose schema this process has already ensured
+# Columns of `runs` mirrored in run.json (the offsets are the index's own bookkeeping).
+_RUN_JSON_FIELDS = ("id", "name", "owner", "owner_name", "status", "config", "created_at",
+                    "started_at", "ended_at", "step", "total_steps", "epoch", "message",
+                    "device", "pid", "heartbeat_at", "summary")
+_READY: set[Path] = set()  # indexes this process has already checked
+_JSON_SAVED_AT: dict[Path, float] = {}  # run folder -> when this process last wrote run.json
 _CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_F = TypeVar("_F", bound=Callable[..., Any])
 
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -71,28 +132,35 @@ CREATE TABLE IF NOT EXISTS runs (
     device TEXT,
     pid INTEGER,
     heartbeat_at REAL,
-    summary TEXT NOT NULL DEFAULT '{}'
+    summary TEXT NOT NULL DEFAULT '{{}}',
+    owner TEXT NOT NULL DEFAULT '{OPERATOR_ID}',
+    owner_name TEXT,
+    metrics_offset INTEGER NOT NULL DEFAULT 0,
+    snapshots_offset INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status, created_at);
+CREATE INDEX IF NOT EXISTS runs_owner ON runs (owner, status);
 CREATE TABLE IF NOT EXISTS metrics (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
     step INTEGER NOT NULL,
     epoch REAL NOT NULL,
     split TEXT NOT NULL,
     task TEXT NOT NULL,
     name TEXT NOT NULL,
     value REAL,
-    time REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, id);
+    replica INTEGER NOT NULL DEFAULT 0,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
     step INTEGER NOT NULL,
     kind TEXT NOT NULL,
     payload TEXT NOT NULL,
-    time REAL NOT NULL
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, id)
 );
 CREATE INDEX IF NOT EXISTS snapshots_run ON snapshots (run_id, kind, step);
 CREATE TABLE IF NOT EXISTS controls (
@@ -108,13 +176,32 @@ CREATE TABLE IF NOT EXISTS workers (
     seen_at REAL NOT NULL,
     run_id TEXT
 );
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = {LAYOUT};
 """
+
+
+class QuotaError(ValueError):
+    """A submit refused by a per-owner quota (the message says which and how to go on)."""
+
+
+class IndexMissing(sqlite3.DatabaseError):
+    """runs.db is not there (deleted): rebuild it from the run folders."""
 
 
 def default_runs_dir() -> Path:
     """$MTL_RUNS_DIR, else ./runs (relative to the current directory)."""
     env = os.environ.get("MTL_RUNS_DIR")
     return Path(env).expanduser() if env else Path("runs")
+
+
+def has_store(runs_dir: str | Path) -> bool:
+    """Whether `runs_dir` holds a run store: its index, or run folders to rebuild it from."""
+    path = Path(runs_dir)
+    if (path / DB_NAME).is_file():
+        return True
+    return path.is_dir() and any((p / RUN_JSON).is_file() or (p / "config.yaml").is_file()
+                                 for p in path.iterdir() if p.is_dir())
 
 
 @dataclass
@@ -134,6 +221,8 @@ class RunInfo:
     pid: int | None
     heartbeat_at: float | None
     summary: dict[str, Any] = field(default_factory=dict)
+    owner: str = OPERATOR_ID
+    owner_name: str | None = None
 
     @property
     def is_live(self) -> bool:
@@ -148,6 +237,10 @@ class RunInfo:
         return max(0.0, end - self.started_at)
 
     @property
+    def owner_label(self) -> str:
+        return self.owner_name or self.owner
+
+    @property
     def suite(self) -> str:
         return str(self.config.get("data", {}).get("suite", ""))
 
@@ -160,6 +253,19 @@ class RunInfo:
         return str(self.config.get("weighting", {}).get("method", ""))
 
 
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued run stands: `position` (1 = next) among `queued`, `active` of
+    `max_active` slots busy, and `owner_active` of the owner's `owner_cap` (0 = no cap)."""
+
+    position: int
+    queued: int
+    active: int
+    max_active: int | None
+    owner_active: int
+    owner_cap: int
+
+
 def _run_from_row(row: sqlite3.Row) -> RunInfo:
     return RunInfo(
         id=row["id"], name=row["name"], status=row["status"], config=json.loads(row["config"]),
@@ -167,6 +273,7 @@ def _run_from_row(row: sqlite3.Row) -> RunInfo:
         step=row["step"], total_steps=row["total_steps"], epoch=row["epoch"],
         message=row["message"], device=row["device"], pid=row["pid"],
         heartbeat_at=row["heartbeat_at"], summary=json.loads(row["summary"] or "{}"),
+        owner=row["owner"], owner_name=row["owner_name"],
     )
 
 
@@ -174,20 +281,49 @@ def _new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
+def _index_broken(exc: sqlite3.DatabaseError) -> bool:
+    """Whether an sqlite error means the index is gone or damaged (not busy, not a bad query
+    of ours): then it is rebuilt from the folders."""
+    if isinstance(exc, IndexMissing):
+        return True
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        return False
+    text = str(exc).lower()
+    return any(s in text for s in ("no such table", "no such column", "not a database",
+                                   "malformed", "disk i/o error", "database schema has changed"))
+
+
+def _recovering(method: _F) -> _F:
+    """Run a store method; if the index turns out missing or damaged, rebuild it from the run
+    folders (once) and run the method again. Decorated methods must be safe to repeat: they
+    touch only the index (file appends happen before, outside them)."""
+
+    @functools.wraps(method)
+    def wrapper(self: RunStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _index_broken(exc):
+                raise
+            self._recover(str(exc))
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class RunStore:
-    """SQLite in WAL mode at <runs_dir>/runs.db plus a folder per run. Cheap to construct."""
+    """A folder per run plus the SQLite index <runs_dir>/runs.db. Cheap to construct."""
 
     def __init__(self, runs_dir: str | Path | None = None) -> None:
         self.runs_dir = Path(runs_dir) if runs_dir is not None else default_runs_dir()
         self.db_path = self.runs_dir / DB_NAME
+        self.recovered: str | None = None  # what this instance rebuilt, in one line
         key = self.db_path.resolve()
         if key in _READY and self.db_path.exists():
-            return  # schema already ensured by this process: keep construction cheap
+            return  # index already checked by this process: keep construction cheap
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        with self._connect() as conn:
-            # journal_mode is persistent in the file; setting it again is a no-op.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
+        if self._probe() != "ok":
+            self._recover("opening the store")
         _READY.add(key)
 
     # -- connections ---------------------------------------------------------------------------
@@ -195,6 +331,8 @@ class RunStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A fresh connection per call: never shared across threads or processes."""
+        if not self.db_path.exists():  # sqlite would create an empty file: rebuild instead
+            raise IndexMissing(f"{self.db_path} is missing")
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
@@ -217,20 +355,283 @@ class RunStore:
                 raise
             conn.execute("COMMIT")
 
+    @_recovering
     def journal_mode(self) -> str:
         with self._connect() as conn:
             return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    # -- the index: checks, rebuild, migration ---------------------------------------------------
+
+    def _probe(self, thorough: bool = False) -> str:
+        """"ok", "missing", "corrupt", "empty" (no runs table) or "old" (an older layout)."""
+        if not self.db_path.exists():
+            return "missing"
+        try:
+            conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+                tables = {r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if thorough and conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    return "corrupt"
+            finally:
+                conn.close()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc).lower():
+                return "ok"  # busy, not broken: the caller's own retry will tell
+            return "corrupt"
+        except sqlite3.DatabaseError:
+            return "corrupt"
+        if "runs" not in tables:
+            return "empty"
+        return "old" if version < LAYOUT else "ok"
+
+    def _recover(self, why: str) -> None:
+        """Make the index usable again: migrate an older layout, set a corrupt file aside,
+        rebuild from the folders. One process at a time; the others wait and find it done."""
+        with file_lock(self.runs_dir / LOCK_FILE):
+            state = self._probe(thorough=True)
+            if state == "ok":
+                return  # another process (or thread) repaired it while we waited
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            if state == "old":
+                migrated = self._export_old_layout()
+                kept = self.db_path.with_name(f"{DB_NAME}.v1-{stamp}.bak")
+                self._set_aside(kept)
+                what = (f"runs.db was of an older layout: moved {migrated} runs' metrics and "
+                        f"snapshots into their folders (old file kept as {kept.name})")
+            elif state == "corrupt":
+                kept = self.db_path.with_name(f"{DB_NAME}.corrupt-{stamp}")
+                self._set_aside(kept)
+                what = f"runs.db was damaged (kept as {kept.name})"
+            else:
+                self._set_aside(None)
+                if not self._run_folders():
+                    self._rebuild()  # a new store: nothing was lost, nothing to say
+                    return
+                what = "runs.db was missing" if state == "missing" else "runs.db was empty"
+            count = self._rebuild()
+            message = f"{what}; the run index was rebuilt from {count} run folders."
+            self._note(message)
+            self.recovered = message
+
+    def _set_aside(self, target: Path | None) -> None:
+        """Move runs.db away (or delete it) with its -wal/-shm: a stale WAL must never be
+        replayed into the new index."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            path = Path(f"{self.db_path}{suffix}")
+            if not path.exists():
+                continue
+            if target is not None and suffix in ("", "-wal"):
+                os.replace(path, Path(f"{target}{suffix}"))
+            else:
+                path.unlink(missing_ok=True)
+
+    def _run_folders(self) -> list[Path]:
+        if not self.runs_dir.is_dir():
+            return []
+        return sorted(p for p in self.runs_dir.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and _RUN_ID.match(p.name)
+                      and ((p / RUN_JSON).is_file() or (p / "config.yaml").is_file()))
+
+    def _rebuild(self) -> int:
+        """Build a fresh index from every run folder beside runs.db, then move it in place."""
+        tmp = self.runs_dir / f".{DB_NAME}.rebuild-{os.getpid()}"
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        conn = sqlite3.connect(tmp, isolation_level=None)
+        count = 0
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN")
+            for folder in self._run_folders():
+                doc = self._read_run_json(folder)
+                if doc is None:
+                    continue
+                cols = [c for c in _RUN_JSON_FIELDS if c in doc]
+                conn.execute(f"INSERT OR REPLACE INTO runs ({', '.join(cols)}) "
+                             f"VALUES ({', '.join('?' * len(cols))})",
+                             [_to_column(c, doc[c]) for c in cols])
+                for kind in ("metrics", "snapshots"):
+                    self._ingest(conn, folder.name, kind)
+                count += 1
+            conn.execute("COMMIT")
+            conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+        os.replace(tmp, self.db_path)
+        return count
+
+    def _read_run_json(self, folder: Path) -> dict[str, Any] | None:
+        """A folder's run.json; for a folder with only config.yaml (an older layout whose
+        index is lost), a row saying so. None when neither can be read."""
+        try:
+            doc = json.loads((folder / RUN_JSON).read_text())
+            if isinstance(doc, dict) and doc.get("id") == folder.name:
+                return doc
+        except (OSError, ValueError):
+            pass
+        try:
+            import yaml
+
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+        except (OSError, ValueError, ImportError):
+            return None
+        if not isinstance(config, dict):
+            return None
+        return {"id": folder.name, "name": str(config.get("name", folder.name)),
+                "status": "stopped", "config": config,
+                "created_at": folder.stat().st_mtime, "owner": OPERATOR_ID,
+                "message": "recovered from its folder; its final status was not recorded"}
+
+    def _export_old_layout(self) -> int:
+        """Write every run of an older-layout runs.db into its folder (run.json, metrics.jsonl,
+        snapshots.jsonl; existing files are kept). Returns the number of runs."""
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
+        conn.row_factory = sqlite3.Row
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            count = 0
+            for row in conn.execute("SELECT * FROM runs ORDER BY created_at, rowid").fetchall():
+                run_id = row["id"]
+                folder = self.run_dir(run_id)
+                folder.mkdir(parents=True, exist_ok=True)
+                keys = row.keys()
+                if "metrics" in names and not (folder / METRICS_FILE).exists():
+                    has_replica = "replica" in {c[1] for c in conn.execute(
+                        "PRAGMA table_info(metrics)")}
+                    rep = "replica" if has_replica else "0"
+                    lines = [metric_line(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7])
+                             for r in conn.execute(
+                                 f"SELECT step, epoch, split, task, name, value, {rep}, time "
+                                 "FROM metrics WHERE run_id = ? ORDER BY id", (run_id,))]
+                    write_bytes_atomic(folder / METRICS_FILE, b"".join(lines))
+                if "snapshots" in names and not (folder / SNAPSHOTS_FILE).exists():
+                    lines = [snapshot_line(r[0], r[1], json.loads(r[2]), r[3])
+                             for r in conn.execute(
+                                 "SELECT step, kind, payload, time FROM snapshots "
+                                 "WHERE run_id = ? ORDER BY id", (run_id,))]
+                    write_bytes_atomic(folder / SNAPSHOTS_FILE, b"".join(lines))
+                if not (folder / "config.yaml").exists():
+                    import yaml
+
+                    (folder / "config.yaml").write_text(
+                        yaml.safe_dump(json.loads(row["config"]), sort_keys=False))
+                if not (folder / RUN_JSON).exists():
+                    doc = {c: row[c] for c in _RUN_JSON_FIELDS if c in keys}
+                    doc.setdefault("owner", OPERATOR_ID)
+                    doc["config"] = json.loads(row["config"])
+                    doc["summary"] = json.loads(row["summary"] or "{}")
+                    write_json_atomic(folder / RUN_JSON, {"layout": LAYOUT, **doc})
+                count += 1
+        finally:
+            conn.close()
+        return count
+
+    def _note(self, message: str) -> None:
+        with self._write() as conn:
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             [("recovered", message), ("recovered_at", repr(time.time()))])
+
+    @_recovering
+    def recovery_note(self) -> tuple[float, str] | None:
+        """(when, what) of the last rebuild of the index, by any process; None if never."""
+        with self._connect() as conn:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if "recovered" not in rows:
+            return None
+        return float(rows.get("recovered_at", "0")), str(rows["recovered"])
+
+    def _ingest(self, conn: sqlite3.Connection, run_id: str, kind: str) -> None:
+        """Index the complete lines of <run>/<kind>.jsonl past the offset the index holds."""
+        row = conn.execute(f"SELECT {kind}_offset FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            return
+        offset = int(row[0])
+        path = self.run_dir(run_id) / f"{kind}.jsonl"
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next ingest
+        if end == 0:
+            return
+        batch, pos = [], offset
+        for line in data[:end].splitlines(keepends=True):
+            line_id, pos = pos + 1, pos + len(line)
+            try:
+                item = json.loads(line)
+                batch.append(metric_row(run_id, line_id, item) if kind == "metrics"
+                             else snapshot_row(run_id, line_id, item))
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue  # a damaged line (e.g. cut by a crash) is skipped, not fatal
+        if kind == "metrics":
+            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
+                             "task, name, value, replica, time) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        else:
+            conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
+                             "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
+        conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset + end, run_id))
+
+    @_recovering
+    def _sync(self, run_id: str, kind: str) -> None:
+        with self._write() as conn:
+            self._ingest(conn, run_id, kind)
+
+    def _heal(self, conn: sqlite3.Connection, run_id: str, kind: str) -> None:
+        """A reader that finds a .jsonl settled ahead of the index (its writer died between
+        append and ingest, or the index was rebuilt meanwhile) ingests it."""
+        rows = conn.execute(f"SELECT {kind}_offset FROM runs WHERE id = ?",
+                            (run_id,)).fetchall()  # fetchall: no statement left open
+        if not rows:
+            return
+        row = rows[0]
+        try:
+            st = (self.run_dir(run_id) / f"{kind}.jsonl").stat()
+        except FileNotFoundError:
+            return
+        if st.st_size > int(row[0]) and time.time() - st.st_mtime > READER_HEAL_AFTER_S:
+            self._sync(run_id, kind)
+
+    def _save_run_json(self, conn: sqlite3.Connection, run_id: str,
+                       throttle: bool = False) -> None:
+        """Mirror the run's row into <run>/run.json (called with the write lock held). With
+        `throttle` (progress), at most every RUN_JSON_EVERY_S per run and process: the index has
+        the latest step, and any change of status writes the file at once."""
+        folder = self.run_dir(run_id)
+        now = time.monotonic()
+        if throttle and now - _JSON_SAVED_AT.get(folder, -math.inf) < RUN_JSON_EVERY_S:
+            return
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or not folder.is_dir():
+            return
+        _JSON_SAVED_AT[folder] = now
+        doc: dict[str, Any] = {"layout": LAYOUT}
+        for c in _RUN_JSON_FIELDS:
+            doc[c] = row[c]
+        doc["config"] = json.loads(row["config"])
+        doc["summary"] = json.loads(row["summary"] or "{}")
+        write_json_atomic(folder / RUN_JSON, doc)
 
     # -- runs ----------------------------------------------------------------------------------
 
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
-    def create_run(self, cfg: ExperimentConfig, status: str = "queued") -> str:
-        """Record a run (cfg already validated) and write <run_dir>/config.yaml."""
+    def create_run(self, cfg: ExperimentConfig, status: str = "queued", *,
+                   owner: Actor = OPERATOR) -> str:
+        """Record a run (cfg already validated) owned by `owner`, with its folder. A queued run
+        of a non-privileged owner counts against the per-owner queue quota (QuotaError)."""
         _check_status(status)
-        config_json = json.dumps(cfg.to_dict())
+        config = cfg.to_dict()
         now = time.time()
+        if status == "queued":
+            self.check_queue_room(owner)
         while True:
             run_id = _new_run_id()
             try:
@@ -238,16 +639,44 @@ class RunStore:
             except FileExistsError:
                 continue  # same second and same random suffix: draw again
             break
-        (self.run_dir(run_id) / "config.yaml").write_text(cfg.to_yaml())
+        folder = self.run_dir(run_id)
+        (folder / "config.yaml").write_text(cfg.to_yaml())
         started = now if status in ACTIVE_STATUSES else None
-        with self._write() as conn:
-            conn.execute(
-                "INSERT INTO runs (id, name, status, config, created_at, started_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (run_id, cfg.name, status, config_json, now, started),
-            )
+        doc = {"layout": LAYOUT, "id": run_id, "name": cfg.name, "owner": owner.id,
+               "owner_name": owner.name or None, "status": status, "config": config,
+               "created_at": now, "started_at": started, "ended_at": None, "step": 0,
+               "total_steps": 0, "epoch": 0.0, "message": None, "device": None, "pid": None,
+               "heartbeat_at": None, "summary": {}}
+        write_json_atomic(folder / RUN_JSON, doc)  # the folder is complete before the index
+        self._index_new_run(doc)
         return run_id
 
+    @_recovering
+    def _index_new_run(self, doc: dict[str, Any]) -> None:
+        cols = [c for c in _RUN_JSON_FIELDS if c in doc]
+        with self._write() as conn:
+            conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(cols)}) "
+                         f"VALUES ({', '.join('?' * len(cols))})",
+                         [_to_column(c, doc[c]) for c in cols])
+
+    @_recovering
+    def check_queue_room(self, owner: Actor, adding: int = 1) -> None:
+        """QuotaError unless `owner` may queue `adding` more runs (the teacher and the operator
+        always may)."""
+        cap = self.limits().max_queued_per_owner
+        if not cap or owner.privileged:
+            return
+        with self._connect() as conn:
+            waiting = conn.execute("SELECT COUNT(*) FROM runs WHERE owner = ? AND "
+                                   "status = 'queued'", (owner.id,)).fetchone()[0]
+        if waiting + adding > cap:
+            more = "" if adding == 1 else f" and these {adding} would make {waiting + adding}"
+            raise QuotaError(
+                f"you already have {waiting} run{'s' if waiting != 1 else ''} waiting in the "
+                f"queue{more}; the class limit is {cap} per person (max_queued_per_owner). "
+                "Wait for one to start, or stop one, then start again.")
+
+    @_recovering
     def get_run(self, run_id: str) -> RunInfo:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
@@ -255,6 +684,7 @@ class RunStore:
             raise KeyError(f"unknown run {run_id!r}")
         return _run_from_row(row)
 
+    @_recovering
     def list_runs(self, statuses: Iterable[str] | None = None) -> list[RunInfo]:
         """Runs, newest first; only those with one of `statuses` if given."""
         query, args = "SELECT * FROM runs", []
@@ -268,6 +698,7 @@ class RunStore:
             rows = conn.execute(query + " ORDER BY created_at DESC, rowid DESC", args).fetchall()
         return [_run_from_row(r) for r in rows]
 
+    @_recovering
     def set_status(self, run_id: str, status: str, message: str | None = None, *,
                    expect: Iterable[str] | None = None, **fields: Any) -> bool:
         """Set a run's status (and message, and any of the `runs` columns in `fields`).
@@ -282,6 +713,7 @@ class RunStore:
         if unknown:
             raise TypeError(f"set_status: unknown fields {sorted(unknown)}; "
                             f"allowed: {', '.join(_RUN_FIELDS)}")
+        fields = dict(fields)
         if "summary" in fields:
             fields["summary"] = json.dumps(fields["summary"] or {})
         now = time.time()
@@ -307,34 +739,75 @@ class RunStore:
             if not changed and conn.execute("SELECT 1 FROM runs WHERE id = ?",
                                             (run_id,)).fetchone() is None:
                 raise KeyError(f"unknown run {run_id!r}")
-            if changed and status in TERMINAL_STATUSES:
-                conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
+            if changed:
+                if status in TERMINAL_STATUSES:
+                    conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
+                self._save_run_json(conn, run_id)
         return changed
 
+    @_recovering
+    def rename_run(self, run_id: str, name: str, actor: Actor = OPERATOR) -> None:
+        """Give a run a new display name (its config keeps the name it was started with)."""
+        name = "".join(ch for ch in str(name) if ch.isprintable()).strip()
+        if not name or len(name) > MAX_RUN_NAME_CHARS:
+            raise ValueError(f"a run name must have 1 to {MAX_RUN_NAME_CHARS} characters "
+                             f"(got {len(name)})")
+        with self._write() as conn:
+            self._owned(conn, run_id, actor, "rename")
+            conn.execute("UPDATE runs SET name = ? WHERE id = ?", (name, run_id))
+            self._save_run_json(conn, run_id)
+
+    @_recovering
+    def set_owner_name(self, owner: str, name: str | None) -> int:
+        """Set the display name shown on every run of `owner`; the number of runs changed."""
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM runs WHERE owner = ? AND COALESCE(owner_name, '') != ?",
+                (owner, name or "")).fetchall()]
+            for run_id in ids:
+                conn.execute("UPDATE runs SET owner_name = ? WHERE id = ?", (name, run_id))
+                self._save_run_json(conn, run_id)
+        return len(ids)
+
+    def _owned(self, conn: sqlite3.Connection, run_id: str, actor: Actor,
+               action: str) -> sqlite3.Row:
+        """The run's row, once `actor` may `action` it (KeyError, PermissionError)."""
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        require(actor, run_id, row["owner"], row["owner_name"], action)
+        return row
+
+    def check_actor(self, run_id: str, actor: Actor, action: str) -> RunInfo:
+        """The run, after checking that `actor` may `action` it (KeyError, PermissionError)."""
+        run = self.get_run(run_id)
+        require(actor, run_id, run.owner, run.owner_name, action)
+        return run
+
+    @_recovering
     def claim_run(self, pid: int, run_id: str | None = None,
                   max_active: int | None = None) -> str | None:
         """Atomically turn a queued run into `running` for the worker `pid`.
 
-        Without `run_id` the oldest queued run is taken, but only while fewer than `max_active`
-        runs are running or paused (the concurrency limit is enforced here, at the one place
-        every worker goes through). Returns the run id, or None if there is nothing to take.
+        Without `run_id` the next queued run in fair order is taken (`fair_order`: owners in
+        turn, the one served least recently first; within an owner, oldest first; an owner at
+        the per-owner active quota waits), but only while fewer than `max_active` runs are
+        running or paused (the concurrency limit is enforced here, at the one place every
+        worker goes through). Returns the run id, or None if there is nothing to take.
         """
         now = time.time()
         if run_id is None and not self._has_queued():
             return None  # idle workers poll often: no write lock when there is nothing to take
         with self._write() as conn:
             if run_id is None:
-                if max_active is not None:
-                    active = conn.execute(
-                        "SELECT COUNT(*) FROM runs WHERE status IN ('running', 'paused')"
-                    ).fetchone()[0]
-                    if active >= max_active:
-                        return None
-                row = conn.execute("SELECT id FROM runs WHERE status = 'queued' "
-                                   "ORDER BY created_at, rowid LIMIT 1").fetchone()
-                if row is None:
+                active = count_by_owner(conn, ACTIVE_STATUSES)
+                if max_active is not None and sum(active.values()) >= max_active:
                     return None
-                run_id = row["id"]
+                order = fair_order(queued_rows(conn), last_served(conn), active,
+                                   self._owner_cap())
+                if not order or order[0][1]:
+                    return None  # everyone waiting is at their owner's active quota
+                run_id = order[0][0]
             changed = conn.execute(
                 "UPDATE runs SET status = 'running', message = NULL, pid = ?, "
                 "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
@@ -344,68 +817,148 @@ class RunStore:
                 return None
             conn.execute("UPDATE workers SET run_id = ?, seen_at = ? WHERE pid = ?",
                          (run_id, now, pid))
+            self._save_run_json(conn, run_id)
         return run_id
 
+    @_recovering
+    def queue_place(self, run_id: str, max_active: int | None = None) -> QueuePlace | None:
+        """Where a queued run stands in the fair order; None if it is not queued."""
+        with self._connect() as conn:
+            row = conn.execute("SELECT owner FROM runs WHERE id = ? AND status = 'queued'",
+                               (run_id,)).fetchone()
+            if row is None:
+                return None
+            active = count_by_owner(conn, ACTIVE_STATUSES)
+            queued = queued_rows(conn)
+            served = last_served(conn)
+        cap = self._owner_cap()
+        order = [rid for rid, _ in fair_order(queued, served, active, cap)]
+        owner = row["owner"]
+        return QueuePlace(position=order.index(run_id) + 1, queued=len(order),
+                          active=sum(active.values()), max_active=max_active,
+                          owner_active=active.get(owner, 0),
+                          owner_cap=0 if owner == OPERATOR_ID else cap)
+
+    @_recovering
     def _has_queued(self) -> bool:
         with self._connect() as conn:
             return conn.execute("SELECT 1 FROM runs WHERE status = 'queued' LIMIT 1"
                                 ).fetchone() is not None
 
-    def delete_run(self, run_id: str) -> None:
-        """Remove a run's rows and folder. ValueError while the run is live (stop it first)."""
-        import shutil
-
+    @_recovering
+    def delete_run(self, run_id: str, actor: Actor = OPERATOR) -> None:
+        """Remove a run's rows and folder. ValueError while the run is live (stop it first),
+        PermissionError unless `actor` owns it or is the teacher/operator."""
         with self._write() as conn:
-            row = conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
-            if row is None:
-                raise KeyError(f"unknown run {run_id!r}")
+            row = self._owned(conn, run_id, actor, "delete")
             if row["status"] in LIVE_STATUSES:
                 raise ValueError(f"run {run_id!r} is {row['status']}; stop it before deleting")
             for table in ("metrics", "snapshots", "controls"):
                 conn.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+            # Renamed (one atomic step) before it is removed: a rebuild never resurrects half a
+            # folder. Last in the transaction: if the rename fails, the rows stay too.
+            folder = self.run_dir(run_id)
+            trash = self.runs_dir / f".trash-{run_id}-{os.getpid()}"
+            if folder.exists():
+                os.replace(folder, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # -- quotas --------------------------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        """The class-wide quotas: limits.json (set by the teacher) over the env defaults."""
+        base = env_limits()
+        try:
+            doc = json.loads((self.runs_dir / LIMITS_FILE).read_text())
+        except (OSError, ValueError):
+            return base
+        values = base.to_dict()
+        if isinstance(doc, Mapping):
+            for key in values:
+                try:
+                    values[key] = check_limit(key, doc.get(key, values[key]))
+                except ValueError:
+                    pass  # a hand-edited bad value falls back to the default
+        return Limits(**values)
+
+    def _owner_cap(self) -> int:
+        """The per-owner active cap for claiming; a malformed env default must not stop every
+        worker (submits report it, see check_queue_room), so it counts as no cap here."""
+        try:
+            return self.limits().max_active_per_owner
+        except ValueError:
+            return 0
+
+    def set_limits(self, actor: Actor, **values: int) -> Limits:
+        """Change class-wide quotas (teacher or operator only); the new limits."""
+        if not actor.privileged:
+            raise PermissionError(f"only the teacher can change the class limits; you are "
+                                  f"{actor.label}")
+        current = self.limits().to_dict()
+        for key, value in values.items():
+            current[key] = check_limit(key, value)
+        write_json_atomic(self.runs_dir / LIMITS_FILE, current)
+        return Limits(**current)
 
     # -- metrics and snapshots -----------------------------------------------------------------
 
-    def add_metrics(self, run_id: str, rows: Iterable[MetricRow]) -> None:
+    def add_metrics(self, run_id: str, rows: Iterable[MetricRow | tuple[Any, ...]]) -> None:
+        """Append metric rows, (step, epoch, split, task, name, value) or with a 7th element,
+        the replica index, to <run>/metrics.jsonl, then index them."""
         now = time.time()
-        batch = [(run_id, int(step), float(epoch), split, task, name, _real(value), now)
-                 for step, epoch, split, task, name, value in rows]
-        if not batch:
+        lines = []
+        for row in rows:
+            if len(row) == 6:
+                step, epoch, split, task, name, value = row
+                replica = 0
+            elif len(row) == 7:
+                step, epoch, split, task, name, value, replica = row
+            else:
+                raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
+            lines.append(metric_line(step, epoch, split, task, name, value, replica, now))
+        if not lines:
             return
-        with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO metrics (run_id, step, epoch, split, task, name, value, time) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        folder = self.run_dir(run_id)
+        if not folder.is_dir():
+            return  # the run was deleted: nothing to keep its rows for
+        append(folder / METRICS_FILE, b"".join(lines))
+        self._sync(run_id, "metrics")
 
+    @_recovering
     def metrics(self, run_id: str, after_id: int = 0) -> pd.DataFrame:
         """Metric rows with id > after_id, in the order written (incremental polling)."""
         import pandas as pd
 
         with self._connect() as conn:
+            self._heal(conn, run_id, "metrics")
             rows = conn.execute(
                 f"SELECT {', '.join(METRIC_COLUMNS)} FROM metrics "
                 "WHERE run_id = ? AND id > ? ORDER BY id", (run_id, after_id)).fetchall()
         frame = pd.DataFrame([tuple(r) for r in rows], columns=METRIC_COLUMNS)
         # Fixed dtypes, also for an empty frame; NULL (a NaN written by the trainer) -> NaN.
         return frame.astype({"id": "int64", "step": "int64", "epoch": "float64",
-                             "value": "float64", "time": "float64"})
+                             "value": "float64", "time": "float64", "replica": "int64"})
 
     def add_snapshot(self, run_id: str, step: int, kind: str, payload: dict[str, Any]) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT INTO snapshots (run_id, step, kind, payload, time) "
-                         "VALUES (?, ?, ?, ?, ?)",
-                         (run_id, int(step), kind, json.dumps(payload), time.time()))
+        folder = self.run_dir(run_id)
+        if not folder.is_dir():
+            return
+        append(folder / SNAPSHOTS_FILE, snapshot_line(step, kind, payload, time.time()))
+        self._sync(run_id, "snapshots")
 
+    @_recovering
     def snapshots(self, run_id: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
         with self._connect() as conn:
+            self._heal(conn, run_id, "snapshots")
             rows = conn.execute("SELECT step, payload FROM snapshots WHERE run_id = ? "
                                 "AND kind = ? ORDER BY step, id", (run_id, kind)).fetchall()
         return [(r["step"], json.loads(r["payload"])) for r in rows]
 
+    @_recovering
     def latest_snapshot(self, run_id: str, kind: str) -> tuple[int, dict[str, Any]] | None:
         with self._connect() as conn:
+            self._heal(conn, run_id, "snapshots")
             row = conn.execute("SELECT step, payload FROM snapshots WHERE run_id = ? "
                                "AND kind = ? ORDER BY step DESC, id DESC LIMIT 1",
                                (run_id, kind)).fetchone()
@@ -413,6 +966,7 @@ class RunStore:
 
     # -- control requests ----------------------------------------------------------------------
 
+    @_recovering
     def request_control(self, run_id: str, action: str) -> None:
         if action not in CONTROL_ACTIONS:
             raise ValueError(f"unknown control action {action!r}; "
@@ -423,12 +977,14 @@ class RunStore:
             conn.execute("INSERT INTO controls (run_id, action, created_at) VALUES (?, ?, ?)",
                          (run_id, action, time.time()))
 
+    @_recovering
     def pending_controls(self, run_id: str) -> list[str]:
         with self._connect() as conn:
             rows = conn.execute("SELECT action FROM controls WHERE run_id = ? ORDER BY id",
                                 (run_id,)).fetchall()
         return [r["action"] for r in rows]
 
+    @_recovering
     def take_control(self, run_id: str) -> str | None:
         """Pop the oldest pending request (each is returned exactly once)."""
         with self._connect() as conn:
@@ -444,12 +1000,16 @@ class RunStore:
 
     # -- progress ------------------------------------------------------------------------------
 
+    @_recovering
     def set_progress(self, run_id: str, step: int, total_steps: int, epoch: float) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE runs SET step = ?, total_steps = ?, epoch = ?, "
-                         "heartbeat_at = ? WHERE id = ?",
-                         (int(step), int(total_steps), float(epoch), time.time(), run_id))
+            if conn.execute("UPDATE runs SET step = ?, total_steps = ?, epoch = ?, "
+                            "heartbeat_at = ? WHERE id = ?",
+                            (int(step), int(total_steps), float(epoch), time.time(),
+                             run_id)).rowcount:
+                self._save_run_json(conn, run_id, throttle=True)
 
+    @_recovering
     def heartbeat(self, run_id: str) -> bool:
         """Refresh heartbeat_at; False when the run is no longer running/paused."""
         with self._write() as conn:
@@ -459,6 +1019,7 @@ class RunStore:
 
     # -- workers (processes that claim queued runs; see mtl_core.jobs) ---------------------------
 
+    @_recovering
     def add_worker(self, pid: int, replace: bool = True) -> None:
         """Register a worker process as idle. The spawner registers with replace=False, so it
         never resets a row the worker itself may already have updated."""
@@ -469,15 +1030,18 @@ class RunStore:
             conn.execute("INSERT INTO workers (pid, started_at, seen_at) VALUES (?, ?, ?) "
                          f"ON CONFLICT (pid) {on_conflict}", (pid, now, now))
 
+    @_recovering
     def worker_seen(self, pid: int, run_id: str | None = None) -> None:
         with self._write() as conn:
             conn.execute("UPDATE workers SET seen_at = ?, run_id = ? WHERE pid = ?",
                          (time.time(), run_id, pid))
 
+    @_recovering
     def remove_worker(self, pid: int) -> None:
         with self._write() as conn:
             conn.execute("DELETE FROM workers WHERE pid = ?", (pid,))
 
+    @_recovering
     def workers(self) -> list[tuple[int, str | None, float]]:
         """(pid, run_id or None when idle, seen_at) of every registered worker."""
         with self._connect() as conn:
@@ -528,11 +1092,11 @@ class RunStore:
 class StoreSink:
     """A `mtl_core.sink.Sink` that writes one run's output to the store.
 
-    Metric rows arrive batched per call (one transaction each). Every progress call and, at
-    most every HEARTBEAT_EVERY_S, a control poll refresh the heartbeat, so a paused run (which
-    only polls) still shows its worker is alive. If the run stopped being live behind the
-    trainer's back (marked failed, deleted) or the worker was told to end (`force_stop`),
-    control() answers "stop" so the trainer winds down.
+    Metric rows arrive batched per call (one append and one index transaction each). Every
+    progress call and, at most every HEARTBEAT_EVERY_S, a control poll refresh the heartbeat,
+    so a paused run (which only polls) still shows its worker is alive. If the run stopped
+    being live behind the trainer's back (marked failed, deleted) or the worker was told to end
+    (`force_stop`), control() answers "stop" so the trainer winds down.
     """
 
     def __init__(self, store: RunStore, run_id: str) -> None:
@@ -568,11 +1132,13 @@ class StoreSink:
         self.store.save_checkpoint(self.run_id, state, name)
 
 
+def _to_column(name: str, value: Any) -> Any:
+    """A run.json value as its `runs` column holds it."""
+    if name in ("config", "summary"):
+        return json.dumps(value if value is not None else {})
+    return value
+
+
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; use one of: {', '.join(RUN_STATUSES)}")
-
-
-def _real(value: Any) -> float | None:
-    value = float(value)
-    return None if math.isnan(value) else value

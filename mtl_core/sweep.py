@@ -31,6 +31,7 @@ import pandas as pd
 from mtl_core.baselines import primary_metric
 from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
 from mtl_core.metrics import HIGHER_IS_BETTER
+from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 
 MAX_SWEEP_RUNS = 200  # a guard against a grid nobody meant to train (3 tasks, N=20 is 210)
@@ -118,19 +119,22 @@ class SweepSubmission:
 
 def submit_sweep(cfg: ExperimentConfig | dict[str, Any], n: int,
                  runs_dir: str | Path | None = None,
-                 extra_methods: Sequence[str] = ()) -> SweepSubmission:
-    """Validate every config first (nothing is queued if one fails), then queue them all
-    through mtl_core.jobs, tagged with a fresh sweep id."""
+                 extra_methods: Sequence[str] = (), owner: Actor = OPERATOR) -> SweepSubmission:
+    """Validate every config first (nothing is queued if one fails, or if they do not fit in
+    the owner's queue quota), then queue them all through mtl_core.jobs, tagged with a fresh
+    sweep id."""
     configs = sweep_configs(cfg, n, extra_methods)
     store = RunStore(runs_dir)
+    store.check_queue_room(owner, len(configs))
     taken = set(list_sweeps(store))
     sweep_id = secrets.token_hex(3)
     while sweep_id in taken:
         sweep_id = secrets.token_hex(3)
-    return SweepSubmission(sweep_id, _queue_tagged(configs, sweep_id, store.runs_dir))
+    return SweepSubmission(sweep_id, _queue_tagged(configs, sweep_id, store.runs_dir, owner))
 
 
-def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str]) -> list[str]:
+def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str],
+                owner: Actor = OPERATOR) -> list[str]:
     """Queue adaptive methods as extra points of an existing sweep (the sweep's config with
     equal weights, tagged like its other runs so `sweep_table` counts them). Methods the
     sweep already has are skipped. Returns the new run ids."""
@@ -140,17 +144,19 @@ def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str]) -> list[
     if not runs or not wanted:
         return []
     variants = sweep_configs(runs[0].config, 2, wanted)[-len(wanted):]  # validated first
-    return _queue_tagged(variants, sweep_id, store.runs_dir)
+    store.check_queue_room(owner, len(variants))
+    return _queue_tagged(variants, sweep_id, store.runs_dir, owner)
 
 
-def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path) -> list[str]:
+def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path,
+                  owner: Actor = OPERATOR) -> list[str]:
     """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs."""
     from mtl_core import jobs
 
     run_ids = []
     for variant in configs:
         variant.name = f"{variant.name} #{sweep_id}"
-        run_ids.append(jobs.submit(variant, runs_dir))
+        run_ids.append(jobs.submit(variant, runs_dir, owner=owner))
     return run_ids
 
 

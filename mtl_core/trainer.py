@@ -21,14 +21,15 @@ from torch import Tensor
 from mtl_core import diagnostics
 from mtl_core.config import ExperimentConfig, OptimConfig
 from mtl_core.data import SuiteData, load_suite
-from mtl_core.data.base import Split
-from mtl_core.metrics import confusion_matrix, predict, task_loss, task_metrics
+from mtl_core.data.base import DENSE_KINDS, Split
+from mtl_core.metrics import confusion_matrix, display_output, predict, task_loss, task_metrics
 from mtl_core.models import MTLModel, build_model
 from mtl_core.sink import MetricRow, Sink
 from mtl_core.weighting import WeightingMethod, build_method
 from mtl_core.weighting.base import StepResult, TaskGradients
 
 PROBE_SIZE = 32  # fixed probe batch shown on the Predictions page
+DENSE_PROBE_SIZE = 8  # with per-pixel tasks every probe sample stores whole maps
 GRID_SIZE = 60  # resolution of the decision-boundary grid for 2-D suites
 SCATTER_POINTS = 500  # regression scatter / boundary points kept per snapshot
 EVAL_CHUNK = 2048
@@ -65,6 +66,18 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def _check_size(cfg: ExperimentConfig, data: Any) -> None:
+    """The limits once more with the real data, before any weight exists (a config that
+    reached the store some other way than the CLI or the pages)."""
+    from mtl_core import limits
+
+    rows = len(data.train) + len(data.val)
+    counts = limits.count_parameters(cfg, data.tasks, data.input_shapes)
+    problems = limits.params_problems(counts) + limits.steps_problems(cfg, rows)
+    if problems:
+        raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
+
+
 def make_optimizer(o: OptimConfig, params: list[torch.nn.Parameter],
                    device: torch.device) -> torch.optim.Optimizer:
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
@@ -98,6 +111,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     data = load_suite(cfg.data, cfg.seed, names, device=device)
     specs = [data.task(n) for n in names]
 
+    _check_size(cfg, data)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, data).to(device)
     method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)
@@ -121,7 +135,8 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     log_every = min(cfg.log_every, total_steps)
     order_rng = torch.Generator().manual_seed(cfg.seed)
 
-    probe = data.val.take(slice(0, PROBE_SIZE))
+    dense = any(s.kind in DENSE_KINDS for s in specs)
+    probe = data.val.take(slice(0, DENSE_PROBE_SIZE if dense else PROBE_SIZE))
     sink.snapshot(0, "probe", _probe_payload(data, probe, names))
     sink.progress(0, total_steps, 0.0)
 
@@ -334,7 +349,7 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
         if s.kind == "regression":
             k = min(SCATTER_POINTS, len(target))
             scatter[s.name] = {"true": target[:k].tolist(), "pred": outputs[s.name][:k].tolist()}
-        else:
+        elif s.kind in ("classification", "binary"):
             classes = s.num_classes if s.kind == "classification" else 2
             confusion[s.name] = confusion_matrix(predict(s, outputs[s.name]), target,
                                                  classes).tolist()
@@ -351,10 +366,7 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
 
 
 def _display_output(spec, output: Tensor) -> Tensor:
-    """What the Predictions page shows: class id, P(class 1) for binary, value for regression."""
-    if spec.kind == "binary":
-        return torch.sigmoid(output)
-    return predict(spec, output)
+    return display_output(spec, output)
 
 
 @torch.no_grad()
@@ -390,13 +402,17 @@ def _probe_payload(data: SuiteData, probe: Split, names: list[str]) -> dict[str,
         s = data.task(name)
         tasks[name] = {"kind": s.kind, "class_names": s.class_names, "input": s.input,
                        "num_classes": s.num_classes}
+        if s.out_size is not None:
+            tasks[name]["out_size"] = list(s.out_size)
     images = {}
     if data.input_kind == "image":
         for key, x in probe.inputs.items():
             flat = x.reshape(x.shape[0], -1)
             lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
             scaled = ((flat - lo) / (hi - lo).clamp_min(1e-8) * 255).round().to(torch.uint8)
-            images[key] = scaled.reshape(x.shape[0], *x.shape[-2:]).tolist()
+            # (N, H, W) for grey images, (N, 3, H, W) for colour ones
+            images[key] = scaled.reshape(x.shape if x.shape[1] == 3 else
+                                         (x.shape[0], *x.shape[-2:])).tolist()
     return {"tasks": tasks, "images": images,
             "targets": {n: probe.targets[n].tolist() for n in names}}
 

@@ -1,9 +1,11 @@
 """Predictions of a run, live while it trains.
 
 Image suites: a grid of probe images with each task's predicted and true label (wrong ones
-marked). Classification: a confusion matrix per task. Regression: predicted vs true. 2-D
-suites: each task's decision boundary over the points, like TensorFlow Playground. Every
-picture says which evaluation step it is from; a slider goes back to earlier evaluations.
+marked), true and predicted boxes drawn on the images, and true vs predicted masks and depth
+maps for per-pixel tasks. Classification: a confusion matrix per task. Regression:
+predicted vs true. 2-D suites: each task's decision boundary over the points, like
+TensorFlow Playground. Every picture says which evaluation step it is from; a slider goes
+back to earlier evaluations.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 import streamlit as st
 
 from mtl_core.store import RunInfo, RunStore
-from ui import charts
+from ui import charts, vision_charts
 from ui.live import fragment_run_info
 from ui.run_table import STATUS_ICONS
 from ui.state import current_run_id, get_store, set_current_run, through_app
@@ -157,6 +159,22 @@ def _probe_table(probe: dict[str, Any], preds: dict[str, Any] | None, tasks: lis
         st.dataframe(table, hide_index=True, width="stretch", key="pred_probe_table")
 
 
+def _dense(probe: dict[str, Any], preds: dict[str, Any] | None, tasks: list[str]) -> None:
+    info = charts.probe_tasks(probe)
+    shown = vision_charts.dense_tasks(info, tasks)
+    if not shown:
+        return
+    st.subheader("Per-pixel predictions (probe images)")
+    st.caption("Top row: the truth, bottom row: the model's prediction, for the first probe "
+               "images above. Masks: one colour per class; depth: brighter is nearer.")
+    outputs = (preds or {}).get("outputs") or {}
+    for task in shown:
+        fig = vision_charts.dense_figure(
+            (probe.get("targets") or {}).get(task) or [], outputs.get(task), task,
+            info[task]["kind"], info[task].get("class_names"))
+        _chart(fig, f"pred_dense_{task}")
+
+
 def _confusions(confusion: dict[str, Any], tasks: list[str], probe: dict[str, Any]) -> None:
     st.subheader("Confusion matrices (validation set)")
     normalize = st.toggle("Show fractions of each true class", key="pred_cm_norm")
@@ -205,6 +223,7 @@ def _view(store: RunStore, run_id: str, was_live: bool) -> None:
         _boundaries(snaps["grid"], tasks, kinds)
     if charts.has_images(probe):
         _images(probe, snaps["predictions"], tasks)
+        _dense(probe, snaps["predictions"], tasks)
     elif probe and not snaps["grid"]:
         _probe_table(probe, snaps["predictions"], tasks)
     if snaps["confusion"]:

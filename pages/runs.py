@@ -1,5 +1,9 @@
-"""Runs: every run in the store, and what can be done with one (open, stop, delete, export,
-compare with its single-task baselines: Δm).
+"""Runs: every run in the store, and what can be done with one (open, stop, delete, rename,
+export, compare with its single-task baselines: Δm).
+
+Everyone sees every run; Stop, Delete and Rename are offered only to the run's owner and the
+teacher (the others see them disabled, with the reason), and mtl_core checks again. A queued
+run says where it stands in the fair queue and why it waits.
 
 The page only reads the store and writes control requests through `mtl_core.jobs`. While any
 run is live the body refreshes every few seconds (a fragment) so statuses and progress move;
@@ -18,8 +22,10 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from mtl_core import jobs
+from mtl_core.owners import Actor, may_act, ordinal
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 from ui.baselines_view import baselines_view
+from ui.identity import current_actor
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
 from ui.state import current_run_id, get_store, set_current_run, through_app
 
@@ -58,20 +64,28 @@ def _open(run_id: str) -> None:
         st.info(f"Run `{run_id}` is now the current run (the Train page is not available).")
 
 
-def _actions(store: RunStore, run: RunInfo) -> None:
+def not_yours(run: RunInfo) -> str:
+    return (f"Started by {run.owner_label}: only they or the teacher can stop, delete or "
+            "rename it. You can look at it, open it and export it.")
+
+
+def _actions(store: RunStore, run: RunInfo, actor: Actor) -> None:
+    mine = may_act(actor, run.owner)
     c_open, c_stop, c_del, c_csv, c_json = st.columns(5)
     if c_open.button("Open", icon="📈", key="runs_open", width="stretch",
                      help="Make this the current run and show it on the Train page"):
         _open(run.id)
-    if c_stop.button("Stop", icon="⏹️", key="runs_stop", disabled=not run.is_live,
-                     width="stretch", help="Stop the run; its metrics so far are kept"):
+    if c_stop.button("Stop", icon="⏹️", key="runs_stop", disabled=not run.is_live or not mine,
+                     width="stretch", help="Stop the run; its metrics so far are kept" if mine
+                     else not_yours(run)):
         try:
-            outcome = jobs.stop(run.id, store.runs_dir)
+            outcome = jobs.stop(run.id, store.runs_dir, actor=actor)
             st.toast("Stopped." if outcome == "stopped" else "Stop requested.")
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, PermissionError) as exc:
             st.error(str(exc))
-    if c_del.button("Delete", icon="🗑️", key="runs_delete", disabled=run.is_live,
-                    width="stretch", help="Stop a live run before deleting it"):
+    if c_del.button("Delete", icon="🗑️", key="runs_delete", disabled=run.is_live or not mine,
+                    width="stretch", help="Stop a live run before deleting it" if mine
+                    else not_yours(run)):
         st.session_state[CONFIRM_KEY] = run.id
     # Exports are built only when clicked (callable data): a big run costs nothing to list.
     c_csv.download_button("CSV", data=lambda: metrics_csv(store.metrics(run.id)),
@@ -83,19 +97,57 @@ def _actions(store: RunStore, run: RunInfo) -> None:
                            file_name=f"{run.id}.json", mime="application/json", icon="⬇️",
                            key="runs_json", on_click="ignore", width="stretch",
                            help="The run's config, status, summary and every metric row")
-    if st.session_state.get(CONFIRM_KEY) == run.id:
-        _confirm_delete(store, run)
+    if not mine:
+        st.caption(f":material/lock: {not_yours(run)}")
+    else:
+        _rename(store, run, actor)
+    if st.session_state.get(CONFIRM_KEY) == run.id and mine:
+        _confirm_delete(store, run, actor)
 
 
-def _confirm_delete(store: RunStore, run: RunInfo) -> None:
+def _rename(store: RunStore, run: RunInfo, actor: Actor) -> None:
+    with st.popover("Rename", icon=":material/edit:"):
+        name = st.text_input("New name", value=run.name, key=f"runs_rename_{run.id}",
+                             max_chars=100)
+        if st.button("Save name", key="runs_rename_save"):
+            try:
+                store.rename_run(run.id, name, actor)
+            except (KeyError, ValueError, PermissionError) as exc:
+                st.error(str(exc))
+                return
+            st.toast(f"Renamed to {name.strip()}.")
+            st.rerun()
+
+
+def queue_text(store: RunStore, run: RunInfo) -> str | None:
+    """Where a queued run stands and why it waits, e.g. "3rd in line; waiting for a free
+    slot: 2 of 2 running"."""
+    try:
+        limit: int | None = jobs.max_concurrent()
+    except ValueError:
+        limit = None
+    place = store.queue_place(run.id, limit)
+    if place is None:
+        return None
+    if place.owner_cap and place.owner_active >= place.owner_cap:
+        why = (f"waiting for one of {run.owner_label}'s runs to end: {place.owner_active} of "
+               f"{place.owner_cap} allowed per person are running")
+    elif limit is not None and place.active >= limit:
+        why = f"waiting for a free slot: {place.active} of {limit} running"
+    else:
+        why = "starting as soon as a worker picks it up"
+    return f"{ordinal(place.position)} in line of {place.queued} queued; {why}."
+
+
+def _confirm_delete(store: RunStore, run: RunInfo, actor: Actor) -> None:
     st.warning(f"Delete **{run.name}** (`{run.id}`) with all its metrics, predictions and "
                "checkpoints? This cannot be undone.")
     yes, no, _ = st.columns([1, 1, 4])
     if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
         st.session_state.pop(CONFIRM_KEY, None)
         try:
-            store.delete_run(run.id)
-        except (KeyError, ValueError) as exc:
+            store.delete_run(run.id, actor)
+        except (KeyError, ValueError, PermissionError) as exc:
             st.error(str(exc))
             return
         if current_run_id() == run.id:
@@ -108,14 +160,19 @@ def _confirm_delete(store: RunStore, run: RunInfo) -> None:
         st.rerun()
 
 
-def _details(run: RunInfo) -> None:
-    bits = [f"suite **{run.suite}**", f"architecture **{run.architecture}**",
+def _details(store: RunStore, run: RunInfo) -> None:
+    bits = [f"owner **{run.owner_label}**", f"suite **{run.suite}**",
+            f"architecture **{run.architecture}**",
             f"method **{run.method}**", f"duration {format_duration(run.duration)}"]
     if run.device:
         bits.append(f"device {run.device}")
     executor, node = jobs.placement(run)
     bits.append(f"executor {executor}" + (f" on node {node}" if node else ""))
     st.caption(" · ".join(bits))
+    if run.status == "queued":
+        text = queue_text(store, run)
+        if text:
+            st.info(text, icon=":material/hourglass_top:")
     if run.message:
         (st.error if run.status in ("failed", "diverged") else st.caption)(run.message)
 
@@ -131,7 +188,7 @@ def _body(store: RunStore, was_live: bool) -> None:
     query = st.text_input("Filter", key="runs_filter", placeholder="name, suite, method, status…")
     frame = runs_frame(runs)
     if query:
-        cols = ["id", "name", "suite", "architecture", "method", "status"]
+        cols = ["id", "name", "owner", "suite", "architecture", "method", "status"]
         text = frame[cols].fillna("").astype(str).agg(" ".join, axis=1).str.lower()
         frame = frame[text.str.contains(query.lower(), regex=False)].reset_index(drop=True)
     metric_cols = [c for c in frame.columns if " · " in c]
@@ -149,8 +206,8 @@ def _body(store: RunStore, was_live: bool) -> None:
     by_id = {r.id: r for r in runs}
     target = _pick_target(frame, event, by_id)
     run = by_id[target]
-    _details(run)
-    _actions(store, run)
+    _details(store, run)
+    _actions(store, run, current_actor())
     st.subheader("Baselines & Δm", anchor="baselines")
     st.caption("Does sharing help? Each task of this run against a single-task model trained "
                "alone with the same settings.")

@@ -36,6 +36,7 @@ from mtl_core.sweep import (
 )
 from ui import config_form as form
 from ui import sweep_charts as sc
+from ui.identity import current_actor
 from ui.state import current_run_id, get_store, runs_dir, through_app
 from ui.train_run import TRAIN_PAGE, request_load
 
@@ -117,7 +118,7 @@ def with_tasks(cfg: ExperimentConfig, tasks: list[str]) -> ExperimentConfig:
     per_task = (doc.get("model", {}).get("heads") or {}).get("per_task") or {}
     if per_task:
         doc["model"]["heads"]["per_task"] = {t: w for t, w in per_task.items() if t in tasks}
-    return parse_config(doc)
+    return parse_config(doc, trusted=False)  # the browser chose it: paths inside the roots
 
 
 # ---------------------------------------------------------------- a new sweep
@@ -174,8 +175,12 @@ def _new_sweep(store: RunStore) -> None:
                  disabled=total > MAX_SWEEP_RUNS,
                  help=f"At most {MAX_SWEEP_RUNS} runs." if total > MAX_SWEEP_RUNS else None):
         try:
+            from mtl_core.preflight import check_submit
+
             base = with_tasks(cfg, tasks)
-            sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras)
+            check_submit(base)  # what the CLI refuses at submit (device, table, size)
+            sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras,
+                                 owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
             st.error(f"Could not start the sweep: {exc}")
             return
@@ -276,7 +281,7 @@ def _more_methods(store: RunStore, table: pd.DataFrame, sweep_id: str) -> None:
                                   "extra point: does it reach the front without tuning?")
     if c2.button("Add", key=f"sweep_add_{sweep_id}", disabled=not methods, width="stretch"):
         try:
-            ids = add_methods(store, sweep_id, methods)
+            ids = add_methods(store, sweep_id, methods, owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
             st.error(f"Could not add them: {exc}")
             return

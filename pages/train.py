@@ -15,7 +15,9 @@ through_app()  # first, before the heavy imports: a link straight here reruns th
 
 import streamlit as st
 
+from mtl_core import limits
 from mtl_core.config import ConfigError, FieldError
+from mtl_core.preflight import device_problem
 from ui import config_form as form
 from ui import train_run as run
 from ui import train_sections as sections
@@ -43,6 +45,13 @@ if cfg is not None:
         late.append(FieldError("data", f"cannot read the data set: {data_error}"))
     elif shapes is not None and diagram.dot is None and diagram.error:
         late.append(FieldError(diagram.error_path or "model", diagram.error))
+    # What the CLI refuses at submit (mtl_core.preflight), from what the page already has.
+    late += [FieldError(p, m) for p, m in limits.params_problems(diagram.counts)]
+    if shapes is not None and cfg.data.suite == "csv":
+        late += [FieldError(p, m) for p, m in limits.steps_problems(cfg, shapes.rows)]
+    problem = device_problem(cfg.device, run.devices())
+    if problem:
+        late.append(FieldError("device", problem))
     if late:
         cfg, errors = None, ConfigError(late)
 

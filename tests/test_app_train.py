@@ -21,6 +21,7 @@ from streamlit.testing.v1 import app_test as app_test_module
 from mtl_core import jobs
 from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config
 from mtl_core.models.base import Block
+from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import RunStore
 from ui import config_form as form
 from ui import share
@@ -457,7 +458,10 @@ def test_an_image_suite_gets_a_cnn_and_a_too_deep_one_is_refused(app):
 
 def test_run_buttons_drive_the_current_run_and_an_extra_run_waits_in_the_queue(app):
     store = RunStore(os.environ["MTL_RUNS_DIR"])
-    busy = store.create_run(parse_config({**TOY, "name": "busy"}), status="running")
+    app.session_state["_identity.secret"] = "s" * 43  # this browser's identity (its cookie)
+    viewer = Actor(browser_owner_id("s" * 43))
+    busy = store.create_run(parse_config({**TOY, "name": "busy"}), status="running",
+                            owner=viewer)
     app.query_params["run"] = busy
     at = app.run()
     assert not at.button(key="train.stop").disabled
@@ -473,7 +477,19 @@ def test_run_buttons_drive_the_current_run_and_an_extra_run_waits_in_the_queue(a
     _start(at).click().run()  # the limit is 1 and `busy` holds the slot
     new = at.session_state["run_id"]
     assert new != busy and store.get_run(new).status == "queued"
+    assert store.get_run(new).owner == viewer.id
     assert any("Queued" in info.value for info in at.info)
+
+
+def test_run_buttons_of_someone_elses_run_are_disabled_and_say_why(app):
+    store = RunStore(os.environ["MTL_RUNS_DIR"])
+    theirs = store.create_run(parse_config({**TOY, "name": "theirs"}), status="running",
+                              owner=Actor(browser_owner_id("o" * 43), "Olga"))
+    app.query_params["run"] = theirs
+    at = app.run()
+    for key in ("train.stop", "train.pause"):
+        assert at.button(key=key).disabled
+        assert "Started by Olga: only they or the teacher" in at.button(key=key).help
 
 
 # --- per-task heads, shared links and class mode (AppTest) ----------------------------------
@@ -650,3 +666,32 @@ def test_class_mode_shows_the_knobs_a_lesson_names(app):
     assert not {"cfg.device", "cfg.optim.optimizer", "upload.yaml"} & set(keys)
     assert any("optim.weight_decay" in m.value for m in at.markdown)  # the banner names them
     assert at.number_input(key="cfg.optim.weight_decay").value == pytest.approx(0.001)
+
+
+def test_a_backbone_trunk_shows_its_controls_one_diagram_box_and_refuses_bad_weights(
+        app, tmp_path):
+    at = app.run()
+    at.selectbox(key="cfg.data.suite").set_value("scenes").run()
+    at.selectbox(key="cfg.model.trunk.type").set_value("resnet18").run()
+    assert not at.exception and not _start(at).disabled
+    assert not [n for n in at.number_input if n.key.startswith("cfg.model.trunk.layers")]
+    spec = at.get("graphviz_chart")[0].proto.spec
+    assert "ResNet-18 · 5 stages → 512×3×3" in spec and "11,176,512 params" in spec
+    assert "Upsample ×2" in spec  # the dense heads' decoders
+    at.selectbox(key="cfg.model.trunk.trainable").set_value("none")
+    at.text_input(key=form.WEIGHTS_KEY).input(str(tmp_path / "elsewhere.pt")).run()
+    assert _start(at).disabled  # outside the allowed folders: not even looked at
+    messages = [e.value for e in at.error]
+    assert any("allowed folders" in m for m in messages), messages
+    assert not any("no weights file" in m for m in messages), messages
+    inside = tmp_path / "data" / "missing.pt"  # MTL_DATA_DIR (conftest): an allowed root
+    at.text_input(key=form.WEIGHTS_KEY).input(str(inside)).run()
+    assert _start(at).disabled
+    messages = [e.value for e in at.error]
+    assert any("no weights file at" in m and "missing.pt" in m for m in messages), messages
+    assert any("model.trunk.weights" in m and "to fix before Start" in m for m in messages)
+    at.text_input(key=form.WEIGHTS_KEY).input("").run()
+    assert not _start(at).disabled
+    trunk = _config_shown(at)["model"]["trunk"]
+    assert trunk["type"] == "resnet18" and trunk["trainable"] == "none"
+    assert trunk["weights"] is None

@@ -6,6 +6,7 @@ regression and a 2-D grid suite. Nothing trains.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ui.state import current_run_id, get_store
 live_panel(get_store(), current_run_id())
 """
 TIMEOUT = 30  # the first run of a page imports plotly and pandas
+TEACHER = {"_identity.teacher": True}  # a session that has unlocked the teacher's rights
 
 
 # ---------------------------------------------------------------- hand-made runs
@@ -168,7 +170,7 @@ def test_runs_page_opens_the_run_from_the_url_and_filters(runs):
 
 def test_delete_asks_for_confirmation_then_removes(store, runs):
     victim = runs["vector"]
-    at = run_page(RUNS_PAGE, victim)
+    at = run_page(RUNS_PAGE, victim, **TEACHER)  # the runs here are the operator's
     at.button(key="runs_delete").click().run()
     assert any("cannot be undone" in w.value for w in at.warning)
     assert victim in {r.id for r in store.list_runs()}  # nothing deleted yet
@@ -185,7 +187,7 @@ def test_delete_asks_for_confirmation_then_removes(store, runs):
 
 def test_live_run_can_be_stopped_not_deleted(store):
     rid = make_run(store, "live", "toy_2d", {"circle": "binary"}, status="running")
-    at = run_page(RUNS_PAGE, rid)
+    at = run_page(RUNS_PAGE, rid, **TEACHER)
     assert at.button(key="runs_delete").disabled
     at.button(key="runs_stop").click().run()
     assert store.pending_controls(rid) == ["stop"]
@@ -378,3 +380,69 @@ def test_live_panel_metrics_tab_shows_each_tasks_metric(runs):
     at.radio(key=f"live_metric_{rid}").set_value("r2").run()
     r2 = plotly_figures(at)["live_metric_chart"]
     assert [t["name"] for t in r2["data"]] == ["ink"]
+
+
+# ---------------------------------------------------------------- predictions: boxes and masks
+
+
+def make_vision_run(store: RunStore, suite: str, probe: dict, outputs: dict) -> str:
+    cfg = ExperimentConfig(name=f"{suite}-run", data=DataConfig(suite=suite),
+                           tasks=[TaskConfig(name=t) for t in probe["tasks"]])
+    run_id = store.create_run(cfg, status="running")
+    sink = store.sink(run_id)
+    sink.snapshot(0, "probe", probe)
+    sink.metrics([(10, 1.0, "val", t, "loss", 0.5) for t in probe["tasks"]])
+    sink.snapshot(10, "predictions", {"outputs": outputs})
+    sink.progress(10, 10, 1.0)
+    store.set_status(run_id, "finished", summary={})
+    return run_id
+
+
+def test_predictions_draw_true_and_predicted_boxes_on_the_probe_images(store):
+    image = [[0] * 8 for _ in range(8)]
+    probe = {"tasks": {"digit": {"kind": "classification", "class_names": None, "input": "x"},
+                       "box": {"kind": "box", "class_names": None, "input": "x"}},
+             "images": {"x": [image, image]},
+             "targets": {"digit": [3, 5], "box": [[0.0, 0.0, 0.5, 0.5], [0.25, 0.5, 0.75, 1.0]]}}
+    outputs = {"digit": [3, 1], "box": [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.25]]}
+    at = run_page(PREDICTIONS_PAGE, make_vision_run(store, "digit_boxes", probe, outputs))
+    grid = at.get("html")[0].value
+    assert grid.count("<svg") == 2 and grid.count("<image ") == 2
+    true_boxes = re.findall(r'class="mtl-box-true" x="([\d.]+)" y="([\d.]+)" '
+                            r'width="([\d.]+)" height="([\d.]+)"', grid)
+    pred_boxes = re.findall(r'class="mtl-box-pred" x="([\d.]+)" y="([\d.]+)" '
+                            r'width="([\d.]+)" height="([\d.]+)"', grid)
+    # in the 8×8 image's pixels
+    assert [tuple(map(float, b)) for b in true_boxes] == [(0, 0, 4, 4), (2, 4, 4, 4)]
+    assert [tuple(map(float, b)) for b in pred_boxes] == [(0, 0, 4, 4), (4, 0, 4, 2)]
+    assert "IoU 1.00" in grid and "IoU 0.00" in grid
+    assert grid.count("mtl-wrong") == 2  # the second image: digit and box both wrong
+
+
+def test_predictions_show_true_and_predicted_masks_and_depth_maps(store):
+    seg_true = [[[0, 1], [2, 3]], [[1, 1], [0, 0]]]
+    seg_pred = [[[0, 1], [2, 2]], [[1, 0], [0, 0]]]
+    depth_true = [[[5.0, 1.5], [2.0, 3.0]], [[1.0, 1.0], [5.0, 5.0]]]
+    depth_pred = [[[4.5, 1.5], [2.5, 3.0]], [[1.2, 1.0], [5.0, 4.0]]]
+    colour = [[[0, 255], [255, 0]]] * 3
+    probe = {"tasks": {"segmentation": {"kind": "dense_classification", "input": "x",
+                                        "class_names": ["background", "circle", "square",
+                                                        "triangle"]},
+                       "depth": {"kind": "dense_regression", "class_names": None,
+                                 "input": "x"}},
+             "images": {"x": [colour, colour]},
+             "targets": {"segmentation": seg_true, "depth": depth_true}}
+    outputs = {"segmentation": seg_pred, "depth": depth_pred}
+    at = run_page(PREDICTIONS_PAGE, make_vision_run(store, "scenes", probe, outputs))
+    assert at.get("html")[0].value.count("<img") == 2  # the colour scenes themselves
+    figs = plotly_figures(at)
+    assert {"pred_dense_segmentation", "pred_dense_depth"} <= set(figs)
+    seg = [t for t in figs["pred_dense_segmentation"]["data"] if t["type"] == "heatmap"]
+    assert [t["z"] for t in seg] == seg_true + seg_pred  # top row truth, bottom row prediction
+    assert seg[0]["zmin"] == -0.5 and seg[0]["zmax"] == 3.5
+    bar = seg[0]["colorbar"]
+    assert bar["ticktext"] == ["background", "circle", "square", "triangle"]
+    depth = [t for t in figs["pred_dense_depth"]["data"] if t["type"] == "heatmap"]
+    assert [t["z"] for t in depth] == depth_true + depth_pred
+    assert depth[0]["zmin"] == 1.0 and depth[0]["zmax"] == 5.0  # one scale for all panels
+    assert not any(k.startswith("pred_cm_") or k.startswith("pred_sc_") for k in figs)

@@ -192,7 +192,7 @@ def test_live_baselines_are_reused_and_finished_ones_preferred(tiny_doc, isolate
                                                                monkeypatch):
     queued: list[str] = []
 
-    def fake_submit(cfg, runs_dir=None):  # queue without starting workers
+    def fake_submit(cfg, runs_dir=None, owner=None):  # queue without starting workers
         queued.append(RunStore(runs_dir).create_run(parse_config(cfg)))
         return queued[-1]
 

@@ -94,7 +94,8 @@ def test_train_show_export_round_trip(tmp_path: Path, runs_dir: Path,
                            "--runs-dir", str(runs_dir))
     rows = list(csv.DictReader(io.StringIO(out)))
     assert code == 0 and len(rows) == len(logged) > 0
-    assert list(rows[0]) == ["step", "epoch", "split", "task", "name", "value", "time"]
+    assert list(rows[0]) == ["step", "epoch", "split", "task", "name", "value", "time",
+                            "replica"]
     assert {r["split"] for r in rows} >= {"train", "val", "test"}
     assert float(rows[0]["value"]) == pytest.approx(logged["value"].iloc[0])
 
@@ -108,10 +109,10 @@ def test_train_show_export_round_trip(tmp_path: Path, runs_dir: Path,
 
     code, out, _ = run_cli(capsys, "runs", "--runs-dir", str(runs_dir))
     header, line = out.splitlines()
-    assert header.split() == ["id", "name", "suite", "arch", "method", "status", "step/total",
-                              "duration"]
-    assert line.split()[:7] == [run_id, "round-trip", "toy_2d", "hard_sharing", "static",
-                                "finished", "8/8"]
+    assert header.split() == ["id", "name", "owner", "suite", "arch", "method", "status",
+                              "step/total", "duration"]
+    assert line.split()[:8] == [run_id, "round-trip", "operator", "toy_2d", "hard_sharing",
+                                "static", "finished", "8/8"]
 
 
 def test_ctrl_c_stops_the_run_and_waits(tmp_path: Path, runs_dir: Path) -> None:

@@ -11,7 +11,7 @@ from mtl_core.sink import MemorySink
 from mtl_core.trainer import train
 
 EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
-MNIST_SUITES = {"mnist_attributes", "multi_mnist", "mnist_fashion"}
+MNIST_SUITES = {"mnist_attributes", "multi_mnist", "mnist_fashion", "digit_boxes"}
 
 
 def test_there_is_one_example_per_suite():

@@ -137,7 +137,7 @@ def test_a_worker_that_cannot_start_fails_one_queued_run(store: RunStore,
     first = store.create_run(unchecked(TINY))
     second = store.create_run(unchecked(TINY))
 
-    def broken(store: RunStore) -> Worker:
+    def broken(store: RunStore, **options: object) -> Worker:
         raise ImportError("cannot import name 'diagnostics' from 'mtl_core'")
 
     monkeypatch.setattr(worker_module, "Worker", broken)

@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+from idx_files import write_fake_mnist
 
 from mtl_core.config import load_config, parse_config
 from mtl_core.data import SUITES
@@ -89,18 +90,24 @@ def test_knob_value_walks_dicts_and_lists():
 
 @pytest.mark.parametrize("lesson, variant", PRESETS,
                          ids=[f"{lesson.id}-{i}" for lesson, i in PRESETS])
-def test_preset_validates_and_a_short_version_finishes(lesson, variant):
+def test_preset_validates_and_a_short_version_finishes(lesson, variant, isolated_dirs):
     cfg = load_preset(lesson, variant)
     assert cfg == load_config(lesson.preset_paths[variant])
-    assert cfg.data.suite in ("toy_2d", "synthetic_mmoe", "synthetic_tabular")  # no downloads
-    n_train = cfg.data.params["n_samples"] * (1 - cfg.data.val_fraction) * cfg.data.train_fraction
+    # Generated data, or MNIST (here: tiny fake IDX files, never a download).
+    assert cfg.data.suite in ("toy_2d", "synthetic_mmoe", "synthetic_tabular", "digit_boxes")
+    pool = cfg.data.params.get("n_samples") or cfg.data.params["n_train"]
+    n_train = pool * (1 - cfg.data.val_fraction) * cfg.data.train_fraction
     steps = cfg.optim.epochs * math.ceil(n_train / cfg.optim.batch_size)
     assert steps <= MAX_STEPS, steps
 
     doc = cfg.to_dict()
     doc.update(device="cpu")
     doc["optim"]["epochs"] = 1
-    doc["data"]["params"].update(n_samples=200, n_test=50)
+    if cfg.data.suite == "digit_boxes":
+        write_fake_mnist(isolated_dirs.parent / "data", n_train=80, n_test=20)
+        doc["data"]["params"].update(n_train=0, n_test=0, download=False)
+    else:
+        doc["data"]["params"].update(n_samples=200, n_test=50)
     result = train(parse_config(doc), MemorySink())
     assert result.status == "finished", result.message
     assert set(result.summary["test"]) == set(cfg.task_weights())

@@ -111,8 +111,8 @@ def test_reader_never_blocked_by_an_open_write(store: RunStore) -> None:
     store.add_metrics(run_id, [(1, 0.0, "train", "a", "loss", 1.0)])
     writer = sqlite3.connect(store.db_path, isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # the writer holds the lock, uncommitted
-    writer.execute("INSERT INTO metrics (run_id, step, epoch, split, task, name, value, time) "
-                   "VALUES (?, 2, 0, 'train', 'a', 'loss', 2.0, 0)", (run_id,))
+    writer.execute("INSERT INTO metrics (run_id, id, step, epoch, split, task, name, value, "
+                   "time) VALUES (?, 10000, 2, 0, 'train', 'a', 'loss', 2.0, 0)", (run_id,))
     start = time.monotonic()
     seen = store.metrics(run_id)["value"].tolist()
     assert time.monotonic() - start < 1.0  # not waiting for the busy timeout

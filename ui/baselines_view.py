@@ -179,7 +179,9 @@ def _submit(store: RunStore, cfg: Any, before: dict[str, str], key: str) -> None
     from mtl_core import jobs
 
     try:
-        ids = find_or_submit_baselines(cfg, store.runs_dir)
+        from ui.identity import current_actor
+
+        ids = find_or_submit_baselines(cfg, store.runs_dir, owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
         st.error(f"Could not queue the baselines: {exc}")
         return
@@ -206,7 +208,8 @@ def _comparison(comp: Comparison, key: str) -> None:
                  | {c: st.column_config.NumberColumn(c, format="%+.2f")
                     for c in ("change (%)", "Δm term (%)")})
     st.caption(f"Compared on the {comp.split} set. Primary metric: accuracy for "
-               "classification, MSE for regression.")
+               "classification, MSE for regression, IoU for boxes, mIoU for segmentation, "
+               "abs_rel for per-pixel regression (depth).")
     if any(r.term is not None for r in comp.rows):
         st.plotly_chart(terms_figure(comp), key=f"{key}_bars", config=PLOTLY_CONFIG)
     if comp.delta_m is not None:

@@ -35,6 +35,8 @@ BOUNDARY_SCALE = [[0.0, "#f59322"], [0.5, "#e8eaeb"], [1.0, "#0877bd"]]
 DENSE_SPLITS = ("train", "diag")  # logged every `log_every` steps: the noisy ones
 SPLIT_DASH = {"train": "solid", "diag": "solid", "val": "dash", "test": "dot"}
 PAIR_SEP = "|"
+DENSE_KINDS = ("dense_classification", "dense_regression")
+UNIT_METRICS = ("accuracy", "iou", "acc50", "miou", "pixel_acc")  # shares: drawn on [0, 1]
 
 
 # ---------------------------------------------------------------- series helpers
@@ -130,7 +132,8 @@ def metric_names(df: pd.DataFrame, splits: Sequence[str] = ("val", "test")) -> l
     if df is None or df.empty:
         return []
     present = set(df.loc[df["split"].isin(splits), "name"]) - {"loss"}
-    preferred = ["accuracy", "r2", "mse", "mae"]
+    preferred = ["accuracy", "iou", "acc50", "miou", "pixel_acc", "r2", "abs_rel", "rmse",
+                 "mse", "mae"]
     return [m for m in preferred if m in present] + sorted(present - set(preferred))
 
 
@@ -228,7 +231,7 @@ def metric_figure(df: pd.DataFrame, tasks: Sequence[str], metric: str,
     fig = curves_figure(df, tasks, metric, splits, log_y=log_y, smoothing=smoothing,
                         max_points=max_points, title=metric, y_title=metric, colors=colors,
                         empty_message=f"no {metric} logged yet")
-    if metric == "accuracy" and fig.data and not log_y:
+    if metric in UNIT_METRICS and fig.data and not log_y:
         fig.update_yaxes(range=[0, 1.02])
     return fig
 
@@ -565,6 +568,12 @@ def image_src(image: Any) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def image_size(image: Any) -> tuple[int, int]:
+    """(height, width) of a probe image given as nested lists (H×W or C×H×W)."""
+    arr = np.asarray(image)
+    return (int(arr.shape[-2]), int(arr.shape[-1])) if arr.ndim >= 2 else (1, 1)
+
+
 def probe_tasks(probe: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """{task: {"kind", "class_names", "input"}} from a probe payload.
 
@@ -621,7 +630,9 @@ def _probe_images(probe: Mapping[str, Any], inputs: Sequence[str], i: int) -> li
 def probe_rows(probe: Mapping[str, Any], predictions: Mapping[str, Any] | None,
                tasks: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One dict per probe sample: {"images": [image, ...], "tasks": [(task, pred, true,
-    correct)]} with labels already formatted and `correct` None for regression."""
+    correct)], "boxes": [(task, true box, predicted box)]} with labels already formatted and
+    `correct` None for regression. A box task's label is its IoU (right when ≥ 0.5);
+    per-pixel tasks have no label here (ui.vision_charts draws their maps)."""
     info = probe_tasks(probe)
     names = [t for t in (tasks or list(info)) if t in info]
     targets = probe.get("targets") or {}
@@ -630,16 +641,27 @@ def probe_rows(probe: Mapping[str, Any], predictions: Mapping[str, Any] | None,
     n = max([len(targets.get(t, [])) for t in names] + [0])
     rows = []
     for i in range(n):
-        cells = []
+        cells, boxes = [], []
         for task in names:
             kind, cn = info[task]["kind"], info[task]["class_names"]
             truth = targets.get(task, [])
             out = outputs.get(task) or []
             true = truth[i] if i < len(truth) else None
             pred = out[i] if i < len(out) else None
+            if kind in DENSE_KINDS:  # whole maps: drawn by vision_charts.dense_figure
+                continue
+            if kind == "box":
+                from ui.vision_charts import box_iou
+
+                boxes.append((task, true, pred))
+                iou = box_iou(pred, true) if pred is not None and true is not None else None
+                cells.append((task, "–" if iou is None else f"IoU {iou:.2f}", "green box",
+                              None if iou is None else iou >= 0.5))
+                continue
             cells.append((task, format_label(pred, kind, cn), format_label(true, kind, cn),
                           is_correct(pred, true, kind)))
-        rows.append({"images": _probe_images(probe, inputs, i), "tasks": cells})
+        rows.append({"images": _probe_images(probe, inputs, i), "tasks": cells,
+                     "boxes": boxes})
     return rows
 
 
@@ -655,13 +677,16 @@ def image_grid_html(probe: Mapping[str, Any], predictions: Mapping[str, Any] | N
                     min_card_px: int = 120) -> str:
     """HTML grid of probe images, each with every task's predicted and true label; wrong
     predictions are red and their card gets a red border, right ones are green."""
+    from ui.vision_charts import boxes_svg
+
     cards = []
     for row in probe_rows(probe, predictions, tasks)[:max_images]:
         wrong = any(c is False for *_, c in row["tasks"])
         imgs = "".join(
+            boxes_svg(src, row["boxes"], image_size(im)) if row["boxes"] and src else
             f'<img src="{src}" style="width:{100 // max(1, len(row["images"]))}%;'
             f'image-rendering:pixelated;border-radius:4px"/>'
-            for src in (image_src(im) for im in row["images"]) if src)
+            for src, im in ((image_src(im), im) for im in row["images"]) if src)
         lines = []
         for task, pred, true, correct in row["tasks"]:
             color = {True: "#1a7f37", False: "#cf222e"}.get(correct, "#444")  # type: ignore[arg-type]

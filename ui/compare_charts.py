@@ -23,10 +23,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from mtl_core.baselines import primary_metric
+from mtl_core.config import BACKBONE_STAGES
 from ui import charts
 from ui.run_table import final_metrics
 
-METRIC_ORDER = ("accuracy", "r2", "mse", "mae", "loss")
+METRIC_ORDER = ("accuracy", "iou", "acc50", "miou", "pixel_acc", "r2", "abs_rel", "rmse", "mse",
+                "mae", "loss")
 CONFIG_COLUMNS = ("method", "architecture", "shared layers", "train fraction")
 WEIGHT_PREFIX = "w_"
 METRIC_SEP = " · "
@@ -91,7 +93,7 @@ def overlay_figure(frames: Mapping[str, pd.DataFrame], labels: Mapping[str, str]
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
                       xaxis_title="step", yaxis_title=name)
     fig.update_yaxes(type="log" if log_y else "linear")
-    if name == "accuracy" and not log_y:
+    if name in charts.UNIT_METRICS and not log_y:
         fig.update_yaxes(range=[0, 1.02])
     return fig
 
@@ -106,6 +108,8 @@ def shared_layers(config: Mapping[str, Any]) -> float:
     architecture = model.get("architecture")
     trunk = model.get("trunk") or {}
     depth = len(trunk.get("layers") or []) + len(trunk.get("hidden") or [])
+    if trunk.get("type") in BACKBONE_STAGES:  # a backbone's stages replace the conv layers
+        depth = BACKBONE_STAGES[str(trunk["type"])] + len(trunk.get("hidden") or [])
     if architecture == "single_task":
         return 0.0
     if architecture == "hard_sharing":

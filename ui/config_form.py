@@ -32,6 +32,7 @@ from mtl_core.config import (
     FieldError,
     HeadConfig,
     parse_config,
+    safe_yaml,
 )
 
 PREFIX = "cfg."
@@ -180,9 +181,9 @@ def value_from_state(spec: FieldSpec, state: Mapping[str, Any], key: str) -> Any
         return _MISSING
     value = state[key]
     if spec.kind == "yaml" and isinstance(value, str):
-        try:
-            return yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+        try:  # a box in a browser: the same size, alias and depth limits as a file
+            return safe_yaml(value, key) if value.strip() else None
+        except ConfigError:
             return value  # parse_config reports it at this field
     return value
 
@@ -238,6 +239,7 @@ CSV_KINDS = "cfg.data.params.csv.kinds"  # + ".<target column>": "auto" or a tas
 # Per-task heads: a toggle, and (toggle off) one width list per task. Only the tasks whose
 # widths differ from the shared `heads.layers` go into `model.heads.per_task`.
 HEADS_SAME = "cfg.model.heads.same"
+WEIGHTS_KEY = "cfg.model.trunk.weights"  # backbone weights: "", "imagenet" or a file path
 
 
 def head_key(task: str) -> str:
@@ -245,7 +247,8 @@ def head_key(task: str) -> str:
 
 _SCALARS = ("name", "seed", "device", "log_every", "data.train_fraction", "data.val_fraction",
             "model.trunk.type", "model.trunk.activation", "model.trunk.dropout",
-            "model.trunk.batch_norm", "model.heads.activation", "model.heads.dropout",
+            "model.trunk.batch_norm", "model.trunk.trainable", "model.heads.activation",
+            "model.heads.dropout",
             "optim.optimizer", "optim.lr", "optim.weight_decay", "optim.batch_size",
             "optim.epochs", "optim.eval_every", "optim.early_stopping.patience")
 _FLOATS = {"data.train_fraction", "data.val_fraction", "model.trunk.dropout",
@@ -299,6 +302,7 @@ def state_from_config(cfg: ExperimentConfig | Mapping[str, Any] | None) -> dict[
         state[PREFIX + path] = float(value) if path in _FLOATS else value
     for path in _LISTS:
         state.update(list_to_state(PREFIX + path, _get(doc, path)))
+    state[WEIGHTS_KEY] = cfg.model.trunk.weights or ""  # a text box: "" = no weights file
 
     suite = cfg.data.suite
     state["cfg.data.suite"] = suite
@@ -343,6 +347,9 @@ def config_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
             _put(doc, path, value)
     if doc.get("model", {}).get("trunk", {}).get("type", "mlp") == "mlp":
         _put(doc, "model.trunk.hidden", [])  # the form shows an mlp's widths as one list
+    weights = str(state.get(WEIGHTS_KEY) or "").strip()
+    if weights:
+        _put(doc, "model.trunk.weights", weights)
 
     suite = state.get("cfg.data.suite", ExperimentConfig().data.suite)
     _put(doc, "data.suite", suite)
@@ -420,8 +427,9 @@ def _csv_kinds(state: Mapping[str, Any], targets: list[str]) -> dict[str, str]:
 
 
 def validate(doc: Mapping[str, Any]) -> tuple[ExperimentConfig | None, ConfigError | None]:
+    """The form's config, validated as a browser's (untrusted: paths inside the roots)."""
     try:
-        return parse_config(dict(doc)), None
+        return parse_config(dict(doc), trusted=False), None
     except ConfigError as exc:
         return None, exc
 

@@ -28,7 +28,7 @@ def save_upload(name: str, content: bytes, folder: Path) -> Path:
     """Write an uploaded file once per content; return its path."""
     digest = hashlib.sha256(content).hexdigest()[:10]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}-{Path(name).name}"
+    path = folder / f"{digest}-{Path(name).name[-80:]}"  # a browser's name: no folders
     if not path.exists():
         path.write_bytes(content)
     return path
@@ -39,19 +39,23 @@ def _preview(path: str, mtime: float) -> pd.DataFrame:
     return pd.read_csv(path, nrows=500)
 
 
-def _read_preview(path_text: str) -> tuple[pd.DataFrame | None, str | None]:
+def _read_preview(path_text: str, errors_name_path: bool = False
+                  ) -> tuple[pd.DataFrame | None, str | None]:
+    """The first rows of the table, or why not. The path comes from a browser: a file
+    outside the allowed roots is never opened (mtl_core.trust), so nothing of it is shown."""
     if not path_text.strip():
         return None, None
-    from mtl_core.data import data_dir
+    from mtl_core.trust import inside_roots, refusal
 
-    path = Path(path_text).expanduser()
-    for candidate in ([path] if path.is_absolute() else [path, data_dir() / path]):
-        if candidate.is_file():
-            try:
-                return _preview(str(candidate), candidate.stat().st_mtime), None
-            except Exception as exc:  # a broken file: say so next to the path
-                return None, f"cannot read {candidate} as CSV: {exc}"
-    return None, f"file not found: {path_text}"
+    path = inside_roots(path_text)
+    if path is None:  # the form's validation says so under the path box (same words)
+        return None, None if errors_name_path else refusal(path_text)
+    if not path.is_file():
+        return None, f"file not found: {path_text[:200]}"
+    try:
+        return _preview(str(path), path.stat().st_mtime), None
+    except Exception as exc:  # a broken file (inside the roots): say so next to the path
+        return None, f"cannot read {path} as CSV: {str(exc)[:200]}"
 
 
 def _take_upload() -> None:
@@ -75,7 +79,8 @@ def csv_section(errors: ConfigError | None) -> None:
     st.text_input("CSV path", key=f"{KEY}.path", help="Saved here when you upload; or type a "
                   "path (relative paths are also looked up in the data folder).", **KEEP)
     show_errors(form.errors_at(errors, "data.params.path"))
-    frame, problem = _read_preview(st.session_state[f"{KEY}.path"])
+    frame, problem = _read_preview(st.session_state[f"{KEY}.path"],
+                                   bool(form.errors_at(errors, "data.params.path")))
     if problem:
         st.error(problem, icon=":material/error:")
     if frame is None:

@@ -135,6 +135,7 @@ class SuiteShapes:
     tasks: list[Any]  # TaskSpec
     input_shapes: dict[str, tuple[int, ...]]
     input_kind: str
+    rows: int = 0  # training pool + validation rows (sizes the step limit of a table)
 
 
 @dataclass
@@ -153,38 +154,50 @@ def cached_suite_shapes(suite: str, params_json: str, root: str) -> SuiteShapes:
     from mtl_core.config import DataConfig
     from mtl_core.data import SUITES, load_suite
 
+    entry = SUITES.get(suite)
+    if "describe" in entry.extra and not entry.extra.get("reads_files"):
+        # A generated suite: its params say every shape; generating it here would cost the
+        # server up to a gigabyte (200,000 x 1,024 features) for a picture.
+        checked = entry.params.model_validate(json.loads(params_json))
+        tasks, input_shapes = entry.extra["describe"](checked)
+        return SuiteShapes(tasks, input_shapes, entry.extra.get("input_kind", "vector"),
+                           int(getattr(checked, "n_samples", 0)))
     # Defaults filled in first: an absent `download` means True for the MNIST suites.
-    params = SUITES.get(suite).params.model_validate(json.loads(params_json)).model_dump()
+    params = entry.params.model_validate(json.loads(params_json)).model_dump()
     if "download" in params:
         params["download"] = False
     data = load_suite(DataConfig(suite=suite, params=params), seed=0, root=Path(root))
-    return SuiteShapes(list(data.tasks), dict(data.input_shapes), data.input_kind)
+    return SuiteShapes(list(data.tasks), dict(data.input_shapes), data.input_kind,
+                       len(data.train) + len(data.val))
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def cached_blocks(model_json: str, suite: str, params_json: str, tasks: tuple[str, ...]
                   ) -> tuple[list[Block], dict[str, int], dict[str, tuple[int, ...]]]:
     from mtl_core.config import ModelConfig
-    from mtl_core.data.base import Split, SuiteData
-    from mtl_core.models import build_model
+    from mtl_core.limits import meta_model
 
     shapes = cached_suite_shapes(suite, params_json, _root())
     by_name = {t.name: t for t in shapes.tasks}
     chosen = [by_name[n] for n in tasks]
     used = {t.input for t in chosen}
     inputs = {k: v for k, v in shapes.input_shapes.items() if k in used}
-    empty = Split({}, {})  # the model needs shapes only
-    data = SuiteData(suite, chosen, empty, empty, empty, inputs, shapes.input_kind)  # type: ignore[arg-type]
-    model = build_model(ModelConfig.model_validate(json.loads(model_json)), data)
-    return model.blocks(), model.parameter_counts(), inputs
+    # On the meta device: shapes and counts only, no weights in the server and no weights
+    # file read (the widths were checked against the limits before this is called).
+    model = meta_model(ModelConfig.model_validate(json.loads(model_json)), chosen, inputs)
+    return model.diagram_blocks(), model.parameter_counts(), inputs
 
 
 def suite_shapes(data: dict[str, Any]) -> tuple[SuiteShapes | None, str | None]:
     """(shapes, None) or (None, why not) for a data section of a config document."""
     from mtl_core.config import DataConfig
+    from mtl_core.trust import path_problems
 
     try:
         cfg = DataConfig.model_validate(data)
+        refused = path_problems(cfg.suite, cfg.params)  # a browser's path: never opened
+        if refused:
+            return None, refused[0][1]
         params_json = json.dumps(cfg.params, sort_keys=True)
         return cached_suite_shapes(cfg.suite, params_json, _root()), None
     except Exception as exc:  # DataError, bad params: shown in the diagram's place
@@ -194,12 +207,16 @@ def suite_shapes(data: dict[str, Any]) -> tuple[SuiteShapes | None, str | None]:
 def build_diagram(doc: dict[str, Any]) -> Diagram:
     """The diagram for a config document (which may be invalid elsewhere: weights, lr...)."""
     from mtl_core.config import DataConfig, ModelConfig
+    from mtl_core.limits import model_problems
 
     try:
         data = DataConfig.model_validate(doc.get("data", {}))
         model = ModelConfig.model_validate(doc.get("model", {}))
+        too_big = model_problems(model)  # before anything is built, even on meta
     except Exception as exc:
         return Diagram(None, error=_message(exc))
+    if too_big:
+        return Diagram(None, error=f"{too_big[0][0]}: {too_big[0][1]}", error_path=too_big[0][0])
     shapes, error = suite_shapes(data.model_dump(mode="json"))
     if shapes is None:
         return Diagram(None, error=error, error_path="data")

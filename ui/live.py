@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from mtl_core.owners import ordinal
 from mtl_core.store import ACTIVE_STATUSES, RunInfo, RunStore
 from ui import charts
 from ui.run_table import format_duration, latest_table
@@ -85,7 +86,14 @@ def status_line(store: RunStore, info: RunInfo) -> tuple[str, str]:
             limit: Any = max_concurrent()
         except ValueError:
             limit = "?"
-        return "info", f"⏳ Queued — waiting for a free slot ({running} running, limit {limit})"
+        place = store.queue_place(info.id, limit if isinstance(limit, int) else None)
+        where = (f"{ordinal(place.position)} in line of {place.queued}; " if place else "")
+        if place and place.owner_cap and place.owner_active >= place.owner_cap:
+            return "info", (f"⏳ Queued — {where}waiting for one of its owner's "
+                            f"{place.owner_active} running runs to end (limit "
+                            f"{place.owner_cap} per person)")
+        return "info", (f"⏳ Queued — {where}waiting for a free slot ({running} running, "
+                        f"limit {limit})")
     if info.status == "running":
         where = f" on {info.device}" if info.device else ""
         return "info", f"▶️ Running{where}"

@@ -15,10 +15,12 @@ from typing import Any
 import pandas as pd
 
 # Which single number stands for a task in the runs table (first one present wins).
-PRIMARY_METRICS = ("accuracy", "r2", "mse", "mae", "loss")
+PRIMARY_METRICS = ("accuracy", "iou", "miou", "r2", "abs_rel", "mse", "mae", "loss")
 LATEST_COLUMNS = [("train", "loss", "train loss"), ("val", "loss", "val loss"),
                   ("val", "accuracy", "val accuracy"), ("val", "r2", "val R²"),
                   ("val", "mse", "val MSE"), ("val", "mae", "val MAE"),
+                  ("val", "iou", "val IoU"), ("val", "miou", "val mIoU"),
+                  ("val", "abs_rel", "val abs_rel"),
                   ("train", "weight", "weight"), ("diag", "grad_norm", "grad norm")]
 STATUS_ICONS = {"queued": "⏳", "running": "▶️", "paused": "⏸️", "finished": "✅",
                 "stopped": "⏹️", "diverged": "💥", "failed": "❌"}
@@ -62,13 +64,15 @@ def _duration(run: Any, now: float) -> float | None:
 
 
 def runs_frame(runs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
-    """One row per run: id, name, suite, architecture, method, status, progress, one column
-    per task with its final primary metric ("task · metric"), duration, created."""
+    """One row per run: id, name, owner, suite, architecture, method, status, progress, one
+    column per task with its final primary metric ("task · metric"), duration, created."""
     now = time.time() if now is None else now
     rows = []
     for run in runs:
         row: dict[str, Any] = {
-            "id": run.id, "name": run.name, "suite": run.suite,
+            "id": run.id, "name": run.name,
+            "owner": getattr(run, "owner_name", None) or getattr(run, "owner", ""),
+            "suite": run.suite,
             "architecture": run.architecture, "method": run.method,
             "status": f"{STATUS_ICONS.get(run.status, '')} {run.status}".strip(),
             "progress": (run.step / run.total_steps) if run.total_steps else 0.0,
@@ -80,7 +84,7 @@ def runs_frame(runs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
         row["duration"] = format_duration(_duration(run, now))
         row["created"] = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
         rows.append(row)
-    fixed = ["id", "name", "suite", "architecture", "method", "status", "progress"]
+    fixed = ["id", "name", "owner", "suite", "architecture", "method", "status", "progress"]
     frame = pd.DataFrame(rows, columns=None if rows else fixed + ["duration", "created"])
     metric_cols = [c for c in frame.columns if c not in fixed + ["duration", "created"]]
     return frame[fixed + metric_cols + ["duration", "created"]]

@@ -22,7 +22,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
-from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config
+from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_config, safe_json
 from ui.config_form import TRUNK_PRESETS, task_names
 
 CFG_PARAM = "cfg"  # ?cfg=<token>
@@ -136,8 +136,9 @@ def config_delta(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def config_from_delta(delta: dict[str, Any]) -> ExperimentConfig:
-    """The config a delta describes (validated; ConfigError says what is wrong)."""
-    return parse_config(_merge(defaults_for(*_names(delta)), delta))
+    """The config a delta describes (validated as a browser's: untrusted; ConfigError says
+    what is wrong)."""
+    return parse_config(_merge(defaults_for(*_names(delta)), delta), trusted=False)
 
 
 def _pack(document: dict[str, Any]) -> str:
@@ -185,8 +186,10 @@ def unpack_token(token: str) -> dict[str, Any]:
     if not inflate.eof:
         raise _damaged("it is cut short")
     try:
-        document = json.loads(raw.decode("utf-8"))
-    except ValueError:  # also UnicodeDecodeError
+        document = safe_json(raw, "the shared config in this link")  # size and depth first
+    except ValueError as exc:  # ConfigError (too big, too deep), bad JSON, not UTF-8
+        if isinstance(exc, ConfigError):
+            raise
         raise _damaged("it does not hold a config") from None
     if not isinstance(document, dict):
         raise _damaged("it does not hold a mapping of fields")

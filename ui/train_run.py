@@ -24,7 +24,13 @@ from typing import Any
 import streamlit as st
 import yaml
 
-from mtl_core.config import ConfigError, ExperimentConfig, loads_config_text, parse_config
+from mtl_core.config import (
+    ConfigError,
+    ExperimentConfig,
+    decode_config_bytes,
+    loads_config_text,
+    parse_config,
+)
 from ui import config_form as form
 from ui import share
 from ui.diagram import Diagram
@@ -59,11 +65,12 @@ def prepare_form_state() -> None:
     upload = state.get(YAML_UPLOAD_KEY)
     if upload is not None and state.get(_YAML_DONE) != upload.file_id:
         state[_YAML_DONE] = upload.file_id
-        try:
-            cfg = parse_config(loads_config_text(upload.getvalue().decode("utf-8", "replace"),
-                                                 source=upload.name))
+        try:  # untrusted: size, encoding, aliases and depth first, paths inside the roots
+            name = upload.name[:80]
+            text = decode_config_bytes(upload.getvalue(), name)
+            cfg = parse_config(loads_config_text(text, source=name), trusted=False)
         except ConfigError as exc:
-            state[_YAML_ERROR] = f"{upload.name} was not loaded:\n" + "\n".join(
+            state[_YAML_ERROR] = f"{upload.name[:80]} was not loaded:\n" + "\n".join(
                 f"- {e}" for e in exc.errors)
         else:
             state[form.PENDING_KEY] = cfg.to_dict()
@@ -211,9 +218,12 @@ def share_panel(cfg: ExperimentConfig | None, view: View) -> None:
 def submit_run(cfg: ExperimentConfig) -> str | None:
     """Queue `cfg` as a run; its id, or None after showing why it could not start."""
     from mtl_core import jobs
+    from mtl_core.preflight import check_submit
+    from ui.identity import current_actor
 
     try:
-        return jobs.submit(cfg, runs_dir())
+        check_submit(cfg)  # what the CLI checks at submit, the page checks too
+        return jobs.submit(cfg, runs_dir(), owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
         st.error(f"Could not start: {exc}")
         return None
@@ -257,6 +267,8 @@ def run_buttons() -> None:
 
 def _run_buttons(run_id: str | None) -> None:
     from mtl_core import jobs
+    from mtl_core.owners import may_act
+    from ui.identity import current_actor
 
     info = None
     if run_id:
@@ -265,23 +277,30 @@ def _run_buttons(run_id: str | None) -> None:
         except KeyError:
             pass
     status = info.status if info else None
+    actor = current_actor()
+    mine = info is None or may_act(actor, info.owner)
+    why = None if mine else (f"Started by {info.owner_label}: only they or the teacher can "
+                             "stop or pause it.")
     c1, c2 = st.columns(2)
     stop = c1.button("Stop", icon=":material/stop:", key="train.stop", width="stretch",
-                     disabled=status not in ("queued", "running", "paused"))
+                     disabled=status not in ("queued", "running", "paused") or not mine,
+                     help=why)
     paused = status == "paused"
     toggle = c2.button("Resume" if paused else "Pause", key="train.pause", width="stretch",
                        icon=":material/play_circle:" if paused else ":material/pause:",
-                       disabled=status not in ("running", "paused"))
+                       disabled=status not in ("running", "paused") or not mine, help=why)
     try:
         if stop and run_id:
-            st.toast(f"Stop: {jobs.stop(run_id, runs_dir())}")
+            st.toast(f"Stop: {jobs.stop(run_id, runs_dir(), actor=actor)}")
         elif toggle and run_id:
-            answer = jobs.resume(run_id, runs_dir()) if paused else jobs.pause(run_id, runs_dir())
+            answer = (jobs.resume(run_id, runs_dir(), actor=actor) if paused
+                      else jobs.pause(run_id, runs_dir(), actor=actor))
             st.toast(f"{'Resume' if paused else 'Pause'}: {answer}")
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, PermissionError) as exc:
         st.warning(str(exc))
     if info is not None:
-        st.caption(f"Current run `{info.id}` · {info.status}")
+        st.caption(f"Current run `{info.id}` · {info.status}"
+                   + ("" if mine else f" · started by {info.owner_label}"))
         if st.button("Load its settings", icon=":material/content_copy:", key="train.clone",
                      type="tertiary", help="Fill every control with this run's config, to "
                                            "change one thing and train again."):

@@ -13,7 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from mtl_core.config import ACTIVATIONS, OPTIMIZERS, ConfigError
+from mtl_core.config import ACTIVATIONS, BACKBONES, OPTIMIZERS, TRUNK_TYPES, ConfigError
 from mtl_core.data import SUITES
 from mtl_core.models import ARCHITECTURES
 from mtl_core.weighting import METHODS
@@ -147,19 +147,24 @@ def architecture_section(errors: ConfigError | None, doc: dict[str, Any],
 
     st.markdown("**Shared trunk**")
     c1, c2, c3 = st.columns(3)
-    c1.selectbox("Type", ["mlp", "cnn"], key="cfg.model.trunk.type",
+    c1.selectbox("Type", list(TRUNK_TYPES), key="cfg.model.trunk.type",
                  help="mlp: dense layers; cnn: 3×3 conv + 2×2 max-pool layers (images only), "
-                      "then dense layers.", **KEEP)
+                      "then dense layers; resnet18/34/50, mobilenet_v3_small: a torchvision "
+                      "backbone (images only), then dense layers.", **KEEP)
     if view.shows("model.trunk.activation"):
         c2.selectbox("Activation", list(ACTIVATIONS), key="cfg.model.trunk.activation", **KEEP)
     if view.shows("model.trunk.dropout"):
         c3.slider("Dropout", 0.0, 0.9, step=0.05, key="cfg.model.trunk.dropout", **KEEP)
     show_errors(form.errors_at(errors, "model.trunk.type"))
-    cnn = st.session_state["cfg.model.trunk.type"] == "cnn"
-    layer_editor("cfg.model.trunk.layers", "Conv" if cnn else "Dense",
-                 unit="channels" if cnn else "width")
-    show_errors(form.errors_at(errors, "model.trunk.layers"))
-    if cnn:
+    trunk_type = st.session_state["cfg.model.trunk.type"]
+    cnn = trunk_type == "cnn"
+    if trunk_type in BACKBONES:
+        backbone_controls(errors)
+    else:
+        layer_editor("cfg.model.trunk.layers", "Conv" if cnn else "Dense",
+                     unit="channels" if cnn else "width")
+        show_errors(form.errors_at(errors, "model.trunk.layers"))
+    if cnn or trunk_type in BACKBONES:
         layer_editor("cfg.model.trunk.hidden", "Dense after conv")
         show_errors(form.errors_at(errors, "model.trunk.hidden"))
     if view.shows("model.trunk.batch_norm"):
@@ -167,6 +172,22 @@ def architecture_section(errors: ConfigError | None, doc: dict[str, Any],
     show_errors(form.errors_at(errors, "model.trunk.dropout"))
 
     heads_section(errors, [t["name"] for t in doc.get("tasks") or []], view)
+
+
+def backbone_controls(errors: ConfigError | None) -> None:
+    """Weights and what trains, for a torchvision backbone trunk."""
+    ensure(form.WEIGHTS_KEY, "")
+    ensure("cfg.model.trunk.trainable", "all")
+    c1, c2 = st.columns([2, 1])
+    c1.text_input("Weights", key=form.WEIGHTS_KEY, placeholder="empty = random init",
+                  help="imagenet: torchvision's ImageNet weights, only if already in the "
+                       "local torch cache (never downloaded); or the path of a state dict file "
+                       "saved with torch.save(model.state_dict(), path).", **KEEP)
+    c2.selectbox("Trainable", ["all", "last_block", "none"], key="cfg.model.trunk.trainable",
+                 help="all: fine-tune the whole backbone; last_block: only its last stage; "
+                      "none: frozen, only the heads train.", **KEEP)
+    show_errors(form.errors_at(errors, "model.trunk.weights"))
+    show_errors(form.errors_at(errors, "model.trunk.trainable"))
 
 
 def heads_section(errors: ConfigError | None, tasks: list[str], view: View = FULL_VIEW) -> None:

@@ -7,6 +7,11 @@ A builder is registered with
     def build(params, *, seed: int, data_dir: Path) -> SuiteData: ...
 
 and returns the full training pool as `train` (its `val` is ignored) and its own `test`.
+Optional extras: `describe=lambda params: (task specs, input shapes)` says the shapes without
+any data (mtl_core.limits sizes the model from it; the Train page draws generated suites from
+it), `reads_files=True` marks a suite whose data must be read from disk even so (MNIST), and
+`paths=("path",)` names the params that are file paths (mtl_core.trust keeps a browser's
+inside the allowed roots).
 `load_suite` carves the validation split out of the pool, applies `train_fraction`, keeps
 only the configured tasks, and moves everything to the training device once.
 """
@@ -83,4 +88,4 @@ def load_suite(
 
 
 # Importing the suite modules registers them.
-from mtl_core.data import synthetic, mnist, table  # noqa: E402,F401,I001 (order = menu order)
+from mtl_core.data import synthetic, mnist, vision, table  # noqa: E402,F401,I001 (order = menu order)

@@ -7,8 +7,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-TaskKind = Literal["classification", "binary", "regression"]
-TASK_KINDS: tuple[str, ...] = ("classification", "binary", "regression")
+TaskKind = Literal["classification", "binary", "regression", "box", "dense_classification",
+                   "dense_regression"]
+TASK_KINDS: tuple[str, ...] = TaskKind.__args__  # type: ignore[attr-defined]
+DENSE_KINDS: tuple[str, ...] = ("dense_classification", "dense_regression")  # one per pixel
 
 
 @dataclass
@@ -17,7 +19,11 @@ class TaskSpec:
 
     Targets: classification -> int64 class ids (N,); binary -> float32 0/1 (N,);
     regression -> float32 (N,), standardised on the training pool; `target_scale` is the std
-    of the target in its original units (for display and for lessons on loss scales).
+    of the target in its original units (for display and for lessons on loss scales);
+    box -> float32 (N, 4), the normalised box [x0, y0, x1, y1] in [0, 1];
+    dense_classification -> int64 class ids per pixel (N, H, W); dense_regression -> float32
+    per pixel (N, H, W), in its own units (positive for depth: abs_rel divides by it).
+    Dense tasks say their map size in `out_size` (H, W).
     """
 
     name: str
@@ -27,10 +33,14 @@ class TaskSpec:
     input: str = "x"  # key into Split.inputs
     target_scale: float | None = None
     description: str = ""
+    out_size: tuple[int, int] | None = None  # dense kinds: (H, W) of the predicted map
 
     @property
     def output_dim(self) -> int:
-        return self.num_classes if self.kind == "classification" else 1  # type: ignore[return-value]
+        """Outputs per sample (per pixel for dense kinds)."""
+        if self.kind in ("classification", "dense_classification"):
+            return self.num_classes  # type: ignore[return-value]
+        return 4 if self.kind == "box" else 1
 
 
 @dataclass
@@ -82,3 +92,13 @@ class SuiteData:
 class DataError(ValueError):
     """A suite cannot be built from what is on disk or in its params; the message says why
     and what to do."""
+
+
+def shapes_only(kinds: dict[str, tuple[str, int | None, str]],
+                input_shapes: dict[str, tuple[int, ...]]
+                ) -> tuple[list[TaskSpec], dict[str, tuple[int, ...]]]:
+    """A suite's `describe` answer: {task: (kind, classes, input key)} and the input shapes,
+    for sizing a model (mtl_core.limits) without reading or generating any data."""
+    tasks = [TaskSpec(name, kind, num_classes=classes, input=key)  # type: ignore[arg-type]
+             for name, (kind, classes, key) in kinds.items()]
+    return tasks, dict(input_shapes)

@@ -21,7 +21,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtl_core.data import SUITES
-from mtl_core.data.base import DataError, Split, SuiteData, TaskSpec
+from mtl_core.data.base import DataError, Split, SuiteData, TaskSpec, shapes_only
 from mtl_core.registry import Params
 
 RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -155,6 +155,10 @@ ATTRIBUTE_TASKS = ["digit", "parity", "greater_than_4", "ink"]
     "mnist_attributes",
     "Handwritten digits with four tasks: the digit, odd or even, above 4, and how much ink.",
     params=MnistParams, task_names=lambda p: list(ATTRIBUTE_TASKS), input_kind="image",
+    reads_files=True, describe=lambda p: shapes_only(
+        {"digit": ("classification", 10, "x"), "parity": ("binary", None, "x"),
+         "greater_than_4": ("binary", None, "x"), "ink": ("regression", None, "x")},
+        {"x": (1, 28, 28)}),
 )
 def build_mnist_attributes(params: MnistParams, *, seed: int, data_dir: Path) -> SuiteData:
     """digit: 10 classes; parity: 1 = odd; greater_than_4: 1 = digit 5..9; ink: mean pixel
@@ -223,6 +227,9 @@ def overlay(left: Tensor, right: Tensor, shift: int, g: torch.Generator) -> Tens
     "multi_mnist",
     "Two overlapping handwritten digits per image: read the left one and the right one.",
     params=MultiMnistParams, task_names=lambda p: ["left", "right"], input_kind="image",
+    reads_files=True,
+    describe=lambda p: shapes_only({s: ("classification", 10, "x") for s in ("left", "right")},
+                                   {"x": (1, MULTI_SIZE, MULTI_SIZE)}),
 )
 def build_multi_mnist(params: MultiMnistParams, *, seed: int, data_dir: Path) -> SuiteData:
     """Sabour et al. style pairs on a 36x36 canvas (kept at 36x36, not resized, so strokes
@@ -253,6 +260,10 @@ def build_multi_mnist(params: MultiMnistParams, *, seed: int, data_dir: Path) ->
     "mnist_fashion",
     "Two tasks with two inputs: recognise a handwritten digit and a clothing item.",
     params=MnistParams, task_names=lambda p: ["digit", "fashion"], input_kind="image",
+    reads_files=True,
+    describe=lambda p: shapes_only({"digit": ("classification", 10, "digits"),
+                                    "fashion": ("classification", 10, "fashion")},
+                                   {"digits": (1, 28, 28), "fashion": (1, 28, 28)}),
 )
 def build_mnist_fashion(params: MnistParams, *, seed: int, data_dir: Path) -> SuiteData:
     """Input `digits` (MNIST) feeds task `digit`, input `fashion` (Fashion-MNIST) feeds task

@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import Tensor
 
 from mtl_core.data import SUITES
-from mtl_core.data.base import Split, SuiteData, TaskSpec
+from mtl_core.data.base import Split, SuiteData, TaskSpec, shapes_only
 from mtl_core.registry import Params
 
 
@@ -57,6 +57,8 @@ class MmoeParams(Params):
     "synthetic_mmoe",
     "Two regression tasks on random features whose relatedness is a slider (Ma et al. 2018).",
     params=MmoeParams, task_names=lambda p: ["task1", "task2"], input_kind="vector",
+    describe=lambda p: shapes_only({t: ("regression", None, "x") for t in ("task1", "task2")},
+                                   {"x": (p.n_features,)}),
 )
 def build_synthetic_mmoe(params: MmoeParams, *, seed: int, data_dir: Path) -> SuiteData:
     """The MMoE paper's generator (Ma et al., KDD 2018), scale c = 1.
@@ -116,6 +118,8 @@ class Toy2dParams(Params):
     "toy_2d",
     "Points in a square with several tasks each: inside a circle, XOR, a spiral, and distance.",
     params=Toy2dParams, task_names=lambda p: list(TOY_TASKS), input_kind="vector",
+    describe=lambda p: shapes_only({t: ("regression" if t == "distance" else "binary", None, "x")
+                                    for t in TOY_TASKS}, {"x": (2,)}),
 )
 def build_toy_2d(params: Toy2dParams, *, seed: int, data_dir: Path) -> SuiteData:
     """Uniform points in [-1, 1]^2; labels come from the clean point, then the point is
@@ -200,6 +204,9 @@ def _random_net(z: Tensor, g: torch.Generator, hidden: int = 16) -> Tensor:
     "synthetic_tabular",
     "Table-like rows whose tasks share some hidden factors and keep others to themselves.",
     params=TabularParams, task_names=_tabular_task_names, input_kind="vector",
+    describe=lambda p: shapes_only(
+        {t: (p.task_kind, p.n_classes if p.task_kind == "classification" else None, "x")
+         for t in _tabular_task_names(p)}, {"x": (p.n_features,)}),
 )
 def build_synthetic_tabular(params: TabularParams, *, seed: int, data_dir: Path) -> SuiteData:
     """Shared factors s and private factors q_k ~ N(0, I); features are a random linear mix of

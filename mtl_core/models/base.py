@@ -17,6 +17,7 @@ class Block:
     owner: str  # "shared" or a task name
     params: int
     inputs: list[str] = field(default_factory=list)  # names of blocks (or "input:x") feeding it
+    group: str = ""  # boxes of one group (a backbone's stages) may be drawn as one box
 
 
 class MTLModel(nn.Module):
@@ -84,8 +85,14 @@ class MTLModel(nn.Module):
         return counts
 
     def blocks(self) -> list[Block]:
-        """The diagram: shared blocks and each task's blocks, in data-flow order."""
+        """Every block: shared blocks and each task's blocks, in data-flow order."""
         raise NotImplementedError
+
+    def diagram_blocks(self) -> list[Block]:
+        """The blocks as the diagram draws them: a backbone's stages in a row as one box."""
+        from mtl_core.models.blocks import merge_groups
+
+        return merge_groups(self.blocks())
 
     @torch.no_grad()
     def inspect(self, inputs: dict[str, Tensor]) -> dict[str, Any]:

@@ -8,8 +8,12 @@ A *stage* is one layer of the trunk as the config counts them (`TrunkConfig.dept
 A dense stage flattens what it reads, so an mlp trunk takes images and the first dense stage
 after the convolutions is where the feature maps are flattened.
 
+- a torchvision backbone (`mtl_core.models.backbones`): one stage per backbone stage, then
+  one dense stage per width in `hidden`.
+
 Architectures describe their trunk as a list of `StageSpec`s (shapes worked out once) and
-build as many copies of any stage as they need with `make_stage`.
+build as many copies of any stage as they need with `make_stages`; heads come from
+`make_head` (a dense head, or an upsampling decoder for per-pixel tasks).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from mtl_core.config import HeadConfig, ModelConfig, TrunkConfig
-from mtl_core.data.base import TaskSpec
+from mtl_core.data.base import DENSE_KINDS, TaskSpec
 from mtl_core.models.base import Block, MTLModel
 
 ACTIVATIONS: dict[str, tuple[type[nn.Module], str]] = {
@@ -49,12 +53,18 @@ def count(module: nn.Module) -> int:
 class StageSpec:
     """One stage: what it reads and writes per sample, and how it is built."""
 
-    kind: Literal["dense", "conv"]
+    kind: Literal["dense", "conv", "backbone"]
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     activation: str | None = "relu"  # None: a plain linear output layer
     dropout: float = 0.0
     batch_norm: bool = False
+    # backbone stages: which model, which stage, and the input shape of the whole backbone
+    backbone: str | None = None
+    index: int = 0
+    backbone_input: tuple[int, ...] = ()
+    weights: str | None = None
+    trainable: str = "all"
 
 
 def trunk_specs(trunk: TrunkConfig, in_shape: tuple[int, ...]) -> list[StageSpec]:
@@ -63,7 +73,20 @@ def trunk_specs(trunk: TrunkConfig, in_shape: tuple[int, ...]) -> list[StageSpec
     shape = tuple(in_shape)
     common = dict(activation=trunk.activation, dropout=trunk.dropout,
                   batch_norm=trunk.batch_norm)
-    if trunk.type == "cnn":
+    if trunk.is_backbone:
+        from mtl_core.models.backbones import stage_shapes
+
+        if len(shape) != 3 or shape[0] not in (1, 3):
+            raise ValueError(f"a {trunk.type} trunk needs 1- or 3-channel images (channels, "
+                             f"height, width); got {shape}: use an mlp trunk")
+        for i, out in enumerate(stage_shapes(trunk.type, shape)):
+            specs.append(StageSpec("backbone", shape if i == 0 else specs[-1].out_shape, out,
+                                   activation=None, backbone=trunk.type, index=i,
+                                   backbone_input=tuple(in_shape), weights=trunk.weights,
+                                   trainable=trunk.trainable))
+        shape = specs[-1].out_shape
+        widths = list(trunk.hidden)
+    elif trunk.type == "cnn":
         if trunk.layers and len(shape) != 3:
             raise ValueError(f"a cnn trunk needs image inputs of shape (channels, height, "
                              f"width); got {shape}: use an mlp trunk")
@@ -127,7 +150,24 @@ class Stage(nn.Module):
 
 
 def make_stages(specs: list[StageSpec]) -> nn.ModuleList:
-    return nn.ModuleList(Stage(s) for s in specs)
+    """The modules of `specs`; consecutive backbone stages come from one backbone build."""
+    from mtl_core.models.backbones import build_stages
+
+    out: list[nn.Module] = []
+    i = 0
+    while i < len(specs):
+        spec = specs[i]
+        if spec.kind != "backbone":
+            out.append(Stage(spec))
+            i += 1
+            continue
+        j = i
+        while j < len(specs) and specs[j].kind == "backbone":
+            j += 1
+        out += build_stages(spec.backbone or "", [s.index for s in specs[i:j]],
+                            spec.backbone_input, spec.weights, spec.trainable)
+        i = j
+    return nn.ModuleList(out)
 
 
 def run(stages: nn.ModuleList, x: Tensor) -> Tensor:
@@ -162,17 +202,59 @@ class Head(nn.Module):
         return out.squeeze(-1) if self.squeeze else out
 
 
+def make_head(cfg: HeadConfig, in_shape: tuple[int, ...], task: TaskSpec) -> nn.Module:
+    """A task's head: dense layers for per-sample outputs, an upsampling decoder
+    (`DenseHead`) for per-pixel tasks."""
+    if task.kind in DENSE_KINDS:
+        from mtl_core.models.dense_head import DenseHead
+
+        return DenseHead(cfg, in_shape, task)
+    return Head(cfg, in_shape, task)
+
+
 def chain(names: list[str], modules: list[nn.Module], owner: str,
           inputs: list[str]) -> list[Block]:
     """Diagram boxes for modules applied one after another; the first reads `inputs`."""
     blocks = []
     for name, module in zip(names, modules, strict=True):
-        blocks.append(Block(name, module.label, owner, count(module), list(inputs)))
+        blocks.append(Block(name, module.label, owner, count(module), list(inputs),
+                            group=getattr(module, "group", "")))
         inputs = [name]
     return blocks
 
 
-def head_blocks(task: str, head: Head, inputs: list[str]) -> list[Block]:
+def merge_groups(blocks: list[Block]) -> list[Block]:
+    """The diagram's view: a run of boxes of one group (a backbone's stages) where each reads
+    only the one before and nothing else reads that one becomes a single box with the run's
+    parameter count ("ResNet-18 · stages 1–5")."""
+    readers: dict[str, int] = {}
+    for b in blocks:
+        for source in b.inputs:
+            readers[source] = readers.get(source, 0) + 1
+    out: list[Block] = []
+    rename: dict[str, str] = {}
+    runs: list[list[Block]] = []  # the original blocks behind each box of `out`
+    for b in blocks:
+        inputs = [rename.get(s, s) for s in b.inputs]
+        prev = out[-1] if out else None
+        if (b.group and prev is not None and prev.group == b.group
+                and prev.owner == b.owner and inputs == [prev.name]
+                and readers.get(runs[-1][-1].name, 0) == 1):
+            runs[-1].append(b)
+            rename[b.name] = prev.name
+            members = runs[-1]
+            frozen = [m.label.endswith(" · frozen") for m in members]
+            notes = " · frozen" if all(frozen) else " · partly frozen" if any(frozen) else ""
+            shape = members[-1].label.rsplit("→", 1)[-1].split(" · ")[0].strip()
+            out[-1] = Block(prev.name, f"{b.group} · {len(members)} stages → {shape}{notes}",
+                            b.owner, sum(m.params for m in members), prev.inputs, b.group)
+        else:
+            out.append(Block(b.name, b.label, b.owner, b.params, inputs, b.group))
+            runs.append([b])
+    return out
+
+
+def head_blocks(task: str, head: nn.Module, inputs: list[str]) -> list[Block]:
     names = [f"head.{task}.{i}" for i in range(len(head.stages) - 1)] + [f"head.{task}.out"]
     return chain(names, list(head.stages), task, inputs)
 
@@ -180,7 +262,7 @@ def head_blocks(task: str, head: Head, inputs: list[str]) -> list[Block]:
 class Branch(nn.Module):
     """A task's own trunk stages followed by its head."""
 
-    def __init__(self, stages: nn.ModuleList, head: Head) -> None:
+    def __init__(self, stages: nn.ModuleList, head: nn.Module) -> None:
         super().__init__()
         self.stages = stages
         self.head = head

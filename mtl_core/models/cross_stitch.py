@@ -25,10 +25,10 @@ from mtl_core.models import ARCHITECTURES
 from mtl_core.models.base import Block
 from mtl_core.models.blocks import (
     CheckErrors,
-    Head,
     SplitModel,
     chain,
     head_blocks,
+    make_head,
     make_stages,
     need_depth,
     raise_on,
@@ -86,7 +86,7 @@ class CrossStitch(SplitModel):
         self.depth = len(specs)
         self.private = nn.ModuleList(
             nn.ModuleDict({"column": make_stages(specs),
-                           "head": Head(model_cfg.heads, specs[-1].out_shape, task)})
+                           "head": make_head(model_cfg.heads, specs[-1].out_shape, task)})
             for task in tasks)
         self.shared = nn.ModuleList(Stitch(len(tasks), init_self) for _ in specs)
 

@@ -16,9 +16,9 @@ from mtl_core.models.base import Block
 from mtl_core.models.blocks import (
     Branch,
     CheckErrors,
-    Head,
     SplitModel,
     chain,
+    make_head,
     make_stages,
     raise_on,
     run,
@@ -61,7 +61,7 @@ class HardSharing(SplitModel):
             own = specs[task.name]
             shape = own[-1].out_shape if own else input_shapes[task.input]
             branches.append(Branch(make_stages(own[shared_layers:]),
-                                   Head(model_cfg.heads, shape, task)))
+                                   make_head(model_cfg.heads, shape, task)))
         self.private = nn.ModuleList(branches)
 
     def features(self, inputs: dict[str, Tensor]) -> list[Tensor]:

@@ -20,11 +20,11 @@ from mtl_core.models import ARCHITECTURES
 from mtl_core.models.base import Block
 from mtl_core.models.blocks import (
     CheckErrors,
-    Head,
     SplitModel,
     chain,
     count,
     head_blocks,
+    make_head,
     make_stages,
     need_depth,
     raise_on,
@@ -64,7 +64,7 @@ class MMoE(SplitModel):
         out_dim, in_dim = math.prod(specs[-1].out_shape), math.prod(shape)
         self.private = nn.ModuleList(
             nn.ModuleDict({"gate": nn.Linear(in_dim, n_experts),
-                           "head": Head(model_cfg.heads, (out_dim,), task)})
+                           "head": make_head(model_cfg.heads, (out_dim,), task)})
             for task in tasks)
         self._gate_inputs: list[Tensor] | None = None
 

@@ -26,12 +26,12 @@ from mtl_core.models import ARCHITECTURES
 from mtl_core.models.base import Block
 from mtl_core.models.blocks import (
     CheckErrors,
-    Head,
     SplitModel,
     StageSpec,
     activation,
     chain,
     head_blocks,
+    make_head,
     make_stages,
     need_depth,
     raise_on,
@@ -53,10 +53,13 @@ class Attention(nn.Module):
         width = spec.out_shape[0]
         act = spec.activation or "relu"
         reads = width if first else 2 * width  # the shared feature (+ the projected previous)
-        if spec.kind == "conv":
-            # The previous attended map has the stage's input shape: 1×1 conv + pool to match.
+        if spec.kind in ("conv", "backbone"):
+            # The previous attended map has the stage's input shape: 1×1 conv + pool to match
+            # (a backbone stage may keep the size or shrink it by 2 or 4).
+            pool = nn.MaxPool2d(2) if spec.kind == "conv" else nn.AdaptiveMaxPool2d(
+                spec.out_shape[1:])
             self.project = None if first else nn.Sequential(
-                nn.Conv2d(spec.in_shape[0], width, 1), activation(act), nn.MaxPool2d(2))
+                nn.Conv2d(spec.in_shape[0], width, 1), activation(act), pool)
             # Two 1×1 convs as in the paper (cheap next to the trunk's 3×3 convs).
             self.mask = nn.Sequential(nn.Conv2d(reads, width, 1), activation(act),
                                       nn.Conv2d(width, width, 1), nn.Sigmoid())
@@ -98,7 +101,7 @@ class MTAN(SplitModel):
         self.private = nn.ModuleList(
             nn.ModuleDict({
                 "attention": nn.ModuleList(Attention(s, i == 0) for i, s in enumerate(specs)),
-                "head": Head(model_cfg.heads, specs[-1].out_shape, task)})
+                "head": make_head(model_cfg.heads, specs[-1].out_shape, task)})
             for task in tasks)
 
     def features(self, inputs: dict[str, Tensor]) -> list[Tensor]:

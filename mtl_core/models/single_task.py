@@ -8,7 +8,7 @@ from mtl_core.config import ModelConfig
 from mtl_core.data.base import TaskSpec
 from mtl_core.models import ARCHITECTURES
 from mtl_core.models.base import Block
-from mtl_core.models.blocks import Branch, Head, SplitModel, make_stages, trunk_specs
+from mtl_core.models.blocks import Branch, SplitModel, make_head, make_stages, trunk_specs
 from mtl_core.registry import Params
 
 
@@ -25,7 +25,7 @@ class SingleTask(SplitModel):
         for task in tasks:
             shape = input_shapes[task.input]
             specs = trunk_specs(model_cfg.trunk, shape)
-            head = Head(model_cfg.heads, specs[-1].out_shape if specs else shape, task)
+            head = make_head(model_cfg.heads, specs[-1].out_shape if specs else shape, task)
             branches.append(Branch(make_stages(specs), head))
         self.private = nn.ModuleList(branches)
 

@@ -233,10 +233,11 @@ class GradNorm(WeightingMethod):
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         super().__init__(task_names, params, model)
-        shared = list(model.shared_parameters())
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
         if not shared:
             raise ValueError("gradnorm balances task gradients on shared parameters and this "
-                             "model has none (a single-task baseline); use static instead")
+                             "model trains none (a single-task baseline, or a frozen "
+                             "backbone: model.trunk.trainable none); use static instead")
         matrices = [p for p in shared if p.ndim >= 2]
         self.layer: nn.Parameter = (matrices or shared)[-1]
         self.w = torch.ones(len(task_names), device=_device_of(model), requires_grad=True)

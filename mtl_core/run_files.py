@@ -1,0 +1,85 @@
+"""The files of a run folder: how metric and snapshot lines are written and read back, and
+the few file operations the run store needs to never leave a half-written file (see the
+layout in mtl_core.store).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """Write JSON to a temporary file, then rename: a reader sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def append(path: Path, data: bytes) -> None:
+    """Append in one O_APPEND write, so lines of concurrent appenders never interleave."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (and threads: flock is per open file)."""
+    try:
+        import fcntl
+    except ImportError:  # no fcntl (Windows): one process at a time is the user's job there
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def metric_line(step: Any, epoch: Any, split: Any, task: Any, name: Any, value: Any,
+                 replica: Any, when: float) -> bytes:
+    item = [int(step), float(epoch), str(split), str(task), str(name), real(value),
+            int(replica), float(when)]
+    return json.dumps(item, separators=(",", ":")).encode() + b"\n"
+
+
+def metric_row(run_id: str, line_id: int, item: list[Any]) -> tuple[Any, ...]:
+    step, epoch, split, task, name, value, replica, when = item
+    return (run_id, line_id, int(step), float(epoch), str(split), str(task), str(name),
+            None if value is None else float(value), int(replica), float(when))
+
+
+def snapshot_line(step: int, kind: str, payload: Any, when: float) -> bytes:
+    doc = {"step": int(step), "kind": str(kind), "payload": payload, "time": float(when)}
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def snapshot_row(run_id: str, line_id: int, item: dict[str, Any]) -> tuple[Any, ...]:
+    return (run_id, line_id, int(item["step"]), str(item["kind"]), json.dumps(item["payload"]),
+            float(item["time"]))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def real(value: Any) -> float | None:
+    if value is None:  # the index's NULL: a NaN
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
