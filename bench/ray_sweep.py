@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -122,6 +123,7 @@ def main() -> int:
         if ray.is_initialized():
             ray.shutdown()
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     summary: dict[str, Any] = {"points": args.points, "slots": SLOTS, "alone_s": alone}
     for executor, rows in results.items():
