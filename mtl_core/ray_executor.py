@@ -46,6 +46,8 @@ CONNECT_TIMEOUT_S = 3.0  # the TCP check of the address before ray.init (which w
 WATCH_EVERY_S = 1.0  # how often the store actor checks its tasks
 ACTOR_CONCURRENCY = 64  # store calls served at once (every task polls about twice a second)
 PASSED_ENV = ("MTL_DATA_DIR",)  # the operator's settings a task needs on its node
+# ... and the store's actor: the class quotas' defaults (limits.json, the teacher's, wins).
+ACTOR_ENV = ("MTL_MAX_ACTIVE_PER_OWNER", "MTL_MAX_QUEUED_PER_OWNER")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 _connected: str | None = None
@@ -139,8 +141,8 @@ def task_request(cfg: Any, nodes: list[dict[str, float]]) -> dict[str, Any]:
         from mtl_core import jobs
 
         cpus = budget.cores_per_job(budget.available_cores(), jobs.max_concurrent())
-        cpus = max(1, min([cpus, *[int(n.get("CPU", 0)) for n in nodes if n.get("CPU")]]
-                          if nodes else [cpus]))
+        biggest = max((int(n.get("CPU", 0)) for n in nodes), default=cpus)
+        cpus = max(1, min(cpus, biggest))  # no more than the largest node has
     return {"num_cpus": cpus, "num_gpus": gpus, "resources": custom_resources()}
 
 
@@ -206,7 +208,8 @@ def store_actor(store: RunStore) -> Any:
         num_cpus=0, max_concurrency=ACTOR_CONCURRENCY,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
         # Inherited by the tasks it submits: the same mtl_core wherever the node has it there.
-        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths),
+                                  **{k: os.environ[k] for k in ACTOR_ENV if k in os.environ}}},
     ).remote(str(store.runs_dir.resolve()))
 
 
@@ -215,7 +218,7 @@ def store_actor(store: RunStore) -> Any:
 # RunStore's public methods a task may call through the actor (nothing else, nothing private).
 STORE_METHODS = frozenset({
     "get_run", "claim_run", "set_status", "set_progress", "heartbeat", "add_metrics",
-    "add_snapshot", "take_control", "pending_controls", "save_checkpoint",
+    "add_snapshot", "take_control", "pending_controls", "save_checkpoint", "queue_place",
 })
 
 
@@ -224,6 +227,7 @@ class StoreActor:
     def __init__(self, runs_dir: str) -> None:
         self.store = RunStore(runs_dir)
         self.tasks: dict[str, ray.ObjectRef] = {}  # run id -> its task's result
+        self.requests: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}  # for re-launch
         self.lock = threading.Lock()
         threading.Thread(target=self._watch, daemon=True, name="mtl-watch").start()
 
@@ -239,6 +243,7 @@ class StoreActor:
         with self.lock:
             if run_id in self.tasks:
                 return False
+            self.requests[run_id] = (request, env)
             self.tasks[run_id] = run_task.options(
                 num_cpus=request["num_cpus"], num_gpus=request["num_gpus"],
                 resources=request["resources"] or None,
@@ -268,10 +273,15 @@ class StoreActor:
                 self.tasks.pop(run_id, None)
             try:
                 outcome = ray.get(ref)
+                if outcome == "deferred":  # its owner is at the active quota: try again
+                    self.launch(run_id, *self.requests[run_id])
+                    continue
+                self.requests.pop(run_id, None)
                 if outcome != "claimed":
                     continue  # the run was no longer queued (stopped, or taken): nothing to do
                 message = "its Ray task ended without reporting a final status"
             except Exception as exc:  # noqa: BLE001 - every way a task can die
+                self.requests.pop(run_id, None)
                 message = describe_failure(exc)
             try:
                 run = self.store.get_run(run_id)
@@ -371,13 +381,20 @@ def _to_cpu(value: Any) -> Any:
 
 @ray.remote(max_retries=0)  # a retry would train again over what the first try reported
 def run_task(actor: str, run_id: str, version: str, env: dict[str, str]) -> str:
-    """Train one run on this node; "claimed" once it took the run, "not queued" otherwise."""
+    """Train one run on this node; "claimed" once it took the run, "deferred" when its owner
+    already has as many active runs as the class quota allows (the actor launches it again;
+    the store's per-owner cap holds on the cluster too), "not queued" otherwise."""
     store: Any = RemoteStore(actor)
     if mtl_core.__version__ != version:
         store.set_status(run_id, "failed", f"node {socket.gethostname()} has MTL Lab "
                          f"{mtl_core.__version__}, the store {version}: install the same "
                          "version on every node", expect=["queued"])
         return "not queued"
+    place = store.queue_place(run_id)
+    if place is None:
+        return "not queued"
+    if place.owner_cap and place.owner_active >= place.owner_cap:
+        return "deferred"
     if store.claim_run(os.getpid(), run_id) is None:
         return "not queued"
     context = ray.get_runtime_context()

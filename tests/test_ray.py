@@ -163,6 +163,38 @@ def test_the_runs_page_shows_the_executor_and_the_node(runs_dir: Path) -> None:
     assert "executor local" in captions[local_run] and "on node" not in captions[local_run]
 
 
+def test_what_a_task_asks_for(monkeypatch: pytest.MonkeyPatch,
+                              tiny_doc: Callable[..., dict[str, Any]]) -> None:
+    if not HAVE_RAY and os.environ.get("CI") != "true":
+        pytest.skip("ray is not installed")
+    from mtl_core import budget, ray_executor
+    from mtl_core.config import parse_config
+
+    cpu_node, gpu_node = {"CPU": 8.0}, {"CPU": 4.0, "GPU": 2.0}
+
+    def request(changes: dict[str, Any], nodes: list[dict[str, float]]) -> tuple[int, int]:
+        asked = ray_executor.task_request(parse_config(tiny_doc(changes)), nodes)
+        return asked["num_cpus"], asked["num_gpus"]
+
+    assert request({"device": "cuda"}, [cpu_node, gpu_node]) == (1, 1)
+    assert request({"device": "cuda:1"}, [gpu_node]) == (1, 1)
+    assert request({"device": "auto"}, [cpu_node, gpu_node]) == (1, 1)  # a GPU is there
+    assert request({"device": "auto"}, [cpu_node]) == (1, 0)
+    assert request({"device": "cpu"}, [gpu_node]) == (1, 0)  # a small MLP: one thread
+    # A large model: its share of the cores (16 / 2 jobs), at most what the largest node has.
+    monkeypatch.setattr(budget, "available_cores", lambda: 16)
+    monkeypatch.setenv("MTL_MAX_JOBS", "2")
+    large = {"device": "cpu", "model": {"trunk": {"type": "mlp", "layers": [1024, 1024]}}}
+    assert request(large, [cpu_node, gpu_node]) == (8, 0)
+    assert request(large, [{"CPU": 2.0}, {"CPU": 6.0}]) == (6, 0)
+    monkeypatch.setenv("MTL_RAY_RESOURCES", '{"pool": 1}')
+    assert ray_executor.task_request(parse_config(tiny_doc()), [cpu_node])["resources"] == {
+        "pool": 1.0}
+    monkeypatch.setenv("MTL_RAY_RESOURCES", "[1]")
+    with pytest.raises(ValueError, match="MTL_RAY_RESOURCES must be a JSON object"):
+        ray_executor.task_request(parse_config(tiny_doc()), [cpu_node])
+
+
 # -- on the cluster -----------------------------------------------------------------------------
 
 def test_a_run_on_ray_reports_back_to_the_store(on_ray: LocalCluster, runs_dir: Path,
@@ -232,6 +264,24 @@ def test_queued_in_ray_then_stop_pause_resume(on_ray: LocalCluster, runs_dir: Pa
     assert rows.step.max() >= steps  # everything reported before the stop is kept
     assert store.get_run(waiting).status == "stopped" and len(store.metrics(waiting)) == 0
     assert "last" in store.checkpoints(first) or "final" in store.checkpoints(first)
+
+
+def test_an_owner_over_the_active_quota_waits_queued(on_ray: LocalCluster, runs_dir: Path,
+                                                     tiny_doc: Callable[..., dict[str, Any]]
+                                                     ) -> None:
+    from mtl_core.owners import OPERATOR, Actor
+
+    store = RunStore(runs_dir)
+    store.set_limits(OPERATOR, max_active_per_owner=1)  # limits.json: the actor reads it too
+    alice = Actor("alice-id", "Alice")
+    first, second = (jobs.submit(tiny_doc(LONG), runs_dir, owner=alice) for _ in range(2))
+    wait_for(lambda: store.get_run(first).step > 0, what="Alice's first run training")
+    time.sleep(3.0)  # a free CPU on the head, but Alice is at her quota
+    assert store.get_run(second).status == "queued"
+    jobs.stop(first, runs_dir)
+    wait_for(lambda: store.get_run(second).step > 0, what="her second run once the first ended")
+    jobs.stop(second, runs_dir)
+    wait_for(lambda: _status(store, second, "stopped"), what="stopped")
 
 
 def test_a_killed_task_leaves_its_run_failed_with_its_metrics(
