@@ -33,6 +33,8 @@ PAGES = [
     ("compare.py", "Compare runs", ":material/compare_arrows:"),
     ("sweep.py", "Weight sweep", ":material/tune:"),
     ("lessons.py", "Lessons", ":material/school:"),
+    ("geometry.py", "Gradient geometry", ":material/insights:"),
+    ("papers.py", "Paper checks", ":material/menu_book:"),
 ]
 BADGE_COLOURS = {"queued": "gray", "running": "blue", "paused": "orange", "finished": "green",
                  "stopped": "gray", "diverged": "red", "failed": "red"}

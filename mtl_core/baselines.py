@@ -26,7 +26,7 @@ from typing import Any
 
 from mtl_core.config import ConfigError, ExperimentConfig, TaskConfig, parse_config
 from mtl_core.data.base import TaskSpec
-from mtl_core.metrics import HIGHER_IS_BETTER, delta_m
+from mtl_core.metrics import HIGHER_IS_BETTER, delta_m, mean_sd, t_interval
 from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import RunInfo, RunStore
 
@@ -174,6 +174,43 @@ class TaskComparison:
         return None if self.term is None else self.term < 0
 
 
+@dataclass(frozen=True)
+class SeedSpread:
+    """Δm over the seeds of a stacked run (`replicas: K`), each seed against the baselines'
+    replica of the same seed: mean, sd and a 95 % t-interval, and how often sharing helped."""
+
+    seeds: list[int]
+    deltas: list[float]  # Δm of each seed, in percent
+
+    @property
+    def mean(self) -> float:
+        return mean_sd(self.deltas)[0]
+
+    @property
+    def sd(self) -> float:
+        return mean_sd(self.deltas)[1]
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """The 95 % t-interval of the mean Δm (None for a single seed)."""
+        return t_interval(self.deltas) if len(self.deltas) > 1 else None
+
+    @property
+    def helped(self) -> int:
+        """Seeds in which the multi-task model beat its baselines (Δm < 0)."""
+        return sum(d < 0 for d in self.deltas)
+
+    def verdict(self) -> str:
+        return f"sharing helped in {self.helped} of {len(self.deltas)} seeds"
+
+    def text(self) -> str:
+        interval = self.interval
+        spread = (f", 95 % interval [{interval[0]:+.2f}, {interval[1]:+.2f}] %"
+                  if interval else "")
+        return (f"Δm over {len(self.deltas)} seeds: {self.mean:+.2f} % ± {self.sd:.2f} (sd)"
+                f"{spread}; {self.verdict()}")
+
+
 @dataclass
 class Comparison:
     rows: list[TaskComparison]
@@ -181,6 +218,7 @@ class Comparison:
     split: str = "test"
     missing: list[str] = field(default_factory=list)  # tasks without a (finished) baseline
     note: str | None = None  # why Δm is None, in words
+    seeds: SeedSpread | None = None  # a stacked run: Δm per seed (None for one seed)
 
     def frame(self) -> Any:
         """The rows as a pandas DataFrame (one row per task)."""
@@ -235,7 +273,40 @@ def comparison(run_summary: Mapping[str, Any], baseline_summaries: Mapping[str, 
                             metric_of)
         except ValueError as exc:  # a baseline metric of exactly 0
             note = str(exc)
-    return Comparison(rows, value, split, missing, note)
+    return Comparison(rows, value, split, missing, note,
+                      seed_spread(run_summary, baseline_summaries, metric_of, split))
+
+
+def seed_spread(run_summary: Mapping[str, Any],
+                baseline_summaries: Mapping[str, Mapping[str, Any]],
+                metric_of: Mapping[str, str], split: str = "test") -> SeedSpread | None:
+    """Δm per seed of a stacked run: each of its `summary.replicas` against the entry of the
+    same seed in every baseline's summary (baselines train with the same replicas). None
+    unless the run has several seeds and every baseline has each of them."""
+    entries = run_summary.get("replicas") or []
+    if len(entries) < 2:
+        return None
+    by_seed = {}
+    for task in metric_of:
+        base_entries = (baseline_summaries.get(task) or {}).get("replicas") or []
+        by_seed[task] = {e["seed"]: e for e in base_entries}
+    seeds, deltas = [], []
+    for entry in entries:
+        seed = entry["seed"]
+        if any(seed not in by_seed[task] for task in metric_of):
+            return None
+        metrics = entry.get(split) or {}
+        values = {t: _metric(metrics, t, n) for t, n in metric_of.items()}
+        bases = {t: _metric(by_seed[t][seed].get(split) or {}, t, n)
+                 for t, n in metric_of.items()}
+        if any(v is None for v in values.values()) or any(
+                b is None or b == 0 for b in bases.values()):
+            continue  # a diverged seed (no test metrics) has no Δm
+        seeds.append(seed)
+        deltas.append(delta_m({t: {n: values[t]} for t, n in metric_of.items()},
+                              {t: {n: bases[t]} for t, n in metric_of.items()},
+                              dict(metric_of)))
+    return SeedSpread(seeds, deltas) if deltas else None
 
 
 def _metric(metrics: Mapping[str, Any], task: str, name: str) -> float | None:

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from mtl_core import reproduce_cli
 from mtl_core.store import (
     ACTIVE_STATUSES,
     DB_NAME,
@@ -140,13 +141,47 @@ def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def metrics_table(per_task: dict[str, dict[str, float]]) -> str:
-    """Tasks as rows, metric names (loss first) as columns."""
+def metrics_table(per_task: dict[str, dict[str, float]],
+                  sd: dict[str, dict[str, float]] | None = None) -> str:
+    """Tasks as rows, metric names (loss first) as columns; with `sd`, "mean ± sd" cells."""
     names = sorted({n for values in per_task.values() for n in values},
                    key=lambda n: (n != "loss", n))
-    rows = [[task] + [_number(values[n]) if n in values else "-" for n in names]
-            for task, values in per_task.items()]
+
+    def cell(task: str, name: str) -> str:
+        value = per_task[task].get(name)
+        if value is None:
+            return "-"
+        spread = (sd or {}).get(task, {}).get(name)
+        return _number(value) + ("" if spread is None else f" ± {_number(spread)}")
+
+    rows = [[task] + [cell(task, n) for n in names] for task in per_task]
     return format_table(["task", *names], rows)
+
+
+def replica_sd(summary: dict[str, Any], key: str) -> dict[str, dict[str, float]] | None:
+    """The sd over the seeds of a stacked run's `summary[key]` metrics (None for one seed)."""
+    from mtl_core.metrics import mean_sd
+
+    entries = [e.get(key) or {} for e in summary.get("replicas") or [] if not e.get("diverged")]
+    if len(entries) < 2:
+        return None
+    out: dict[str, dict[str, float]] = {}
+    for task, names in (summary.get(key) or {}).items():
+        for name in names:
+            values = [e[task][name] for e in entries if name in e.get(task, {})
+                      and e[task][name] is not None and math.isfinite(e[task][name])]
+            if len(values) > 1:
+                out.setdefault(task, {})[name] = mean_sd(values)[1]
+    return out
+
+
+def _summary_title(summary: dict[str, Any], title: str) -> str:
+    entries = summary.get("replicas") or []
+    if len(entries) < 2:
+        return title
+    done = [e for e in entries if not e.get("diverged")]
+    seeds = ", ".join(str(e["seed"]) for e in done)
+    return f"{title}, mean ± sd over {len(done)} seeds ({seeds})"
 
 
 def runs_table(runs: list[RunInfo]) -> str:
@@ -292,6 +327,8 @@ def comparison_text(run_id: str, runs_dir: Path) -> str:
     else:
         verdict = (f"Δm = {comp.delta_m:+.2f}% (mean relative change against the single-task "
                    "baselines; negative = multi-task is better)")
+    if comp.seeds is not None:
+        verdict += "\n" + comp.seeds.text()
     return f"\nagainst single-task baselines ({comp.split}):\n{table}\n{verdict}"
 
 
@@ -367,8 +404,8 @@ def _follow(store: RunStore, run_id: str, runs_dir: Path, bar: _ProgressLine) ->
         if len(rows):
             after_id = int(rows["id"].iloc[-1])
             total = rows[(rows.split == "train") & (rows.task == "total") & (rows.name == "loss")]
-            if len(total):
-                bar.loss = float(total["value"].iloc[-1])
+            if len(total):  # a stacked run: the mean over its seeds at the latest step
+                bar.loss = float(total[total.step == total.step.iloc[-1]]["value"].mean())
         if not run.is_live:
             return run
         bar.show(run)
@@ -430,7 +467,8 @@ class _ProgressLine:
 def _result_text(run: RunInfo) -> str:
     test = run.summary.get("test") or {}
     if test:
-        return f"test metrics ({run.id}, {run.status}):\n{metrics_table(test)}"
+        title = _summary_title(run.summary, f"test metrics ({run.id}, {run.status})")
+        return f"{title}:\n{metrics_table(test, replica_sd(run.summary, 'test'))}"
     return f"no test metrics ({run.id} {run.status})"
 
 
@@ -479,7 +517,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     print("\n".join(f"{key:<13}{value}" for key, value in fields))
     for key, title in (("test", "test metrics (final)"), ("best_val", "best validation")):
         if run.summary.get(key):
-            print(f"\n{title}:\n{metrics_table(run.summary[key])}")
+            print(f"\n{_summary_title(run.summary, title)}:\n"
+                  f"{metrics_table(run.summary[key], replica_sd(run.summary, key))}")
     if run.summary.get("test") and run.architecture != "single_task":
         from mtl_core.baselines import find_baselines
 
@@ -504,8 +543,10 @@ def _latest_val(store: RunStore, run_id: str) -> tuple[int, dict[str, dict[str, 
         return None
     step = int(val.step.max())
     per_task: dict[str, dict[str, float]] = {}
-    for row in val[val.step == step].itertuples():
-        per_task.setdefault(row.task, {})[row.name] = float(row.value)
+    # a stacked run: the mean over its replicas
+    latest = val[val.step == step].groupby(["task", "name"], sort=False).value.mean()
+    for (task, name), value in latest.items():
+        per_task.setdefault(task, {})[name] = float(value)
     return step, per_task
 
 
@@ -625,6 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
         control = sub.add_parser(name, parents=[common], help=text)
         control.add_argument("run", metavar="RUN", help="a run id")
         control.set_defaults(func=cmd_control)
+    reproduce_cli.add_parser(sub, common)
     return parser
 
 

@@ -122,6 +122,9 @@ class WeightingConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+MAX_REPLICAS = 32  # a stacked run holds K copies of the model and of the data
+
+
 class EarlyStoppingConfig(_Strict):
     patience: int = Field(0, ge=0)  # 0 = off; else evaluations without val improvement
     min_delta: float = Field(0.0, ge=0.0)  # an improvement must lower the val loss by more
@@ -140,6 +143,8 @@ class OptimConfig(_Strict):
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = Field(0, ge=0, le=MAX_SEED)
+    # K seeds seed..seed+K-1 trained together as one stacked model (mtl_core.replicas).
+    replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
     device: str = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     tasks: list[TaskConfig] | None = None
@@ -323,6 +328,10 @@ def parse_config(document: dict[str, Any] | ExperimentConfig | None, *,
         errors.append(FieldError("device", f"unknown device {short(cfg.device)}; "
                                  "use auto, cpu, cuda, cuda:N or mps"))
     errors.extend(FieldError(p, m) for p, m in limits.config_problems(cfg, lim))
+    if cfg.seed + cfg.replicas - 1 > MAX_SEED:  # replica i trains seed + i
+        errors.append(FieldError("replicas", f"seeds {cfg.seed}…{cfg.seed + cfg.replicas - 1} "
+                                 f"go past the largest seed, {MAX_SEED}: lower the seed or "
+                                 "the replicas"))
     if not trusted:
         errors.extend(FieldError(p, m) for p, m in path_problems(cfg.data.suite,
                                                                  cfg.data.params))

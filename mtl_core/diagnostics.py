@@ -156,14 +156,15 @@ def gradient_stats(grads: Tensor) -> dict[str, Tensor]:
 
 
 def diagnostic_rows(step: int, epoch: float, task_names: list[str],
-                    stats: dict[str, Tensor], split: str = "diag") -> list[MetricRow]:
+                    stats: dict[str, Tensor], split: str = "diag",
+                    replica: int = 0) -> list[MetricRow]:
     """Metric rows for the sink: per task 'grad_norm', per pair 'a|b' 'cosine'."""
     norms = stats["norms"].tolist()  # the one host transfer of a diagnostic step
     cosine = stats["cosine"].tolist()
-    rows: list[MetricRow] = [(step, epoch, split, task, "grad_norm", float(norms[i]))
+    rows: list[MetricRow] = [(step, epoch, split, task, "grad_norm", float(norms[i]), replica)
                              for i, task in enumerate(task_names)]
     for i, a in enumerate(task_names):
         for j in range(i + 1, len(task_names)):
             rows.append((step, epoch, split, f"{a}|{task_names[j]}", "cosine",
-                         float(cosine[i][j])))
+                         float(cosine[i][j]), replica))
     return rows

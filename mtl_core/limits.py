@@ -191,10 +191,14 @@ def describe(cfg: ExperimentConfig) -> tuple[list[TaskSpec], dict[str, tuple[int
     return hook(entry.params.model_validate(cfg.data.params))
 
 
-def params_problems(counts: dict[str, int], limits: Limits | None = None) -> Problems:
+def params_problems(counts: dict[str, int], limits: Limits | None = None,
+                    replicas: int = 1) -> Problems:
+    """The parameter limit, over all the replicas a stacked run holds at once."""
     limits = limits or current()
-    total = sum(counts.values())
+    total = sum(counts.values()) * replicas
     if total <= limits.max_params:
         return []
-    return [("model", over("the model's parameter count", total, "max_params", limits)
-             + "; use narrower or fewer layers")]
+    what = ("the model's parameter count" if replicas == 1
+            else f"the parameter count of {replicas} stacked replicas")
+    return [("model", over(what, total, "max_params", limits)
+             + "; use narrower or fewer layers" + (" or fewer replicas" if replicas > 1 else ""))]

@@ -1,6 +1,8 @@
 """Per-task losses and metrics, computed on the device (callers decide when to sync)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,3 +99,36 @@ def delta_m(metrics: dict[str, dict[str, float]], baselines: dict[str, dict[str,
         sign = -1.0 if HIGHER_IS_BETTER[name] else 1.0
         terms.append(sign * (m - base) / base)
     return 100.0 * sum(terms) / len(terms)
+
+
+# --- spread over seeds (stacked runs, `replicas: K`) ----------------------------------------
+
+# Two-sided 95 % quantiles t_{0.975, df} of Student's t for df = 1..30 (beyond: 1.96 + 2.4/df,
+# within 0.002 of the exact value), so no statistics package is needed for one interval.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile_975(df: int) -> float:
+    if df < 1:
+        raise ValueError(f"a t interval needs at least 2 values (df ≥ 1); got df = {df}")
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n − 1; 0 for a single value)."""
+    if not values:
+        raise ValueError("mean_sd needs at least one value")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def t_interval(values: list[float]) -> tuple[float, float]:
+    """The 95 % t-interval of the mean: mean ± t_{0.975, n−1} · sd / √n (n ≥ 2)."""
+    mean, sd = mean_sd(values)
+    half = t_quantile_975(len(values) - 1) * sd / math.sqrt(len(values))
+    return mean - half, mean + half

@@ -54,6 +54,7 @@ def check_submit(cfg: ExperimentConfig, root: Path | None = None) -> None:
             errors += [FieldError(p, m) for p, m in limits.steps_problems(cfg, rows)]
     if cfg.data.suite != "csv" or tasks is not None:
         counts = limits.count_parameters(cfg, tasks, shapes)
-        errors += [FieldError(p, m) for p, m in limits.params_problems(counts)]
+        errors += [FieldError(p, m)
+                   for p, m in limits.params_problems(counts, replicas=cfg.replicas)]
     if errors:
         raise ConfigError(errors)

@@ -3,7 +3,9 @@
 The trainer knows only this protocol. `mtl_core.store.StoreSink` writes to the run store;
 `MemorySink` keeps everything in lists (tests, benchmarks, quick experiments).
 
-Metric rows are `(step, epoch, split, task, name, value)`:
+Metric rows are `(step, epoch, split, task, name, value, replica)`:
+- replica: which seed of a stacked run (`replicas: K`) the row belongs to, 0..K-1 (seed + replica);
+  0 in an ordinary run. Readers also accept the older 6-element rows (replica 0).
 - split: "train" | "val" | "test" | "diag"
 - task: a task name, "total" (weighted sum), or "a|b" for a pair of tasks (cosine)
 - name: "loss", "weight", "grad_norm", "accuracy", "mse", "mae", "r2", "cosine", "update_norm", ...
@@ -17,14 +19,27 @@ Snapshots are JSON-able dicts, one kind each (written by mtl_core.trainer):
   "values": {task: len(ys)×len(xs) model output}}
 - "inspect": architecture state, e.g. {"mixing": ...} (cross_stitch), {"gates": ...} (mmoe),
   {"masks": ...} (mtan)
+In a stacked run replica 0 writes these kinds as they are and replica r > 0 writes
+`replica_kind(kind, r)` ("predictions/r3"), so a page that knows nothing of replicas shows
+replica 0 and the Predictions page can pick another.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-MetricRow = tuple[int, float, str, str, str, float]
+MetricRow = tuple[int, float, str, str, str, float, int]
 Control = Literal["stop", "pause", "resume"]
+
+
+def replica_kind(kind: str, replica: int) -> str:
+    """The snapshot kind replica `replica` of a stacked run writes `kind` under."""
+    return kind if replica == 0 else f"{kind}/r{replica}"
+
+
+def row_replica(row: tuple) -> int:
+    """The replica index of a metric row (0 for a 6-element row)."""
+    return int(row[6]) if len(row) > 6 else 0
 
 
 class Sink(Protocol):
@@ -65,5 +80,7 @@ class MemorySink:
     def checkpoint(self, state: dict[str, Any], name: str) -> None:
         self.checkpoints[name] = state
 
-    def series(self, split: str, task: str, name: str) -> list[tuple[int, float]]:
-        return [(r[0], r[5]) for r in self.rows if r[2:5] == (split, task, name)]
+    def series(self, split: str, task: str, name: str,
+               replica: int = 0) -> list[tuple[int, float]]:
+        return [(r[0], r[5]) for r in self.rows
+                if r[2:5] == (split, task, name) and row_replica(r) == replica]

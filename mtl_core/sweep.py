@@ -30,8 +30,9 @@ import pandas as pd
 
 from mtl_core.baselines import primary_metric
 from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
-from mtl_core.metrics import HIGHER_IS_BETTER
+from mtl_core.metrics import HIGHER_IS_BETTER, mean_sd
 from mtl_core.owners import OPERATOR, Actor
+from mtl_core.pareto import dominates, pareto_front
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 
 MAX_SWEEP_RUNS = 200  # a guard against a grid nobody meant to train (3 tasks, N=20 is 210)
@@ -212,25 +213,6 @@ def wait_for_sweep(sweep_id: str, runs_dir: str | Path | None = None,
 # --- the front and the choice -------------------------------------------------------------
 
 
-def pareto_front(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]
-                 ) -> list[int]:
-    """Indices (ascending) of the non-dominated points. p dominates q when p is at least as
-    good in every objective and strictly better in one; equal points do not dominate each
-    other, so ties are all on the front. A point with a NaN is never on the front and never
-    dominates."""
-    signs = [1.0 if h else -1.0 for h in higher_is_better]
-    scored = [None if any(math.isnan(v) for v in p) else [s * v for s, v in zip(signs, p,
-                                                                            strict=True)]
-              for p in points]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and any(
-            x > y for x, y in zip(a, b, strict=True))
-
-    return [i for i, p in enumerate(scored) if p is not None
-            and not any(q is not None and dominates(q, p) for q in scored)]
-
-
 def chosen_by_validation(points: Sequence[Sequence[float]], higher_is_better: Sequence[bool]
                          ) -> int | None:
     """The index of the best point by its mean normalised validation metric: each task's
@@ -255,6 +237,52 @@ def chosen_by_validation(points: Sequence[Sequence[float]], higher_is_better: Se
     return max(usable, key=lambda i: (scores[i], -i))
 
 
+@dataclass
+class HeldOutVerdict:
+    """What the test set says about the point validation chose."""
+
+    agrees: bool
+    text: str
+    beaten_by: list[str]  # run ids of grid points that dominate the chosen one on test
+
+
+def check_on_test(table: pd.DataFrame) -> HeldOutVerdict | None:
+    """Compare the validation choice with the test set: is the chosen grid point dominated on
+    test by another grid point, and would the same rule applied to test pick it again? None
+    until the chosen run has test metrics."""
+    tasks = table.attrs.get("tasks") or []
+    chosen = table[table["chosen"]] if "chosen" in table else table.iloc[0:0]
+    if chosen.empty or not tasks:
+        return None
+    directions = [table.attrs["higher_is_better"][t] for t in tasks]
+    cols = [f"test_{t}" for t in tasks]
+    me = chosen.iloc[0]
+    if any(math.isnan(me[c]) for c in cols):
+        return None
+    grid = table[(table["method"] == "static") & table[cols].notna().all(axis=1)]
+
+    def label(row: pd.Series) -> str:
+        return "/".join(f"{row[f'w_{t}']:.3g}" for t in tasks)
+
+    beaten_by = [r for _, r in grid.iterrows() if r["run_id"] != me["run_id"]
+                 and dominates([r[c] for c in cols], [me[c] for c in cols], directions)]
+    pick = chosen_by_validation(grid[cols].to_numpy(dtype=float).tolist(), directions)
+    test_pick = grid.iloc[pick] if pick is not None else me
+    if beaten_by:
+        text = (f"Test disagrees with validation: on the test set the chosen weights "
+                f"({label(me)}) are beaten by {', '.join(label(r) for r in beaten_by)} "
+                "(at least as good on every task and strictly better on one).")
+        return HeldOutVerdict(False, text, [str(r["run_id"]) for r in beaten_by])
+    if test_pick["run_id"] != me["run_id"]:
+        text = (f"Test partly disagrees: the chosen weights ({label(me)}) are still on the "
+                f"test front, but the same rule applied to the test set would pick "
+                f"{label(test_pick)}.")
+        return HeldOutVerdict(False, text, [])
+    return HeldOutVerdict(True, f"Test agrees with validation: on the test set the chosen "
+                             f"weights ({label(me)}) are on the front and the same rule "
+                             "would pick them again.", [])
+
+
 # --- the table ----------------------------------------------------------------------------
 
 
@@ -266,6 +294,16 @@ def _val_metrics(run: RunInfo) -> dict[str, dict[str, float]]:
     return run.summary.get("val") or {}
 
 
+def _seed_sd(run: RunInfo, task: str, metric: str) -> float:
+    """The sd over a stacked run's seeds of `task`'s val metric (NaN for one seed): the
+    Pareto front uses the means, drawn with these as error bars."""
+    patience = run.config.get("optim", {}).get("early_stopping", {}).get("patience", 0)
+    key = "best_val" if patience else "val"
+    values = [float(v) for e in run.summary.get("replicas") or [] if not e.get("diverged")
+              for v in [((e.get(key) or {}).get(task) or {}).get(metric)] if v is not None]
+    return mean_sd(values)[1] if len(values) > 1 else float("nan")
+
+
 def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
     """One row per run of the sweep, in submission order. Columns: run_id, name, method,
     status, w_<task> (configured weights), val_<task> and test_<task> (primary metric, NaN
@@ -273,7 +311,8 @@ def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
     methods included), chosen (the grid point chosen by validation; extra methods are not
     candidates, they are not a weight one could set; so an extra method that beats every
     grid point can leave the chosen one off the front). `df.attrs` holds "tasks", "metrics"
-    ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id"."""
+    ({task: metric}), "higher_is_better" ({task: bool}) and "sweep_id". valsd_<task>: the sd
+    of val_<task> over a stacked run's seeds (NaN for one seed)."""
     runs = sweep_runs(store, sweep_id)
     tasks = [t["name"] for t in runs[0].config.get("tasks") or []] if runs else []
     metrics: dict[str, str] = {}
@@ -295,16 +334,23 @@ def sweep_table(store: RunStore, sweep_id: str) -> pd.DataFrame:
                 value = (values.get(task) or {}).get(metrics.get(task, ""))
                 row[f"{split}_{task}"] = float(value) if finished and value is not None \
                     else float("nan")
+        for task in tasks:  # a stacked run: the spread of the val metric over its seeds
+            row[f"valsd_{task}"] = _seed_sd(run, task, metrics.get(task, "")) if finished \
+                else float("nan")
         rows.append(row)
 
     frame = pd.DataFrame(rows, columns=["run_id", "name", "method", "status",
                                         *(f"w_{t}" for t in tasks),
                                         *(f"val_{t}" for t in tasks),
-                                        *(f"test_{t}" for t in tasks)])
+                                        *(f"test_{t}" for t in tasks),
+                                        *(f"valsd_{t}" for t in tasks)])
     directions = [HIGHER_IS_BETTER[metrics[t]] if t in metrics else True for t in tasks]
     points = frame[[f"val_{t}" for t in tasks]].to_numpy(dtype=float).tolist()
     front = set(pareto_front(points, directions)) if tasks else set()
     frame["on_front"] = [i in front for i in range(len(frame))]
+    test_points = frame[[f"test_{t}" for t in tasks]].to_numpy(dtype=float).tolist()
+    test_front = set(pareto_front(test_points, directions)) if tasks else set()
+    frame["on_test_front"] = [i in test_front for i in range(len(frame))]
     grid = [i for i in range(len(frame)) if frame["method"].iat[i] == "static"]
     pick = chosen_by_validation([points[i] for i in grid], directions) if grid else None
     frame["chosen"] = [pick is not None and i == grid[pick] for i in range(len(frame))]

@@ -6,6 +6,10 @@ weighting method fill the gradients, step the optimizer. Losses and effective we
 accumulated on the device and read once per `log_every` steps, so a GPU never waits on the
 host between logging steps. Evaluation (val metrics, prediction snapshots, early stopping)
 runs every epoch or every `optim.eval_every` steps; test metrics at the end.
+
+`replicas: K > 1` (K seeds as one stacked model) runs the same loop over K replicas at once in
+`mtl_core.replicas.train_replicas`; it reuses this module's evaluation, logging rows and
+checkpoint pieces.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from mtl_core.data import SuiteData, load_suite
 from mtl_core.data.base import DENSE_KINDS, Split
 from mtl_core.metrics import confusion_matrix, display_output, predict, task_loss, task_metrics
 from mtl_core.models import MTLModel, build_model
-from mtl_core.sink import MetricRow, Sink
+from mtl_core.sink import MetricRow, Sink, replica_kind
 from mtl_core.weighting import WeightingMethod, build_method
 from mtl_core.weighting.base import StepResult, TaskGradients
 
@@ -73,7 +77,8 @@ def _check_size(cfg: ExperimentConfig, data: Any) -> None:
 
     rows = len(data.train) + len(data.val)
     counts = limits.count_parameters(cfg, data.tasks, data.input_shapes)
-    problems = limits.params_problems(counts) + limits.steps_problems(cfg, rows)
+    problems = (limits.params_problems(counts, replicas=cfg.replicas)
+                + limits.steps_problems(cfg, rows))
     if problems:
         raise ValueError("; ".join(f"{path}: {message}" for path, message in problems))
 
@@ -102,6 +107,10 @@ class _StopRequested(Exception):
 
 def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     """Run one experiment (cfg already validated by parse_config), logging to `sink`."""
+    if cfg.replicas > 1:  # K seeds as one stacked model
+        from mtl_core.replicas import train_replicas
+
+        return train_replicas(cfg, sink)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     names = [t.name for t in cfg.tasks or []]
@@ -193,7 +202,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                 if logging_step:
                     if update_norm is not None:
                         diag_rows.append((step, 0.0, "diag", "total", "update_norm",
-                                          float(update_norm)))
+                                          float(update_norm), 0))
                     fraction = min(epoch + (start + batch_size) / n_train, epoch + 1.0)
                     epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
                     diverged = _flush(sink, step, fraction, names, task_weights,
@@ -302,12 +311,19 @@ def _flush(sink: Sink, step: int, epoch: float, names: list[str], task_weights: 
     means = losses.mean(0).tolist()
     mean_weights = weights.tolist()
     total = float((losses.mean(0) * task_weights).sum())
-    rows: list[MetricRow] = [(step, epoch, "train", "total", "loss", total)]
-    for name, loss, weight in zip(names, means, mean_weights, strict=True):
-        rows.append((step, epoch, "train", name, "loss", loss))
-        rows.append((step, epoch, "train", name, "weight", weight))
-    sink.metrics(rows + [(s, epoch, *rest) for s, _, *rest in diag_rows])
+    sink.metrics(train_rows(step, epoch, names, total, means, mean_weights)
+                 + [(s, epoch, *rest) for s, _, *rest in diag_rows])
     return None
+
+
+def train_rows(step: int, epoch: float, names: list[str], total: float, means: list[float],
+               weights: list[float], replica: int = 0) -> list[MetricRow]:
+    """One logging window's train rows: the total loss, each task's mean loss and weight."""
+    rows: list[MetricRow] = [(step, epoch, "train", "total", "loss", total, replica)]
+    for name, loss, weight in zip(names, means, weights, strict=True):
+        rows.append((step, epoch, "train", name, "loss", loss, replica))
+        rows.append((step, epoch, "train", name, "weight", weight, replica))
+    return rows
 
 
 @torch.no_grad()
@@ -335,13 +351,20 @@ def _evaluate(model: MTLModel, split: Split, specs: list, task_weights: Tensor,
 
 def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs: list,
                            task_weights: Tensor, sink: Sink, step: int,
-                           epoch: int) -> dict[str, dict[str, float]]:
-    outputs = _forward_chunked(model, data.val)
+                           epoch: int, replica: int = 0,
+                           outputs: dict[str, Tensor] | None = None
+                           ) -> dict[str, dict[str, float]]:
+    """Val metrics and the evaluation snapshots; `outputs` are the model's val outputs when
+    the caller has them (a stacked run computes every replica's in one pass)."""
+    outputs = outputs if outputs is not None else _forward_chunked(model, data.val)
     val = _evaluate(model, data.val, specs, task_weights, outputs)
-    sink.metrics(_metric_rows(step, float(epoch + 1), "val", val))
+    sink.metrics(_metric_rows(step, float(epoch + 1), "val", val, replica))
+
+    def kind(name: str) -> str:
+        return replica_kind(name, replica)
 
     probe_out = _forward_chunked(model, probe)
-    sink.snapshot(step, "predictions", {"outputs": {
+    sink.snapshot(step, kind("predictions"), {"outputs": {
         s.name: _display_output(s, probe_out[s.name]).tolist() for s in specs}})
     confusion, scatter = {}, {}
     for s in specs:
@@ -354,14 +377,14 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
             confusion[s.name] = confusion_matrix(predict(s, outputs[s.name]), target,
                                                  classes).tolist()
     if confusion:
-        sink.snapshot(step, "confusion", confusion)
+        sink.snapshot(step, kind("confusion"), confusion)
     if scatter:
-        sink.snapshot(step, "scatter", scatter)
+        sink.snapshot(step, kind("scatter"), scatter)
     if data.plane is not None:
-        sink.snapshot(step, "grid", _grid_payload(model, data, specs))
+        sink.snapshot(step, kind("grid"), _grid_payload(model, data, specs))
     inspected = model.inspect(probe.inputs)
     if inspected:
-        sink.snapshot(step, "inspect", inspected)
+        sink.snapshot(step, kind("inspect"), inspected)
     return val
 
 
@@ -418,8 +441,8 @@ def _probe_payload(data: SuiteData, probe: Split, names: list[str]) -> dict[str,
 
 
 def _metric_rows(step: int, epoch: float, split: str,
-                 metrics: dict[str, dict[str, float]]) -> list[MetricRow]:
-    return [(step, epoch, split, task, name, value)
+                 metrics: dict[str, dict[str, float]], replica: int = 0) -> list[MetricRow]:
+    return [(step, epoch, split, task, name, value, replica)
             for task, values in metrics.items() for name, value in values.items()]
 
 

@@ -23,7 +23,7 @@ from ui import compare_charts as cc
 from ui.baselines_view import baselines_view
 from ui.live import cached_metrics
 from ui.run_table import runs_frame
-from ui.state import current_run_id, get_store, through_app
+from ui.state import current_run_id, get_store
 
 REFRESH_S = 2.0
 TABLE_KEY = "cmp_table"

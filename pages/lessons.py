@@ -18,11 +18,13 @@ import streamlit as st
 from mtl_core.config import ExperimentConfig
 from mtl_core.lessons import LESSONS, Lesson, load_preset
 from ui import share
-from ui.state import current_run_id, set_current_run, through_app
+from ui.state import current_run_id, set_current_run
 from ui.train_run import LESSON_KNOBS_KEY, TRAIN_PAGE, class_mode, request_load, submit_run
 
 SWEEP_PAGE = "pages/sweep.py"
 SWEEP_LESSON = "choosing_weights"
+GEOMETRY_PAGE = "pages/geometry.py"
+GEOMETRY_LESSON = "gradient_conflict"
 PRESET_LETTERS = "ABCDEFGH"
 
 
@@ -89,6 +91,9 @@ def _card(number: int, lesson: Lesson) -> None:
                        "from the Build & Train settings.")
             st.page_link(SWEEP_PAGE, label="Open the Weight sweep page",
                          icon=":material/tune:", query_params=_query())
+        if lesson.id == GEOMETRY_LESSON:
+            st.page_link(GEOMETRY_PAGE, label="See conflict on the Gradient geometry page",
+                         icon=":material/insights:", query_params=_query())
 
 
 st.title("Lessons")

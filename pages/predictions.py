@@ -17,11 +17,12 @@ from typing import Any
 
 import streamlit as st
 
+from mtl_core.sink import replica_kind
 from mtl_core.store import RunInfo, RunStore
 from ui import charts, vision_charts
 from ui.live import fragment_run_info
 from ui.run_table import STATUS_ICONS
-from ui.state import current_run_id, get_store, set_current_run, through_app
+from ui.state import current_run_id, get_store, set_current_run
 
 REFRESH_S = 2.0
 EVAL_KINDS = ("predictions", "grid", "confusion", "scatter")
@@ -194,12 +195,26 @@ def _scatters(scatter: dict[str, Any], tasks: list[str]) -> None:
     _in_columns(figs, 2)
 
 
+def _replica_picker(run_id: str, config: dict[str, Any]) -> int:
+    """Which seed of a stacked run (`replicas: K`) to show; 0 for an ordinary run."""
+    k = int(config.get("replicas") or 1)
+    if k < 2:
+        return 0
+    seed = int(config.get("seed") or 0)
+    return st.selectbox("Seed (replica)", list(range(k)), key=f"pred_replica_{run_id}",
+                        format_func=lambda r: f"seed {seed + r} (replica {r})",
+                        help="This run trained several seeds together; each has its own "
+                             "predictions.") or 0
+
+
 def _view(store: RunStore, run_id: str, was_live: bool) -> None:
     info = fragment_run_info(store, run_id, was_live)
     if info is None:
         return
     live = info.is_live
-    history = {kind: snapshot_history(store, run_id, kind, live) for kind in EVAL_KINDS}
+    replica = _replica_picker(run_id, info.config)
+    history = {kind: snapshot_history(store, run_id, replica_kind(kind, replica), live)
+               for kind in EVAL_KINDS}
     steps = sorted({s for items in history.values() for s, _ in items})
     if not steps:
         if info.is_live:
@@ -210,7 +225,7 @@ def _view(store: RunStore, run_id: str, was_live: bool) -> None:
         return
     step = _step_slider(run_id, steps)
     snaps = {kind: at_step(items, step) for kind, items in history.items()}
-    probe_items = snapshot_history(store, run_id, "probe", live)
+    probe_items = snapshot_history(store, run_id, replica_kind("probe", replica), live)
     probe = probe_items[-1][1] if probe_items else {}
     tasks = [t["name"] for t in info.config.get("tasks") or [] if isinstance(t, dict)]
     tasks = tasks or list(charts.probe_tasks(probe)) or list(snaps["confusion"] or {})

@@ -27,7 +27,7 @@ from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 from ui.baselines_view import baselines_view
 from ui.identity import current_actor
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
-from ui.state import current_run_id, get_store, set_current_run, through_app
+from ui.state import current_run_id, get_store, set_current_run
 
 REFRESH_S = 2.0
 TRAIN_PAGE = "pages/train.py"

@@ -24,10 +24,12 @@ import streamlit as st
 
 from mtl_core.config import ConfigError, ExperimentConfig, TaskConfig, parse_config
 from mtl_core.lessons import LESSONS, get_lesson, load_preset
+from mtl_core.pareto import DEFINITION
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 from mtl_core.sweep import (
     MAX_SWEEP_RUNS,
     add_methods,
+    check_on_test,
     grid_size,
     submit_sweep,
     sweep_id_of,
@@ -37,7 +39,7 @@ from mtl_core.sweep import (
 from ui import config_form as form
 from ui import sweep_charts as sc
 from ui.identity import current_actor
-from ui.state import current_run_id, get_store, runs_dir, through_app
+from ui.state import current_run_id, get_store, runs_dir
 from ui.train_run import TRAIN_PAGE, request_load
 
 REFRESH_S = 2.0
@@ -215,9 +217,9 @@ def _figures(table: pd.DataFrame) -> None:
     tasks = table.attrs["tasks"]
     if len(tasks) == 2:
         _chart(sc.front_figure(table, tasks[0], tasks[1]), "sweep_front")
-        st.caption("Each dot is a run. The orange line joins the Pareto front: runs that no "
-                   "other run beats on both tasks at once. The star is the grid point chosen "
-                   "by validation (best average of the two metrics, each scaled to [0, 1]).")
+        st.caption(f"Each dot is a run. The orange line joins the Pareto front: {DEFINITION}. "
+                   "The star is the grid point chosen by validation (best average of the two "
+                   "metrics, each scaled to [0, 1]).")
         return
     pairs = list(itertools.combinations(tasks, 2))
     for start in range(0, len(pairs), 3):
@@ -259,6 +261,13 @@ def _choice(store: RunStore, table: pd.DataFrame) -> None:
     st.success(f"**Chosen by validation: {weights}** (run `{row['run_id']}`).")
     st.markdown("**Only now look at the test set** — it estimates how the chosen weights do "
                 "on data no decision has seen:")
+    verdict = check_on_test(table)
+    if verdict is not None:
+        (st.success if verdict.agrees else st.warning)(verdict.text)
+    if len(tasks) == 2:
+        _chart(sc.front_figure(table, tasks[0], tasks[1], split="test"), "sweep_test_front")
+        st.caption("The same runs on the test set, with the test set's own Pareto front; the "
+                   "star is still the point validation chose.")
     summary = chosen_summary(table)
     st.dataframe(summary, hide_index=True, width="stretch", key="sweep_chosen",
                  column_config={c: st.column_config.NumberColumn(c, format="%.4g")

@@ -22,7 +22,6 @@ from ui import config_form as form
 from ui import train_run as run
 from ui import train_sections as sections
 from ui.diagram import build_diagram, suite_shapes
-from ui.state import through_app
 
 
 def _data_blocks_start(params: dict, data_error: str | None) -> bool:
@@ -46,7 +45,8 @@ if cfg is not None:
     elif shapes is not None and diagram.dot is None and diagram.error:
         late.append(FieldError(diagram.error_path or "model", diagram.error))
     # What the CLI refuses at submit (mtl_core.preflight), from what the page already has.
-    late += [FieldError(p, m) for p, m in limits.params_problems(diagram.counts)]
+    late += [FieldError(p, m) for p, m in limits.params_problems(diagram.counts,
+                                                                 replicas=cfg.replicas)]
     if shapes is not None and cfg.data.suite == "csv":
         late += [FieldError(p, m) for p, m in limits.steps_problems(cfg, shapes.rows)]
     problem = device_problem(cfg.device, run.devices())

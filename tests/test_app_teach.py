@@ -410,6 +410,26 @@ def test_sweep_scatter_marks_the_front_and_choice_of_sweep_table(store, hand_swe
     assert list(csv["on_front"]) == list(expected["on_front"])
 
 
+def test_sweep_shows_the_chosen_points_test_result_next_to_the_test_front(store, hand_sweep):
+    at = page(SWEEP)
+    fig = plotly_figures(at)["sweep_test_front"]
+    by_name = traces(fig)
+    assert set(zip(by_name["chosen by validation"]["x"], by_name["chosen by validation"]["y"],
+                   strict=True)) == {(0.78, 0.31)}  # the chosen run's test metrics
+    assert "(test)" in fig["layout"]["title"]["text"]
+    assert any("Test agrees with validation" in s.value for s in at.success)
+
+
+def test_sweep_says_plainly_when_test_disagrees_with_validation(store):
+    sweep_id = "def456"
+    sweep_run(store, sweep_id, (0.0, 1.0), (0.55, 0.20), (0.50, 0.22))
+    sweep_run(store, sweep_id, (0.5, 0.5), (0.80, 0.30), (0.70, 0.40))   # chosen by val
+    sweep_run(store, sweep_id, (1.0, 0.0), (0.70, 0.60), (0.80, 0.30))   # better on test
+    at = page(SWEEP)
+    warnings = " ".join(w.value for w in at.warning)
+    assert "Test disagrees with validation" in warnings and "1/0" in warnings
+
+
 def test_adaptive_methods_can_be_added_to_a_finished_sweep(store, hand_sweep, dispatched):
     at = page(SWEEP)
     more = at.multiselect(key=f"sweep_more_{hand_sweep}")

@@ -422,3 +422,20 @@ def test_a_backbone_weights_path_outside_the_roots_is_refused_without_looking_at
     assert "allowed folders" in error.message and looked == []
     parse_config(doc)  # the CLI's own user: the file check runs
     assert looked == [str(outside)]
+
+
+def test_the_parameter_limit_counts_every_stacked_replica(monkeypatch: pytest.MonkeyPatch):
+    from mtl_core import limits
+
+    counts = {"trunk": 600, "heads": 400}
+    monkeypatch.setenv("MTL_MAX_PARAMS", "4000")
+    assert limits.params_problems(counts, replicas=4) == []
+    ((path, message),) = limits.params_problems(counts, replicas=5)
+    assert path == "model" and "5 stacked replicas" in message and "5,000" in message
+
+
+def test_replica_seeds_must_stay_within_the_seed_range():
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"seed": 2**32 - 2, "replicas": 3})
+    assert [e.path for e in refused.value.errors] == ["replicas"]
+    assert parse_config({"seed": 2**32 - 3, "replicas": 3}).replicas == 3

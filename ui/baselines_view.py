@@ -25,6 +25,7 @@ from mtl_core.baselines import (
     DELTA_M_EXPLANATION,
     DELTA_M_LATEX,
     Comparison,
+    SeedSpread,
     baseline_configs,
     compare_run,
     find_baselines,
@@ -84,6 +85,27 @@ def terms_figure(comp: Comparison) -> go.Figure:
     fig.add_hline(y=0, line={"color": "#888", "width": 1})
     fig.update_layout(title="Each task against its single-task baseline (below 0: better)",
                       height=340, yaxis_title="term of Δm (%)", showlegend=False,
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def seeds_figure(spread: SeedSpread) -> go.Figure:
+    """Δm of every seed (dots), their mean and its 95 % interval (an error bar)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[f"seed {s}" for s in spread.seeds], y=spread.deltas,
+                             mode="markers", name="Δm of a seed",
+                             marker={"size": 10, "color": ["#2ca02c" if d < 0 else "#d62728"
+                                                           for d in spread.deltas]}))
+    interval = spread.interval
+    if interval is not None:
+        fig.add_trace(go.Scatter(
+            x=["mean"], y=[spread.mean], mode="markers", name="mean, 95 % interval",
+            marker={"size": 12, "color": "#333", "symbol": "diamond"},
+            error_y={"type": "data", "symmetric": False, "array": [interval[1] - spread.mean],
+                     "arrayminus": [spread.mean - interval[0]]}))
+    fig.add_hline(y=0, line={"color": "#888", "width": 1})
+    fig.update_layout(title=f"Δm per seed — {spread.verdict()}", height=320,
+                      yaxis_title="Δm (%)", showlegend=False,
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig
 
@@ -218,6 +240,9 @@ def _comparison(comp: Comparison, key: str) -> None:
         st.markdown(f"**Δm = {comp.delta_m:+.2f} %**: {delta_m_verdict(comp.delta_m)}.")
     else:
         st.info(f"No Δm yet: {comp.note}.")
+    if comp.seeds is not None:  # a stacked run against baselines with the same seeds
+        st.markdown(f"**Over the seeds:** {comp.seeds.text()}.")
+        st.plotly_chart(seeds_figure(comp.seeds), key=f"{key}_seeds", config=PLOTLY_CONFIG)
     st.latex(DELTA_M_LATEX)
     with st.expander("What Δm means", expanded=comp.delta_m is not None):
         st.markdown(DELTA_M_EXPLANATION)

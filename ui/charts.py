@@ -89,13 +89,88 @@ def downsample(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray,
     return xa[idx], ya[idx]
 
 
-def series(df: pd.DataFrame, split: str, task: str, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Steps and values of one logged series, in step order."""
+def has_replicas(df: pd.DataFrame | None) -> bool:
+    """Whether a metrics frame holds several seeds of a stacked run (`replicas: K`)."""
+    return (df is not None and not df.empty and "replica" in df.columns
+            and df["replica"].nunique() > 1)
+
+
+def series(df: pd.DataFrame, split: str, task: str, name: str,
+           replica: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and values of one logged series, in step order. A stacked run: the mean over
+    its replicas at each step (or the one `replica`)."""
     if df is None or df.empty:
         return np.array([]), np.array([])
     sel = df[(df["split"] == split) & (df["task"] == task) & (df["name"] == name)]
+    if "replica" in sel.columns:
+        if replica is not None:
+            sel = sel[sel["replica"] == replica]
+        elif sel["replica"].nunique() > 1:
+            mean = sel.groupby("step", sort=True)["value"].mean()
+            return mean.index.to_numpy(dtype=float), mean.to_numpy(dtype=float)
     sel = sel.sort_values("step", kind="stable")
     return sel["step"].to_numpy(dtype=float), sel["value"].to_numpy(dtype=float)
+
+
+# How a stacked run's spread over seeds is drawn around its mean curve.
+BANDS = {"sd": "mean ± 1 sd", "range": "min – max", "lines": "every seed", "none": "mean only"}
+
+
+def spread(df: pd.DataFrame, split: str, task: str, name: str,
+           band: str = "sd") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps and the band's lower and upper edge over the replicas ("sd" or "range")."""
+    sel = df[(df["split"] == split) & (df["task"] == task) & (df["name"] == name)]
+    grouped = sel.groupby("step", sort=True)["value"]
+    if band == "range":
+        low, high = grouped.min(), grouped.max()
+    else:
+        mean, sd = grouped.mean(), grouped.std(ddof=1).fillna(0.0)
+        low, high = mean - sd, mean + sd
+    return low.index.to_numpy(dtype=float), low.to_numpy(dtype=float), high.to_numpy(dtype=float)
+
+
+def _faint(color: str, alpha: float) -> str:
+    """An rgba() of a #rrggbb colour."""
+    value = color.lstrip("#")
+    r, g, b = (int(value[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def add_band(fig: go.Figure, df: pd.DataFrame, split: str, task: str, name: str, *,
+             label: str, color: str, band: str, smoothing: float, log_y: bool,
+             max_points: int) -> None:
+    """The spread of a stacked run's seeds under its mean curve: a filled band (±1 sd or
+    min–max), or every replica as a thin line."""
+    if band == "none" or not has_replicas(df):
+        return
+    dash = SPLIT_DASH.get(split, "dash")
+    smooth = smoothing if split in DENSE_SPLITS else 0.0
+    if band == "lines":
+        for replica in sorted(pd.unique(df["replica"])):
+            x, y = series(df, split, task, name, replica=int(replica))
+            if log_y:
+                x, y = x[y > 0], y[y > 0]
+            if x.size == 0:
+                continue
+            x, y = downsample(x, ema(y, smooth) if smooth > 0 else y, max_points)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} · seed {replica}",
+                                     legendgroup=label, showlegend=False, opacity=0.45,
+                                     line={"color": color, "width": 0.8, "dash": dash}))
+        return
+    x, low, high = spread(df, split, task, name, band)
+    if smooth > 0:
+        low, high = ema(low, smooth), ema(high, smooth)
+    if log_y:
+        keep = low > 0
+        x, low, high = x[keep], low[keep], high[keep]
+    if x.size == 0:
+        return
+    _, low = downsample(x, low, max_points)
+    x, high = downsample(x, high, max_points)
+    fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[high, low[::-1]], mode="lines",
+                             fill="toself", fillcolor=_faint(color, 0.18), line={"width": 0},
+                             name=f"{label} ({BANDS[band]})", legendgroup=label,
+                             showlegend=False, hoverinfo="skip"))
 
 
 def task_colors(tasks: Iterable[str]) -> dict[str, str]:
@@ -189,8 +264,9 @@ def curves_figure(df: pd.DataFrame, tasks: Sequence[str], name: str,
                   splits: Sequence[str] = ("train",), *, log_y: bool = False,
                   smoothing: float = 0.0, max_points: int = MAX_POINTS, title: str = "",
                   y_title: str | None = None, colors: Mapping[str, str] | None = None,
-                  empty_message: str = "nothing logged yet") -> go.Figure:
-    """The generic curve chart: `name` over steps for each task and split."""
+                  empty_message: str = "nothing logged yet", band: str = "sd") -> go.Figure:
+    """The generic curve chart: `name` over steps for each task and split; a stacked run's
+    curves are the mean over its seeds with their spread drawn as `band` (see BANDS)."""
     colors = dict(colors or task_colors(tasks))
     fig = go.Figure()
     show_split = len(splits) > 1
@@ -200,6 +276,9 @@ def curves_figure(df: pd.DataFrame, tasks: Sequence[str], name: str,
         for task in tasks:
             x, y = series(df, split, task, name)
             label = f"{task} · {split}" if show_split else task
+            add_band(fig, df, split, task, name, label=label,
+                     color=colors.get(task, TOTAL_COLOR), band=band, smoothing=smoothing,
+                     log_y=log_y, max_points=max_points)
             add_series(fig, x, y, label=label, color=colors.get(task, TOTAL_COLOR),
                         split=split, smoothing=smoothing, log_y=log_y, max_points=max_points,
                         width=3.0 if task == "total" else 2.0)
@@ -211,18 +290,18 @@ def curves_figure(df: pd.DataFrame, tasks: Sequence[str], name: str,
 def loss_figure(df: pd.DataFrame, tasks: Sequence[str],
                 splits: str | Sequence[str] = ("train", "val"), *, log_y: bool = False,
                 smoothing: float = 0.0, max_points: int = MAX_POINTS,
-                colors: Mapping[str, str] | None = None) -> go.Figure:
+                colors: Mapping[str, str] | None = None, band: str = "sd") -> go.Figure:
     """Per-task loss curves; include "total" in `tasks` for the weighted total."""
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     return curves_figure(df, tasks, "loss", splits, log_y=log_y, smoothing=smoothing,
                          max_points=max_points, title="Loss", y_title="loss", colors=colors,
-                         empty_message="no loss logged yet")
+                         empty_message="no loss logged yet", band=band)
 
 
 def metric_figure(df: pd.DataFrame, tasks: Sequence[str], metric: str,
                   splits: str | Sequence[str] = ("val", "test"), *, log_y: bool = False,
                   smoothing: float = 0.0, max_points: int = MAX_POINTS,
-                  colors: Mapping[str, str] | None = None) -> go.Figure:
+                  colors: Mapping[str, str] | None = None, band: str = "sd") -> go.Figure:
     """One evaluation metric (accuracy, r2, mse, ...) per task; tasks without it are skipped."""
     splits = (splits,) if isinstance(splits, str) else tuple(splits)
     if df is not None and not df.empty:  # name traces "task · test" only once a test exists
@@ -230,7 +309,7 @@ def metric_figure(df: pd.DataFrame, tasks: Sequence[str], metric: str,
         splits = tuple(s for s in splits if s in logged) or splits[:1]
     fig = curves_figure(df, tasks, metric, splits, log_y=log_y, smoothing=smoothing,
                         max_points=max_points, title=metric, y_title=metric, colors=colors,
-                        empty_message=f"no {metric} logged yet")
+                        empty_message=f"no {metric} logged yet", band=band)
     if metric in UNIT_METRICS and fig.data and not log_y:
         fig.update_yaxes(range=[0, 1.02])
     return fig

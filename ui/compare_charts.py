@@ -72,9 +72,10 @@ def run_tasks(runs: Sequence[Any]) -> list[str]:
 def overlay_figure(frames: Mapping[str, pd.DataFrame], labels: Mapping[str, str],
                    colors: Mapping[str, str], task: str, name: str,
                    splits: Sequence[str], *, log_y: bool = False, smoothing: float = 0.0,
-                   max_points: int = charts.MAX_POINTS) -> go.Figure:
+                   max_points: int = charts.MAX_POINTS, band: str = "sd") -> go.Figure:
     """`name` (loss, accuracy, ...) of one task over steps: a trace per (run, split) that has
-    data, named "label · split", coloured by run, dashed by split."""
+    data, named "label · split", coloured by run, dashed by split. A stacked run's trace is
+    the mean over its seeds, with their spread as `band` (charts.BANDS)."""
     fig = go.Figure()
     for run_id, df in frames.items():
         if df is None or df.empty:
@@ -82,6 +83,10 @@ def overlay_figure(frames: Mapping[str, pd.DataFrame], labels: Mapping[str, str]
         df = df[(df["name"] == name) & (df["task"] == task)]
         for split in splits:
             x, y = charts.series(df, split, task, name)
+            charts.add_band(fig, df, split, task, name,
+                            label=f"{labels.get(run_id, run_id)} · {split}",
+                            color=colors.get(run_id, charts.TOTAL_COLOR), band=band,
+                            smoothing=smoothing, log_y=log_y, max_points=max_points)
             charts.add_series(fig, x, y, label=f"{labels.get(run_id, run_id)} · {split}",
                                color=colors.get(run_id, charts.TOTAL_COLOR), split=split,
                                smoothing=smoothing, log_y=log_y, max_points=max_points)

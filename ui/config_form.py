@@ -245,7 +245,8 @@ WEIGHTS_KEY = "cfg.model.trunk.weights"  # backbone weights: "", "imagenet" or a
 def head_key(task: str) -> str:
     return f"cfg.model.heads.per_task.{task}"
 
-_SCALARS = ("name", "seed", "device", "log_every", "data.train_fraction", "data.val_fraction",
+_SCALARS = ("name", "seed", "replicas", "device", "log_every", "data.train_fraction",
+            "data.val_fraction",
             "model.trunk.type", "model.trunk.activation", "model.trunk.dropout",
             "model.trunk.batch_norm", "model.trunk.trainable", "model.heads.activation",
             "model.heads.dropout",

@@ -156,15 +156,16 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
                                       colors=charts.task_colors(tasks + ["total"])), "live_loss")
         return
     shown, log_y, smoothing, splits = _controls(run_id, tasks)
+    band = _band_control(df)
     colors = charts.task_colors(tasks + ["total"])
     tabs = st.tabs(list(TABS), key="live_tab", on_change="rerun")
     opened = [tab.open is not False for tab in tabs]  # None (no tracking) means draw it
     with tabs[0]:
         if opened[0]:
-            _losses_tab(df, shown, splits, log_y, smoothing, colors)
+            _losses_tab(df, shown, splits, log_y, smoothing, colors, band)
     with tabs[1]:
         if opened[1]:
-            _metrics_tab(df, shown, log_y, colors, run_id)
+            _metrics_tab(df, shown, log_y, colors, run_id, band)
     with tabs[2]:
         if opened[2]:
             _conflict_tab(df, shown, log_y, smoothing, colors)
@@ -173,8 +174,41 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
             _architecture_tab(store, run_id, tasks)
     st.markdown("**Latest numbers**")
     # Formatted as text: 4 significant digits read well on a projector, and "–" beats "None".
-    table = latest_table(df, tasks).map(lambda v: "–" if pd.isna(v) else f"{v:.4g}")
-    st.dataframe(table, width="stretch", key="live_latest")
+    st.dataframe(latest_text(df, tasks), width="stretch", key="live_latest")
+
+
+def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
+    """The latest numbers as text: 4 significant digits, "mean ± sd" over a stacked run's
+    seeds."""
+    table = latest_table(df, tasks)
+    sd = latest_table(df, tasks, "sd") if charts.has_replicas(df) else None
+
+    def cell(task: str, column: str) -> str:
+        value = table.at[task, column]
+        if pd.isna(value):
+            return "–"
+        if sd is None or task not in sd.index or column not in sd.columns \
+                or pd.isna(sd.at[task, column]):
+            return f"{value:.4g}"
+        return f"{value:.4g} ± {sd.at[task, column]:.2g}"
+
+    return pd.DataFrame({c: [cell(t, c) for t in table.index] for c in table.columns},
+                        index=table.index)
+
+
+def _band_control(df: pd.DataFrame) -> str:
+    """How the seeds of a stacked run are drawn around each mean curve (nothing to choose
+    for one seed)."""
+    if not charts.has_replicas(df):
+        return "none"
+    seeds = int(df["replica"].nunique())
+    choice = st.segmented_control(
+        f"Spread over the {seeds} seeds", list(charts.BANDS), default="sd",
+        format_func=charts.BANDS.get, key="live_band",
+        help="Each curve is the mean over the run's seeds (`replicas`); the band shows how "
+             "much they differ: ±1 standard deviation, the lowest to the highest seed, or "
+             "every seed as a thin line.")
+    return choice or "sd"
 
 
 def _header(store: RunStore, info: RunInfo) -> None:
@@ -202,22 +236,23 @@ def _chart(fig: Any, key: str) -> None:
 
 
 def _losses_tab(df: pd.DataFrame, tasks: list[str], splits: list[str], log_y: bool,
-                smoothing: float, colors: dict[str, str]) -> None:
+                smoothing: float, colors: dict[str, str], band: str = "none") -> None:
     with_total = st.toggle("Show the weighted total  L = Σ wᵢ·Lᵢ", value=True, key="live_total")
     _chart(charts.loss_figure(df, tasks + (["total"] if with_total else []), splits or ["train"],
-                              log_y=log_y, smoothing=smoothing, colors=colors), "live_loss")
+                              log_y=log_y, smoothing=smoothing, colors=colors, band=band),
+           "live_loss")
 
 
 def _metrics_tab(df: pd.DataFrame, tasks: list[str], log_y: bool, colors: dict[str, str],
-                 run_id: str) -> None:
+                 run_id: str, band: str = "none") -> None:
     names = charts.metric_names(df)
     if not names:
         st.caption("Validation metrics appear after the first evaluation.")
         return
     # Keyed per run: another run may log other metrics (accuracy vs r2).
     metric = st.radio("Metric", names, horizontal=True, key=f"live_metric_{run_id}")
-    _chart(charts.metric_figure(df, tasks, metric or names[0], log_y=log_y, colors=colors),
-           "live_metric_chart")
+    _chart(charts.metric_figure(df, tasks, metric or names[0], log_y=log_y, colors=colors,
+                                band=band), "live_metric_chart")
     st.caption("Dashed: validation after each evaluation; dotted: the test set at the end.")
 
 

@@ -90,12 +90,21 @@ def runs_frame(runs: Iterable[Any], now: float | None = None) -> pd.DataFrame:
     return frame[fixed + metric_cols + ["duration", "created"]]
 
 
-def latest_table(df: pd.DataFrame, tasks: Sequence[str]) -> pd.DataFrame:
-    """The latest logged value per task of the numbers worth watching (rows: tasks + total)."""
+def latest_table(df: pd.DataFrame, tasks: Sequence[str], statistic: str = "mean"
+                 ) -> pd.DataFrame:
+    """The latest logged value per task of the numbers worth watching (rows: tasks + total).
+    A stacked run: each replica's latest value, then their mean (or their "sd")."""
     if df is None or df.empty:
         return pd.DataFrame(index=pd.Index([], name="task"))
     order = df.sort_values(["step", "id"] if "id" in df.columns else ["step"], kind="stable")
-    last = order.groupby(["split", "task", "name"], sort=False)["value"].last()
+    if "replica" in order.columns and order["replica"].nunique() > 1:
+        each = order.groupby(["split", "task", "name", "replica"], sort=False)["value"].last()
+        grouped = each.groupby(level=[0, 1, 2], sort=False)
+        last = grouped.std(ddof=1) if statistic == "sd" else grouped.mean()
+    elif statistic == "sd":
+        return pd.DataFrame(index=pd.Index([], name="task"))
+    else:
+        last = order.groupby(["split", "task", "name"], sort=False)["value"].last()
     rows = list(tasks) + ["total"]
     table = pd.DataFrame(index=pd.Index(rows, name="task"))
     for split, name, label in LATEST_COLUMNS:
@@ -112,7 +121,7 @@ def latest_step(df: pd.DataFrame, split: str) -> int | None:
 
 def metrics_csv(df: pd.DataFrame) -> bytes:
     """Every logged metric row of a run as CSV (long format)."""
-    cols = [c for c in ("step", "epoch", "split", "task", "name", "value", "time")
+    cols = [c for c in ("step", "epoch", "split", "task", "name", "value", "time", "replica")
             if c in df.columns]
     return df[cols].to_csv(index=False).encode()
 
@@ -130,7 +139,7 @@ def _jsonable(value: Any) -> Any:
 def run_json(run: Any, df: pd.DataFrame) -> bytes:
     """The run (info, config, summary) and every logged metric row, as one JSON document."""
     info = dataclasses.asdict(run) if dataclasses.is_dataclass(run) else dict(vars(run))
-    cols = [c for c in ("step", "epoch", "split", "task", "name", "value", "time")
+    cols = [c for c in ("step", "epoch", "split", "task", "name", "value", "time", "replica")
             if c in df.columns]
     doc = {"run": info, "metrics": df[cols].to_dict(orient="records")}
     return json.dumps(_jsonable(doc), indent=1, default=str).encode()

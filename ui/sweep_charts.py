@@ -53,18 +53,34 @@ def _finite(table: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     return np.isfinite(table[list(columns)].to_numpy(dtype=float)).all(axis=1)
 
 
+def _error_bars(rows: pd.DataFrame, x_task: str, y_task: str) -> dict:
+    """±1 sd over a stacked run's seeds on both axes (sweep_table's valsd_ columns); nothing
+    for runs of one seed."""
+    out = {}
+    for axis, task in (("error_x", x_task), ("error_y", y_task)):
+        column = f"valsd_{task}"
+        if column in rows.columns and rows[column].notna().any():
+            out[axis] = {"type": "data", "array": rows[column].fillna(0.0).tolist(),
+                         "thickness": 1.2, "width": 3}
+    return out
+
+
 def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
-                 line_front: bool = True) -> go.Figure:
-    """Validation metric of `y_task` against that of `x_task`, front and choice marked."""
-    x_col, y_col = f"val_{x_task}", f"val_{y_task}"
+                 line_front: bool = True, split: str = "val") -> go.Figure:
+    """Metric of `y_task` against that of `x_task` on `split` ("val", or "test": the same
+    runs on the test set, with the test front and the point validation chose)."""
+    x_col, y_col = f"{split}_{x_task}", f"{split}_{y_task}"
+    front_col = "on_front" if split == "val" else "on_test_front"
     text = pd.Series(hover_text(table), index=table.index)
     done = table[_finite(table, [x_col, y_col])]
     fig = go.Figure()
 
-    def add(rows: pd.DataFrame, name: str, **kwargs) -> None:
+    def add(rows: pd.DataFrame, name: str, bars: bool = True, **kwargs) -> None:
         fig.add_trace(go.Scatter(x=rows[x_col].tolist(), y=rows[y_col].tolist(), name=name,
                                  text=text[rows.index].tolist(),
-                                 hovertemplate="%{text}<extra></extra>", **kwargs))
+                                 hovertemplate="%{text}<extra></extra>",
+                                 **(_error_bars(rows, x_task, y_task) if bars else {}),
+                                 **kwargs))
 
     grid = done[done["method"] == STATIC]
     if not grid.empty:
@@ -78,22 +94,24 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
                     "line": {"width": 1, "color": "#333"}})
     chosen = done[done["chosen"]]
     if not chosen.empty:
-        add(chosen, "chosen by validation", mode="markers",
+        add(chosen, "chosen by validation", bars=False, mode="markers",
             marker={"size": 17, "symbol": "star", "color": CHOSEN_COLOR,
                     "line": {"width": 1, "color": "#fff"}})
-    front = done[done["on_front"]].sort_values([x_col, y_col], kind="stable")
+    front = done[done[front_col]].sort_values([x_col, y_col], kind="stable")
     if not front.empty:
-        add(front, "Pareto front", mode="lines+markers" if line_front else "markers",
+        add(front, "Pareto front", bars=False,
+            mode="lines+markers" if line_front else "markers",
             line={"color": FRONT_COLOR, "width": 2, "shape": "linear"},
             marker={"size": 24, "color": "rgba(0,0,0,0)",
                     "line": {"width": 2.5, "color": FRONT_COLOR}})
     if not fig.data:
         fig.add_annotation(text="no finished run yet", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 14, "color": "#888"})
-    fig.update_layout(title=f"{y_task} vs {x_task} (validation)", height=500,
+    split_name = "validation" if split == "val" else "test"
+    fig.update_layout(title=f"{y_task} vs {x_task} ({split_name})", height=500,
                       xaxis_title=axis_title(table, x_task),
                       yaxis_title=axis_title(table, y_task),
-                      uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}",
+                      uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}:{split}",
                       margin={"l": 60, "r": 20, "t": 50, "b": 40},
                       legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0})
     return fig

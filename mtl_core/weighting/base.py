@@ -27,6 +27,8 @@ shared parameters takes them as its Jacobian (T passes instead of 2T).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -64,11 +66,33 @@ class TaskGradients:
     others: list[Tensor]  # every other trainable leaf a total may reach (the method's own)
 
 
+# Inside `deferred_backward()`: the totals `backprop` was given, to back-propagate together.
+_deferred: list[Tensor] | None = None
+
+
+@contextmanager
+def deferred_backward() -> Iterator[list[Tensor]]:
+    """Collect instead of back-propagating: a stacked run (mtl_core.replicas) calls each
+    replica's method inside this and then back-propagates the collected totals in ONE pass
+    through the stacked graph (replicas share no parameter, so each still gets only its own
+    total's gradient). Only `backprop` without `known` defers; a method that sets `.grad`
+    itself (GradNorm's weights, FAMO's logits) does so on tensors the total does not reach."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    try:
+        yield _deferred
+    finally:
+        _deferred = outer
+
+
 def backprop(total: Tensor, known: TaskGradients | None = None) -> None:
     """`total.backward()`, for a total that reaches the model only through the task losses
     (any loss-level method). With `known`, the model's gradient is assembled from its rows:
     d total/d params = Σ_t (d total/d losses_t) · row_t, and the model is not visited again."""
     if known is None:
+        if _deferred is not None:
+            _deferred.append(total)
+            return
         total.backward()
         return
     # d total / d losses_t: a backward through the task weights and the scalarisation only.
@@ -89,6 +113,12 @@ def backprop(total: Tensor, known: TaskGradients | None = None) -> None:
 class WeightingMethod:
     kind: str = "loss"  # "loss" (scalarises the losses) or "gradient" (combines gradients)
     constant_weights = False  # True: every step returns the same weights (no per-step log)
+    # True: a loss-level `backward` differentiates model parameters itself (GradNorm's norms);
+    # a stacked run (mtl_core.replicas) then gives each replica its own forward graph.
+    differentiates_parameters = False
+    # True: `backward` is exactly backprop(losses.sum(), known) with weights 1 and no state
+    # (static); a stacked run then sums every replica's losses in one op.
+    sums_losses = False
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         self.task_names = list(task_names)

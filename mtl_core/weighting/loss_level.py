@@ -72,6 +72,7 @@ class StaticParams(Params):
 )
 class Static(WeightingMethod):
     constant_weights = True
+    sums_losses = True
     _ones: Tensor | None = None
 
     def backward(self, losses: Tensor, features: list[Tensor], model: MTLModel,
@@ -230,6 +231,7 @@ class GradNorm(WeightingMethod):
     """
 
     params: GradNormParams
+    differentiates_parameters = True  # ‖∇_W ℓ_i‖ on the last shared layer
 
     def __init__(self, task_names: list[str], params: Params, model: MTLModel) -> None:
         super().__init__(task_names, params, model)

@@ -1,0 +1,191 @@
+"""K replicas of one model run as one: the layers of a stacked run (mtl_core.replicas).
+
+Activations are *folded*: replica r's batch is rows r·B .. (r+1)·B−1 of one (K·B, ...) tensor,
+so every parameter-free step of an architecture (flatten, stack, einsum over experts, softmax,
+pooling, activations, squeeze) runs unchanged on all replicas at once. Only the layers with
+parameters are swapped for stacked versions that read their weights from a (K, ...) leaf:
+
+- Linear: one batched matmul (`baddbmm`) over the replica dimension;
+- Conv2d: one grouped convolution (groups = K);
+- BatchNorm: one batch norm over K·C channels (each replica its own statistics);
+- the cross-stitch unit: one einsum with a (K, T, T) mixing tensor.
+
+Hand-written rather than `torch.vmap(functional_call)`: on the 2-core CPU the vmapped step of
+the default MLP cost 2.3-3.4× one model's step for 5 replicas, these layers 1.3-1.4×
+(bench/replicas.py). `fold` returns None for a model with a parameterised layer it does not
+know; the run then steps each replica's own model (the "loop" engine).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mtl_core.models.base import MTLModel
+from mtl_core.models.cross_stitch import Stitch
+
+
+class StackedLinear(nn.Module):
+    def __init__(self, weight: Tensor, bias: Tensor | None, replicas: int) -> None:
+        super().__init__()
+        self.weight, self.bias, self.replicas = weight, bias, replicas  # (K, out, in), (K, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = self.replicas
+        folded = x.reshape(k, -1, x.shape[-1])
+        if self.bias is None:
+            out = torch.bmm(folded, self.weight.transpose(1, 2))
+        else:
+            out = torch.baddbmm(self.bias.unsqueeze(1), folded, self.weight.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def _to_channels(x: Tensor, k: int) -> Tensor:
+    """(K·B, C, ...) -> (B, K·C, ...): the replicas side by side as channel groups."""
+    b = x.shape[0] // k
+    return x.reshape(k, b, *x.shape[1:]).transpose(0, 1).reshape(b, k * x.shape[1], *x.shape[2:])
+
+
+def _from_channels(x: Tensor, k: int) -> Tensor:
+    b, c = x.shape[0], x.shape[1] // k
+    return x.reshape(b, k, c, *x.shape[2:]).transpose(0, 1).reshape(k * b, c, *x.shape[2:])
+
+
+class StackedConv2d(nn.Module):
+    def __init__(self, conv: nn.Conv2d, weight: Tensor, bias: Tensor | None,
+                 replicas: int) -> None:
+        super().__init__()
+        self.conv, self.weight, self.bias, self.replicas = conv, weight, bias, replicas
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, c = self.replicas, self.conv
+        weight = self.weight.reshape(-1, *self.weight.shape[2:])
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        out = F.conv2d(_to_channels(x, k), weight, bias, c.stride, c.padding, c.dilation,
+                       c.groups * k)
+        return _from_channels(out, k)
+
+
+class StackedBatchNorm(nn.Module):
+    """Batch norm of each replica on its own rows; the running statistics are the stacked
+    (K, C) buffers, updated in place in training mode as each replica's own module would,
+    and used in evaluation mode."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, tensors: dict[str, Tensor],
+                 replicas: int) -> None:
+        super().__init__()
+        self.bn, self.tensors, self.replicas = bn, tensors, replicas
+
+    def forward(self, x: Tensor) -> Tensor:
+        k, bn, t = self.replicas, self.bn, self.tensors
+        if not self.training:  # evaluation: each replica's running statistics
+            return _from_channels(F.batch_norm(
+                _to_channels(x, k), t["running_mean"].view(-1), t["running_var"].view(-1),
+                None if t.get("weight") is None else t["weight"].reshape(-1),
+                None if t.get("bias") is None else t["bias"].reshape(-1),
+                False, 0.0, bn.eps), k)
+        tracked = t.get("num_batches_tracked")
+        momentum = bn.momentum
+        if tracked is not None:
+            tracked.add_(1)
+            if momentum is None:  # cumulative average, as _BatchNorm.forward
+                momentum = 1.0 / float(tracked[0])
+        weight, bias = t.get("weight"), t.get("bias")
+        running_mean, running_var = t.get("running_mean"), t.get("running_var")
+        out = F.batch_norm(
+            _to_channels(x, k),
+            None if running_mean is None else running_mean.view(-1),
+            None if running_var is None else running_var.view(-1),
+            None if weight is None else weight.reshape(-1),
+            None if bias is None else bias.reshape(-1),
+            True, 0.0 if momentum is None else momentum, bn.eps)
+        return _from_channels(out, k)
+
+
+class StackedStitch(nn.Module):
+    def __init__(self, stitch: Stitch, alpha: Tensor, replicas: int) -> None:
+        super().__init__()
+        self.label, self.alpha, self.replicas = stitch.label, alpha, replicas  # (K, T, T)
+
+    def forward(self, columns: list[Tensor]) -> list[Tensor]:
+        stacked = torch.stack(columns)  # (T, K·B, ...)
+        t, k = stacked.shape[0], self.replicas
+        folded = stacked.reshape(t, k, -1)
+        mixed = torch.einsum("kts,skn->tkn", self.alpha, folded)
+        return list(mixed.reshape(stacked.shape).unbind(0))
+
+
+_PARAMETER_FREE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SiLU,
+                   nn.Flatten, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+
+
+def fold(model: MTLModel, params: dict[str, Tensor], buffers: dict[str, Tensor],
+         replicas: int) -> MTLModel | None:
+    """A copy of `model` whose layers read the stacked `params`/`buffers` (by the names
+    `named_parameters`/`named_buffers` give) and take folded (K·B, ...) activations; None
+    when a layer is not one this module can stack (or is a Dropout with p > 0: each replica
+    must draw its own masks)."""
+    template = copy.deepcopy(model)
+    template.train()
+    covered: set[str] = set()
+    for name, module in list(template.named_modules()):
+        prefix = f"{name}." if name else ""
+
+        if isinstance(module, nn.Linear):
+            swap: nn.Module = StackedLinear(params[prefix + "weight"],
+                                            params.get(prefix + "bias"), replicas)
+            covered |= {prefix + "weight", prefix + "bias"}
+        elif isinstance(module, nn.Conv2d) and module.padding_mode == "zeros":
+            swap = StackedConv2d(module, params[prefix + "weight"],
+                                 params.get(prefix + "bias"), replicas)
+            covered |= {prefix + "weight", prefix + "bias"}
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            found = _named(prefix, ("weight", "bias"), params) | _named(
+                prefix, ("running_mean", "running_var", "num_batches_tracked"), buffers)
+            if not module.track_running_stats or len(module.weight.shape) != 1:
+                return None
+            swap = StackedBatchNorm(module, found, replicas)
+            covered |= {prefix + k for k in found}
+        elif isinstance(module, Stitch):
+            swap = StackedStitch(module, params[prefix + "alpha"], replicas)
+            covered.add(prefix + "alpha")
+        elif isinstance(module, nn.Dropout):
+            if module.p > 0:
+                return None
+            continue
+        elif isinstance(module, _PARAMETER_FREE) or not any(
+                True for _ in module.parameters(recurse=False)):
+            continue
+        else:
+            return None
+        if not name:
+            return None  # the model itself is a bare layer: nothing to fold into
+        owner_name, _, attr = name.rpartition(".")
+        owner = template.get_submodule(owner_name)
+        owner._modules[attr] = swap
+    if not set(params) <= covered or not set(buffers) <= covered:
+        return None
+    return template
+
+
+def _named(prefix: str, keys: tuple[str, ...], store: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: store[prefix + k] for k in keys if prefix + k in store}
+
+
+def stacked_task_loss(spec, output: Tensor, target: Tensor, replicas: int) -> Tensor:
+    """Each replica's mean task loss (K,) from folded outputs and targets, as
+    `metrics.task_loss` computes it on one replica's batch."""
+    if spec.kind == "classification":
+        each = F.cross_entropy(output, target, reduction="none")
+    elif spec.kind == "binary":
+        each = F.binary_cross_entropy_with_logits(output, target, reduction="none")
+    elif spec.kind == "regression":
+        each = F.mse_loss(output, target, reduction="none")
+    else:  # another kind: its own loss on each replica's rows
+        from mtl_core.metrics import task_loss
+
+        return torch.stack([task_loss(spec, o, t) for o, t in
+                            zip(output.chunk(replicas), target.chunk(replicas), strict=True)])
+    return each.reshape(replicas, -1).mean(1)

@@ -1,0 +1,639 @@
+"""Stacked runs (`replicas: K`): seeds seed..seed+K-1 of one config trained together.
+
+Replica i is the run `seed + i` alone trains (`trainer.train`):
+- its data, model and weighting method are built as that run builds them, under
+  `torch.manual_seed(seed + i)`; it keeps its own batch-order generator and its own global
+  random state (dropout masks, GradDrop), swapped in around its work;
+- it has its own `MTLModel` and weighting method, so every method, the evaluation and the
+  checkpoints work on a replica unchanged; one optimizer (elementwise: Adam, AdamW, SGD,
+  RMSprop; the trainer clips no gradient norm) updates each as its own run's would.
+
+The step, two engines:
+- "stacked" (the default): the K replicas' parameters live in stacked leaves (a leading
+  replica dimension; each replica's own parameters are views of its slice) and one folded
+  template (`models.stacked`) runs all K batches at once: one batched op per layer instead
+  of K, which is what makes K seeds cost little more than one on a CPU, where small models
+  are overhead-bound (bench/replicas.py).
+- "loop": each replica's forward on its own model (its own leaves), K times one run's
+  forward. Used where the stacked step cannot reproduce the single run: dropout (each replica
+  must draw its own masks), a layer `fold` does not know, GradNorm (it differentiates a
+  replica's own layer), gradient methods on the shared representation (they need each
+  replica's features) or without shared parameters (they free the graph they visit).
+Either way the backward is shared: the loss-level methods' totals are collected
+(`weighting.base.deferred_backward`) and back-propagated in one pass; on diagnostic steps, and
+on every step of a gradient-level method, every replica's Jacobian comes from T passes over the
+whole graph: row t of d(Σ_r L[r, t]) is, in replica r's columns, d L[r, t] (no parameter is
+shared between replicas), so replica r's method combines exactly its own task gradients.
+
+A replica whose loss turns non-finite is marked diverged and frozen (no further updates, no
+evaluation); the others go on. Early stopping is per replica too.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mtl_core import diagnostics
+from mtl_core.config import ExperimentConfig
+from mtl_core.data import SuiteData, load_suite
+from mtl_core.data.base import Split
+from mtl_core.metrics import task_loss
+from mtl_core.models import MTLModel, build_model
+from mtl_core.models.stacked import fold, stacked_task_loss
+from mtl_core.sink import MetricRow, Sink, replica_kind
+from mtl_core.trainer import (
+    EVAL_CHUNK,
+    PROBE_SIZE,
+    TrainResult,
+    _ControlPoller,
+    _evaluate,
+    _evaluate_and_snapshot,
+    _metric_rows,
+    _probe_payload,
+    _StopRequested,
+    _weighted_stack,
+    make_optimizer,
+    resolve_device,
+    train_rows,
+)
+from mtl_core.weighting import WeightingMethod, build_method
+from mtl_core.weighting.base import StepResult, TaskGradients, deferred_backward
+
+
+@dataclass
+class Replica:
+    """One seed of a stacked run: what its own run would hold, and where it stands."""
+
+    index: int
+    seed: int
+    data: SuiteData
+    model: MTLModel
+    method: WeightingMethod
+    order_rng: torch.Generator
+    rng_state: list[Tensor]  # global CPU (and CUDA) generator state between its turns
+    probe: Split
+    shared: list[torch.nn.Parameter]
+    reuse_params: list[torch.nn.Parameter]
+    others: list[Tensor]
+    order: Tensor | None = None
+    status: str = "running"  # "running" | "diverged" | "early_stopped"
+    message: str | None = None
+    best_val: float = math.inf
+    best_state: dict[str, Any] | None = None
+    evals_since_best: int = 0
+    last_val: dict[str, dict[str, float]] = field(default_factory=dict)
+    best_val_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    result: StepResult | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.model.parameters()) + self.method.extra_parameters()
+
+
+def _rng_state(device: torch.device) -> list[Tensor]:
+    state = [torch.get_rng_state()]
+    if device.type == "cuda":
+        state.append(torch.cuda.get_rng_state(device))
+    return state
+
+
+def _set_rng_state(state: list[Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextmanager
+def own_random_state(replica: Replica, device: torch.device) -> Iterator[None]:
+    """Run with `replica`'s global random state, as if it were its own process."""
+    outer = _rng_state(device)
+    _set_rng_state(replica.rng_state, device)
+    try:
+        yield
+    finally:
+        replica.rng_state = _rng_state(device)
+        _set_rng_state(outer, device)
+
+
+def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str],
+                   probe_size: int) -> list[Replica]:
+    """The K replicas, each built exactly as `trainer.train` builds the run of its seed."""
+    replicas = []
+    for index in range(cfg.replicas):
+        seed = cfg.seed + index
+        torch.manual_seed(seed)
+        data = load_suite(cfg.data, seed, names, device=device)
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, data).to(device)
+        method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        reuse = shared + model.all_task_parameters()
+        listed = {id(p) for p in reuse}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in listed]
+        others += method.extra_parameters()
+        replicas.append(Replica(index, seed, data, model, method,
+                                torch.Generator().manual_seed(seed), _rng_state(device),
+                                data.val.take(slice(0, probe_size)), shared, reuse, others))
+    sizes = {len(r.data.train) for r in replicas}
+    if len(sizes) > 1:  # a suite whose size depends on the seed cannot share batch steps
+        raise ValueError(f"replicas: the seeds give training sets of different sizes "
+                         f"{sorted(sizes)}; use replicas: 1")
+    return replicas
+
+
+def choose_engine(cfg: ExperimentConfig, replicas: list[Replica]) -> str:
+    """"stacked" where the vmapped forward reproduces each replica's run, else "loop"."""
+    if cfg.model.trunk.dropout > 0 or cfg.model.heads.dropout > 0:
+        return "loop"
+    first = replicas[0]
+    method = first.method
+    if method.differentiates_parameters:
+        return "loop"  # its own gradients on a replica's parameters need them in the graph
+    if method.kind == "gradient":
+        if not method.reuses_task_gradients:
+            return "loop"
+        own = [id(p) for p in (*method.shared, *method._own_params)]  # type: ignore[attr-defined]
+        if own != [id(p) for p in first.reuse_params]:
+            return "loop"  # it would compute (and free) its own Jacobian
+    return "stacked"
+
+
+class StackedModel:
+    """The replicas' parameters and buffers as stacked leaves (leading replica dimension), and
+    the task losses (K, T) of all replicas from one pass of a folded template
+    (`models.stacked.fold`: replica r's batch is rows r·B..(r+1)·B−1).
+
+    The optimizer updates the stacked leaves; each replica's own `nn.Parameter`s (those its
+    model and its weighting method hold) are views of its slice, so evaluation, checkpoints
+    and `load_state_dict` on a replica's model read and write the stacked storage. A method
+    that writes a replica's `.grad` (from a Jacobian, `known`) writes it on those views;
+    `collect_grads` moves it into the stacked leaves before the optimizer step."""
+
+    @classmethod
+    def build(cls, models: list[MTLModel], specs: list) -> StackedModel | None:
+        """None when the model has a layer `fold` cannot stack."""
+        names = [n for n, _ in models[0].named_parameters()]
+        per_replica = [[dict(m.named_parameters())[n] for m in models] for n in names]
+        leaves = [torch.nn.Parameter(torch.stack([v.detach() for v in views]))
+                  for views in per_replica]
+        buffer_names = [n for n, _ in models[0].named_buffers()]
+        buffers = [torch.stack([m.get_buffer(n) for m in models]) for n in buffer_names]
+        template = fold(models[0], dict(zip(names, leaves, strict=True)),
+                        dict(zip(buffer_names, buffers, strict=True)), len(models))
+        if template is None:
+            return None
+        return cls(models, specs, template, per_replica, leaves, buffer_names, buffers)
+
+    def __init__(self, models: list[MTLModel], specs: list, template: MTLModel,
+                 per_replica: list[list[torch.nn.Parameter]],
+                 leaves: list[torch.nn.Parameter], buffer_names: list[str],
+                 buffers: list[Tensor]) -> None:
+        self.template, self.specs, self.replicas = template, specs, len(models)
+        self.per_replica, self.params = per_replica, leaves
+        for leaf, views in zip(leaves, per_replica, strict=True):
+            for r, v in enumerate(views):
+                v.data = leaf.data[r]
+        self.index = {id(v): j for j, views in enumerate(per_replica) for v in views}
+        for name, stacked in zip(buffer_names, buffers, strict=True):
+            owner, _, leaf_name = name.rpartition(".")
+            for r, m in enumerate(models):
+                m.get_submodule(owner)._buffers[leaf_name] = stacked[r]
+
+    def __call__(self, inputs: dict[str, Tensor], targets: dict[str, Tensor]) -> Tensor:
+        """inputs and targets (K, B, ...) -> the task losses (K, T)."""
+        def folded(x: Tensor) -> Tensor:
+            return x.reshape(-1, *x.shape[2:])
+
+        out = self.template({n: folded(x) for n, x in inputs.items()})
+        return torch.stack([stacked_task_loss(s, out[s.name], folded(targets[s.name]),
+                                              self.replicas) for s in self.specs], dim=1)
+
+    @torch.no_grad()
+    def outputs(self, inputs: dict[str, Tensor], chunk: int) -> list[dict[str, Tensor]]:
+        """Every replica's outputs (evaluation mode) on its own inputs (K, N, ...), in one
+        pass per chunk of N."""
+        self.template.eval()
+        n = next(iter(inputs.values())).shape[1]
+        parts: list[dict[str, list[Tensor]]] = [{} for _ in range(self.replicas)]
+        for start in range(0, n, chunk):
+            folded = {k: x[:, start:start + chunk].reshape(-1, *x.shape[2:])
+                      for k, x in inputs.items()}
+            for name, value in self.template(folded).items():
+                for r, part in enumerate(value.chunk(self.replicas)):
+                    parts[r].setdefault(name, []).append(part)
+        self.template.train()
+        return [{name: torch.cat(v) for name, v in p.items()} for p in parts]
+
+    def collect_grads(self) -> None:
+        """Add the gradients written on the replicas' views to the stacked leaves."""
+        for leaf, views in zip(self.params, self.per_replica, strict=True):
+            grads = [v.grad for v in views]
+            if all(g is None for g in grads):
+                continue
+            stacked = torch.stack([leaf.new_zeros(leaf.shape[1:]) if g is None
+                                   else g.reshape(leaf.shape[1:]) for g in grads])
+            leaf.grad = stacked if leaf.grad is None else leaf.grad.add_(stacked)
+            for v in views:
+                v.grad = None
+
+    def jacobians(self, raw: Tensor, per_replica: list[list[torch.nn.Parameter]]
+                  ) -> list[Tensor]:
+        """Each replica's (T, P_r) task-gradient matrix on its own parameters `per_replica[r]`
+        (views), from T passes over the stacked graph: the gradient of Σ_r raw[r, t] on the
+        stacked leaf is, in slice r, d raw[r, t]. The graph is kept."""
+        order = [self.index[id(p)] for p in per_replica[0]]
+        n_tasks, n_replicas = raw.shape[1], raw.shape[0]
+        if not order or not raw.requires_grad:
+            return [raw.new_zeros((n_tasks, sum(p.numel() for p in ps))) for ps in per_replica]
+        leaves = [self.params[j] for j in order]
+        matrix = diagnostics.jacobian(raw.sum(0), leaves, retain_graph=True)
+        blocks = [b.reshape(n_tasks, n_replicas, -1)
+                  for b in matrix.split([leaf.numel() for leaf in leaves], dim=1)]
+        return [torch.cat([b[:, r] for b in blocks], dim=1) for r in range(n_replicas)]
+
+
+class StackedBatches:
+    """Every replica's batch as one (K, B, ...) tensor per input and target: the replicas'
+    training sets stacked once (each replica's own split then views its slice, so nothing is
+    held twice), and one gather per key and step."""
+
+    def __init__(self, replicas: list[Replica]) -> None:
+        first = replicas[0].data.train
+        self.inputs = {k: torch.stack([r.data.train.inputs[k] for r in replicas])
+                       for k in first.inputs}
+        self.targets = {k: torch.stack([r.data.train.targets[k] for r in replicas])
+                        for k in first.targets}
+        for i, r in enumerate(replicas):
+            r.data.train = Split({k: v[i] for k, v in self.inputs.items()},
+                                 {k: v[i] for k, v in self.targets.items()})
+        device = next(iter(self.inputs.values())).device
+        n = len(first)
+        # replica r's sample i is row r·N + i of the flattened (K·N, ...) tensors
+        self.offsets = (torch.arange(len(replicas), device=device) * n)[:, None]
+
+    def take(self, index: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """index (K, B): replica r's sample ids. One index_select per key (much faster on a
+        CPU than indexing with two index tensors)."""
+        flat = (index + self.offsets).reshape(-1)
+        k, b = index.shape
+
+        def gather(v: Tensor) -> Tensor:
+            return v.reshape(-1, *v.shape[2:]).index_select(0, flat).reshape(k, b, *v.shape[2:])
+
+        return ({name: gather(v) for name, v in self.inputs.items()},
+                {name: gather(v) for name, v in self.targets.items()})
+
+
+def replica_jacobians(raw: Tensor, per_replica: list[list[torch.nn.Parameter]]
+                      ) -> list[Tensor]:
+    """Each replica's (T, P_r) task-gradient matrix from T passes over the stacked graph.
+
+    `raw` (K, T) are the replicas' task losses; replica r's parameters reach only row r, so
+    the gradient of Σ_r raw[r, t] on replica r's parameters is d raw[r, t]. The graph is kept.
+    """
+    flat = [p for params in per_replica for p in params]
+    if not flat or not raw.requires_grad:
+        return [raw.new_zeros((raw.shape[1], sum(p.numel() for p in ps))) for ps in per_replica]
+    matrix = diagnostics.jacobian(raw.sum(0), flat, retain_graph=True)
+    sizes = [sum(p.numel() for p in ps) for ps in per_replica]
+    return list(matrix.split(sizes, dim=1))
+
+
+def mean_metrics(entries: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """The mean of each task's metric over the entries that have it finite."""
+    out: dict[str, dict[str, float]] = {}
+    tasks = list(dict.fromkeys(t for e in entries for t in e))
+    for task in tasks:
+        names = list(dict.fromkeys(n for e in entries for n in e.get(task, {})))
+        values = {}
+        for name in names:
+            xs = [e[task][name] for e in entries
+                  if name in e.get(task, {}) and math.isfinite(e[task][name])]
+            if xs:
+                values[name] = statistics.fmean(xs)
+        out[task] = values
+    return out
+
+
+def replica_summary(replicas: list[Replica], tests: list[dict[str, dict[str, float]]]
+                    ) -> dict[str, Any]:
+    """`summary.test/val/best_val` as means over the replicas, plus `summary.replicas`."""
+    entries = []
+    for rep, test in zip(replicas, tests, strict=True):
+        entry: dict[str, Any] = {"seed": rep.seed, "test": test,
+                                 "val": _drop_total(rep.last_val),
+                                 "best_val": _drop_total(rep.best_val_metrics)}
+        if rep.status == "diverged":
+            entry["diverged"] = rep.message
+        entries.append(entry)
+    return {key: mean_metrics([e[key] for e in entries]) for key in ("test", "val", "best_val")
+            } | {"replicas": entries}
+
+
+def _drop_total(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: v for k, v in metrics.items() if k != "total"}
+
+
+def flush_replicas(sink: Sink, step: int, epoch: float, names: list[str],
+                   task_weights: Tensor, replicas: list[Replica], losses: Tensor,
+                   weights: list[Tensor], diag_rows: list[MetricRow]) -> None:
+    """Write one logging window of every active replica; losses (steps, K, T). A replica
+    with a non-finite loss in the window is marked diverged instead (its rows stop here)."""
+    host = losses.tolist()  # the window's host sync
+    means = losses.mean(0)
+    all_means, totals = means.tolist(), (means * task_weights).sum(-1).tolist()
+    all_weights = (torch.stack(weights) * task_weights).tolist()
+    rows: list[MetricRow] = []
+    first_step = step - len(host) + 1
+    for rep in replicas:
+        if not rep.active:
+            continue
+        bad = next(((i, name, value) for i, row in enumerate(host)
+                    for name, value in zip(names, row[rep.index], strict=True)
+                    if not math.isfinite(value)), None)
+        if bad is not None:
+            i, task, value = bad
+            rep.status = "diverged"
+            rep.message = f"loss of task {task!r} became {value} at step {first_step + i}"
+            continue
+        rows += train_rows(step, epoch, names, totals[rep.index], all_means[rep.index],
+                           all_weights[rep.index], rep.index)
+    active = {rep.index for rep in replicas if rep.active}
+    sink.metrics(rows + [(s, epoch, *rest) for s, _, *rest in diag_rows if rest[-1] in active])
+
+
+def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
+    """`trainer.train` for `replicas: K > 1`: the same loop, over K replicas at once."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    names = [t.name for t in cfg.tasks or []]
+    weight_values = [t.weight for t in cfg.tasks or []]
+    task_weights = torch.tensor(weight_values, device=device)
+    weighted = any(w != 1.0 for w in weight_values)
+    replicas = build_replicas(cfg, device, names, PROBE_SIZE)
+    first = replicas[0]
+    specs = [first.data.task(n) for n in names]
+    engine = choose_engine(cfg, replicas)
+    # Loss-level methods draw nothing from the global generator (RLW has its own): only a
+    # gradient-level one (GradDrop) needs each replica's global random state around its step.
+    own_rng = first.method.kind != "loss"
+    # Static's step is exactly backprop(Σ losses) with weights 1: summed for all replicas at once
+    plain_sum = first.method.sums_losses
+    if plain_sum:
+        for rep in replicas:
+            rep.result = StepResult(weights=torch.ones(len(names), device=device))
+    reuse = first.method.reuses_task_gradients
+    gradient_level = first.method.kind == "gradient"
+    n_shared = sum(p.numel() for p in first.shared)
+    K, T = len(replicas), len(names)
+
+    stacked = StackedModel.build([r.model for r in replicas], specs) \
+        if engine == "stacked" else None
+    batches = StackedBatches(replicas) if stacked is not None else None
+    # every replica's val inputs side by side, for one stacked evaluation pass
+    val_inputs = ({k: torch.stack([r.data.val.inputs[k] for r in replicas])
+                   for k in first.data.val.inputs} if stacked is not None else {})
+    if stacked is not None:  # the stacked leaves, and each method's own parameters
+        params = stacked.params + [p for r in replicas for p in r.method.extra_parameters()]
+    else:
+        params = [p for r in replicas for p in r.parameters()]
+    optimizer = make_optimizer(cfg.optim, params, device)
+
+    n_train = len(first.data.train)
+    batch_size = min(cfg.optim.batch_size, n_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = cfg.optim.epochs * steps_per_epoch
+    eval_every = cfg.optim.eval_every or steps_per_epoch
+    log_every = min(cfg.log_every, total_steps)
+    patience = cfg.optim.early_stopping.patience
+
+    for rep in replicas:
+        sink.snapshot(0, replica_kind("probe", rep.index),
+                      _probe_payload(rep.data, rep.probe, names))
+    sink.progress(0, total_steps, 0.0)
+
+    window_losses = torch.zeros(log_every, K, T, device=device)
+    window_weights = torch.zeros(log_every, K, T, device=device)
+    window_steps, epoch_mark = 0, 0
+    epoch_loss_sum = torch.zeros(K, T, device=device)
+    control = _ControlPoller(sink, total_steps)
+    step, epoch, status, message = 0, 0, "finished", None
+
+    try:
+        for epoch in range(cfg.optim.epochs):
+            for rep in replicas:
+                rep.order = torch.randperm(n_train, generator=rep.order_rng).to(device)
+                if stacked is None:  # the stacked template is always in training mode
+                    rep.model.train()
+            orders = torch.stack([r.order for r in replicas])  # type: ignore[misc]
+            for start in range(0, n_train, batch_size):
+                step += 1
+                logging_step = step % log_every == 0 or step == 1 or step == total_steps
+                # Per-task scalars (the Jacobian's `known.losses`) only where a Jacobian is
+                # taken; other steps give each method its row of `raw` (the same values).
+                scalars = (logging_step and bool(first.shared)) or (gradient_level and reuse)
+                features: list[list[Tensor]] = [[] for _ in replicas]
+                if stacked is not None and batches is not None:
+                    raw = stacked(*batches.take(orders[:, start:start + batch_size]))
+                    per_task = [list(raw[r].unbind(0)) for r in range(K)] if scalars else []
+                else:
+                    per_task = []
+                    for rep in replicas:
+                        with own_random_state(rep, device):
+                            batch = rep.data.train.take(
+                                rep.order[start:start + batch_size])  # type: ignore[index]
+                            features[rep.index] = rep.model.features(batch.inputs)
+                            outputs = rep.model.heads(features[rep.index])
+                        per_task.append([task_loss(s, outputs[s.name], batch.targets[s.name])
+                                         for s in specs])
+                    raw = torch.stack([torch.stack(ls) for ls in per_task])
+                weighted_raw = raw * task_weights if weighted else raw
+                if per_task:
+                    losses = [_weighted_stack(ls, weight_values) if weighted
+                              else torch.stack(ls) for ls in per_task]
+                else:
+                    losses = list(weighted_raw.unbind(0))
+                diag_rows: list[MetricRow] = []
+                known: list[TaskGradients | None] = [None] * K
+                if scalars:
+                    wrt = [r.reuse_params if reuse else r.shared for r in replicas]
+                    grads = (stacked.jacobians(raw, wrt) if stacked is not None
+                             else replica_jacobians(raw, wrt))
+                    for rep, g in zip(replicas, grads, strict=True):
+                        if logging_step and rep.active and first.shared:
+                            diag_rows += diagnostics.diagnostic_rows(
+                                step, float(epoch), names,
+                                diagnostics.gradient_stats(g[:, :n_shared]),
+                                replica=rep.index)
+                        if reuse:
+                            known[rep.index] = TaskGradients(per_task[rep.index],
+                                                             rep.reuse_params, g, rep.others)
+
+                optimizer.zero_grad(set_to_none=True)
+                with_known = any(k is not None for k in known)
+                if plain_sum and not with_known and stacked is not None:
+                    # static on every replica: Σ_r Σ_t w_t·L[r, t] in one op and one backward
+                    active = [r.index for r in replicas if r.active]
+                    summed = weighted_raw if len(active) == K else weighted_raw[active]
+                    summed.sum().backward()
+                else:
+                    with deferred_backward() as totals:
+                        for rep in replicas:
+                            if rep.active:
+                                _replica_backward(rep, losses[rep.index], features[rep.index],
+                                                  known[rep.index], raw, device, own_rng)
+                    if totals:
+                        torch.autograd.backward(totals)
+                if stacked is not None and with_known:  # grads written on the replicas' views
+                    stacked.collect_grads()
+                for rep in replicas:
+                    if not rep.active:  # frozen: the optimizer skips a parameter without grad
+                        # (a stacked leaf still moves its slice: early stopping restores the
+                        # best state, and a diverged replica is not evaluated again)
+                        for p in (rep.method.extra_parameters() if stacked is not None
+                                  else rep.parameters()):
+                            p.grad = None
+                update_norms = [rep.result.update_norm if logging_step and rep.active
+                                and rep.result is not None else None for rep in replicas]
+                optimizer.step()
+
+                window_losses[window_steps] = raw.detach()
+                if not first.method.constant_weights:
+                    for rep in replicas:
+                        if rep.active and rep.result is not None:
+                            window_weights[window_steps, rep.index] = rep.result.weights.detach()
+                window_steps += 1
+
+                if logging_step:
+                    for rep, norm in zip(replicas, update_norms, strict=True):
+                        if norm is not None:
+                            diag_rows.append((step, 0.0, "diag", "total", "update_norm",
+                                              float(norm), rep.index))
+                    fraction = min(epoch + (start + batch_size) / n_train, epoch + 1.0)
+                    epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
+                    weights = [_window_weights(rep, window_weights, window_steps, T)
+                               for rep in replicas]
+                    flush_replicas(sink, step, fraction, names, task_weights, replicas,
+                                   window_losses[:window_steps], weights, diag_rows)
+                    sink.progress(step, total_steps, fraction)
+                    window_steps, epoch_mark = 0, 0
+                if step % eval_every == 0 or step == total_steps:
+                    val_outputs = (stacked.outputs(val_inputs, EVAL_CHUNK)  # type: ignore[arg-type]
+                                   if stacked is not None else [None] * K)
+                    for rep in replicas:
+                        if rep.active:
+                            _evaluate_replica(rep, cfg, specs, task_weights, sink, step, epoch,
+                                              stacked is None, val_outputs[rep.index])
+                if not any(rep.active for rep in replicas):
+                    if all(rep.status == "diverged" for rep in replicas):
+                        raise _AllDiverged
+                    message = (f"early stopping: every replica went {patience} evaluations "
+                               "without a val improvement")
+                    raise _StopRequested
+                control.poll(step, epoch)
+            epoch_loss_sum += window_losses[epoch_mark:window_steps].sum(0)
+            epoch_mark = window_steps
+            for rep in replicas:
+                if rep.active:
+                    rep.method.end_epoch(epoch_loss_sum[rep.index] * task_weights
+                                         / steps_per_epoch)
+            epoch_loss_sum.zero_()
+            sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "last")
+    except _StopRequested:
+        if message is None:
+            status, message = "stopped", f"stopped by request at step {step}"
+    except _AllDiverged:
+        messages = "; ".join(f"seed {r.seed}: {r.message}" for r in replicas)
+        return TrainResult("diverged", f"every replica diverged ({messages})", step,
+                           replica_summary(replicas, [{} for _ in replicas]))
+
+    tests = []
+    for rep in replicas:
+        if rep.status == "diverged":
+            tests.append({})
+            continue
+        if rep.best_state is not None:
+            rep.model.load_state_dict(rep.best_state)
+        test = _evaluate(rep.model, rep.data.test, specs, task_weights)
+        sink.metrics(_metric_rows(step, float(epoch + 1), "test", test, rep.index))
+        tests.append(_drop_total(test))
+    sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "final")
+    diverged = [r for r in replicas if r.status == "diverged"]
+    if diverged:
+        note = "; ".join(f"replica {r.index} (seed {r.seed}) diverged: {r.message}"
+                         for r in diverged)
+        message = f"{message}; {note}" if message else note
+    return TrainResult(status, message, step, replica_summary(replicas, tests))
+
+
+class _AllDiverged(Exception):
+    pass
+
+
+def _replica_backward(rep: Replica, losses: Tensor, features: list[Tensor],
+                      known: TaskGradients | None, raw: Tensor, device: torch.device,
+                      own_rng: bool) -> None:
+    """Replica `rep`'s method step, with its own random state where the method may draw
+    from the global generator. A method that fails on a non-finite loss (a solver on a NaN
+    Gramian) marks the replica diverged instead."""
+    try:
+        with own_random_state(rep, device) if own_rng else nullcontext():
+            rep.result = rep.method.backward(losses, features, rep.model, known)
+    except (RuntimeError, ValueError, ArithmeticError):
+        values = raw[rep.index].detach()
+        if bool(torch.isfinite(values).all()):
+            raise
+        rep.status, rep.result = "diverged", None
+        rep.message = f"a task loss became {values.tolist()} (the weighting method failed on it)"
+
+
+def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> Tensor:
+    if rep.result is None:
+        return window.new_full((n_tasks,), math.nan)
+    if rep.method.constant_weights:
+        return rep.result.weights.detach()
+    return window[:steps, rep.index].mean(0)
+
+
+def _evaluate_replica(rep: Replica, cfg: ExperimentConfig, specs: list, task_weights: Tensor,
+                      sink: Sink, step: int, epoch: int, train_mode: bool,
+                      outputs: dict[str, Tensor] | None) -> None:
+    """The single run's evaluation step for one replica, early stopping included."""
+    rep.last_val = _evaluate_and_snapshot(rep.model, rep.data, rep.probe, specs, task_weights,
+                                          sink, step, epoch, rep.index, outputs)
+    if train_mode:
+        rep.model.train()
+    val_total = rep.last_val["total"]["loss"]
+    stopping = cfg.optim.early_stopping
+    if val_total < rep.best_val - stopping.min_delta:
+        rep.best_val, rep.evals_since_best = val_total, 0
+        rep.best_val_metrics = rep.last_val
+        if stopping.patience:
+            # clone, not deepcopy: a stacked replica's tensors are views of all replicas' storage
+            rep.best_state = {k: v.detach().clone() for k, v in rep.model.state_dict().items()}
+    else:
+        rep.evals_since_best += 1
+    if stopping.patience and rep.evals_since_best >= stopping.patience:
+        rep.status = "early_stopped"
+        rep.message = (f"early stopping: no val improvement in {stopping.patience} "
+                       f"evaluations (best total val loss {rep.best_val:.4g})")
+
+
+def _replicas_checkpoint(replicas: list[Replica], optimizer: torch.optim.Optimizer, step: int,
+                         epoch: int) -> dict[str, Any]:
+    """Replica 0 where a single run's checkpoint has it, and every replica under "replicas"."""
+    first = replicas[0]
+    return {"model": first.model.state_dict(), "optimizer": optimizer.state_dict(),
+            "weighting": first.method.state_dict(), "step": step, "epoch": epoch,
+            "replicas": [{"seed": r.seed, "status": r.status, "model": r.model.state_dict(),
+                          "weighting": r.method.state_dict()} for r in replicas]}
