@@ -274,8 +274,11 @@ def test_an_owner_over_the_active_quota_waits_queued(on_ray: LocalCluster, runs_
     store = RunStore(runs_dir)
     store.set_limits(OPERATOR, max_active_per_owner=1)  # limits.json: the actor reads it too
     alice = Actor("alice-id", "Alice")
-    first, second = (jobs.submit(tiny_doc(LONG), runs_dir, owner=alice) for _ in range(2))
-    wait_for(lambda: store.get_run(first).step > 0, what="Alice's first run training")
+    ids = [jobs.submit(tiny_doc(LONG), runs_dir, owner=alice) for _ in range(2)]
+    # Either may start first (Ray's order); the other must wait while Alice is at her quota.
+    first = wait_for(lambda: next((i for i in ids if store.get_run(i).step > 0), None),
+                     what="one of Alice's runs training")
+    second = next(i for i in ids if i != first)
     time.sleep(3.0)  # a free CPU on the head, but Alice is at her quota
     assert store.get_run(second).status == "queued"
     jobs.stop(first, runs_dir)
