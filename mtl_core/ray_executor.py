@@ -218,7 +218,7 @@ def store_actor(store: RunStore) -> Any:
 # RunStore's public methods a task may call through the actor (nothing else, nothing private).
 STORE_METHODS = frozenset({
     "get_run", "claim_run", "set_status", "set_progress", "heartbeat", "add_metrics",
-    "add_snapshot", "take_control", "pending_controls", "save_checkpoint", "queue_place",
+    "add_snapshot", "take_control", "pending_controls", "save_checkpoint",
 })
 
 
@@ -229,12 +229,25 @@ class StoreActor:
         self.tasks: dict[str, ray.ObjectRef] = {}  # run id -> its task's result
         self.requests: dict[str, tuple[dict[str, Any], dict[str, str]]] = {}  # for re-launch
         self.lock = threading.Lock()
+        self.claim_lock = threading.Lock()
         threading.Thread(target=self._watch, daemon=True, name="mtl-watch").start()
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         if method not in STORE_METHODS:
             raise AttributeError(f"the store actor does not serve {method!r}")
         return getattr(self.store, method)(*args, **kwargs)
+
+    def claim(self, run_id: str, pid: int) -> str:
+        """Claim a run for a task that got its resources, unless its owner is at the class's
+        per-owner active quota ("deferred"). One lock: two tasks of one owner starting at
+        once cannot both pass the check."""
+        with self.claim_lock:
+            place = self.store.queue_place(run_id)
+            if place is None:
+                return "not queued"
+            if place.owner_cap and place.owner_active >= place.owner_cap:
+                return "deferred"
+            return "claimed" if self.store.claim_run(pid, run_id) else "not queued"
 
     def write_error(self, run_id: str, text: str) -> None:
         (self.store.run_dir(run_id) / "error.txt").write_text(text)
@@ -390,13 +403,10 @@ def run_task(actor: str, run_id: str, version: str, env: dict[str, str]) -> str:
                          f"{mtl_core.__version__}, the store {version}: install the same "
                          "version on every node", expect=["queued"])
         return "not queued"
-    place = store.queue_place(run_id)
-    if place is None:
-        return "not queued"
-    if place.owner_cap and place.owner_active >= place.owner_cap:
-        return "deferred"
-    if store.claim_run(os.getpid(), run_id) is None:
-        return "not queued"
+    pid = os.getpid()
+    outcome = store.submit(lambda: ray.get(store.handle.claim.remote(run_id, pid)))
+    if outcome != "claimed":
+        return str(outcome)
     context = ray.get_runtime_context()
     placement = {"executor": "ray", "node": socket.gethostname(),
                  "node_ip": ray.util.get_node_ip_address(), "node_id": context.get_node_id()}
