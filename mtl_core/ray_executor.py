@@ -15,8 +15,10 @@ imports Ray and local worker processes train as before.
 - A task asks for `num_gpus=1` when its run's device is CUDA (or `auto` on a cluster with
   GPUs), and for CPUs by the core budget (mtl_core.budget: small models one CPU); Ray's own
   resource accounting is then the budget on every node. Replicas stay inside one task.
-- A run waiting for resources is `queued` in the store until its task claims it; the task
-  records where it ran in the run's summary (`executor`, `node`, `node_ip`, `node_id`).
+- A run waiting for resources is `queued` in the store until its task claims it (through the
+  actor, which also holds the class's per-owner active quota: a task of an owner at it returns
+  "deferred" and is launched again); the task records where it ran in the run's summary
+  (`executor`, `node`, `node_ip`, `node_id`; `ray_request` is what it asked for).
 Bad input at submit (an unreachable address, a cluster without the resources a run asks for,
 a Ray version mismatch) raises RayExecutorError before anything is queued.
 """
