@@ -239,6 +239,8 @@ def _load_config(args: argparse.Namespace) -> Any:
     from mtl_core.preflight import check_submit
     from mtl_core.trust import restrict_paths
 
+    if getattr(args, "ray", None):  # first: the device is then the cluster's to check
+        os.environ[jobs.RAY_ADDRESS_VAR] = args.ray  # this command's runs (and baselines)
     path = Path(args.config)
     try:
         text = read_config_file(path)
@@ -266,7 +268,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _load_config(args)
     runs_dir = _runs_dir(args)
-    run_id = jobs.submit(cfg, runs_dir, start=args.detach)
+    try:
+        run_id = jobs.submit(cfg, runs_dir, start=args.detach)
+    except ValueError as exc:  # e.g. the Ray cluster cannot take it: nothing was queued
+        raise UsageError(str(exc)) from None
     baseline_ids = _submit_baselines(cfg, runs_dir) if args.with_baselines else {}
     if args.detach:
         print(f"queued run {run_id} in {runs_dir}", file=sys.stderr)
@@ -491,7 +496,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     jobs.reconcile(store.runs_dir)
     run = _get_run(store, args.run)
     if args.json:
+        executor, node = jobs.placement(run)
         document = {**run.__dict__, "is_live": run.is_live, "duration": run.duration,
+                    "executor": executor, "node": node,
                     "run_dir": str(store.run_dir(run.id)),
                     "checkpoints": store.checkpoints(run.id)}
         print(json.dumps(_jsonable(document), indent=2))
@@ -501,6 +508,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("run", run.id), ("name", run.name), ("status", status),
         ("suite", run.suite), ("architecture", run.architecture), ("method", run.method),
         ("device", run.device or "-"),
+        ("executor", " on ".join(p for p in jobs.placement(run) if p)),
         ("progress", f"step {run.step}/{run.total_steps or '?'}, epoch {run.epoch:.2f}"),
         ("started", _when(run.started_at)), ("duration", format_duration(run.duration)),
         ("folder", str(store.run_dir(run.id))),
@@ -611,6 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--with-baselines", action="store_true",
                        help="also train (or reuse) a single-task baseline per task and print "
                             "each task against its baseline and Δm")
+    train.add_argument("--ray", metavar="ADDRESS",
+                       help="run it as a task on this Ray cluster (HOST:PORT or auto; default "
+                            "$MTL_RAY_ADDRESS, else local workers)")
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", parents=[common],
@@ -628,6 +639,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", metavar="KEY.PATH=VALUE",
                        help="override a config field of the base config (repeatable)")
     sweep.add_argument("--detach", action="store_true", help="queue the runs and return at once")
+    sweep.add_argument("--ray", metavar="ADDRESS",
+                       help="spread the runs over this Ray cluster (default $MTL_RAY_ADDRESS)")
     sweep.set_defaults(func=cmd_sweep)
 
     runs = sub.add_parser("runs", parents=[common], help="list runs, newest first")

@@ -11,6 +11,9 @@ at its next poll (about every 0.5 s). A worker that dies leaves its run `running
 heartbeat; `reconcile` (called by `dispatch` and when listing runs) marks it `failed`, keeping
 everything it had written.
 
+With $MTL_RAY_ADDRESS set, runs are Ray tasks instead (mtl_core.ray_executor): `submit` hands
+them to the cluster, `dispatch`/`reconcile` ask it about them, and no local worker starts.
+
 Owners (mtl_core.owners): `submit` records who queued a run (`owner`, the local operator by
 default) and refuses a submit past that owner's queue quota (store.QuotaError); `stop`, `pause`
 and `resume` take the `actor` who asks and raise PermissionError unless it is the run's owner,
@@ -36,6 +39,7 @@ WARM_IDLE_TIMEOUT_S = 600.0  # how long a warm_up worker waits for its first run
 IDLE_WORKER_STALE_S = 60.0  # an idle worker row not refreshed for this long is gone
 WARM_FILE = "warm_until"  # in the runs dir: see warm_until()
 
+RAY_ADDRESS_VAR = "MTL_RAY_ADDRESS"  # set: runs are Ray tasks on that cluster
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _children: list[subprocess.Popen[bytes]] = []  # workers we started, reaped in dispatch
 _children_lock = threading.Lock()  # the Streamlit server dispatches from several threads
@@ -64,6 +68,30 @@ def gpu_count() -> int:
     return len([p for p in Path("/dev").glob("nvidia[0-9]*")])
 
 
+def ray_address() -> str | None:
+    """$MTL_RAY_ADDRESS, or None: the local executor (Ray is then never imported)."""
+    return os.environ.get(RAY_ADDRESS_VAR, "").strip() or None
+
+
+def _ray() -> Any:
+    """mtl_core.ray_executor (imports Ray); ValueError naming the fix if Ray is missing."""
+    try:
+        from mtl_core import ray_executor
+    except ImportError as exc:
+        raise ValueError(f"{RAY_ADDRESS_VAR} is set but Ray cannot be imported ({exc}); "
+                         "pip install -r requirements-ray.txt, or unset it") from None
+    return ray_executor
+
+
+def placement(run: Any) -> tuple[str, str | None]:
+    """("ray" or "local", the node it ran on if known) of a RunInfo."""
+    summary = run.summary or {}
+    if summary.get("executor") == "ray":
+        node, node_id = summary.get("node"), summary.get("node_id")
+        return "ray", (f"{node} ({str(node_id)[:8]})" if node and node_id else node)
+    return "local", None
+
+
 def budget_text() -> str:
     """The core budget in one line (the sidebar, `runs`)."""
     return budget.describe(budget.available_cores(), max_concurrent())
@@ -80,9 +108,15 @@ def submit(cfg: Any, runs_dir: Path | None = None, owner: Actor = OPERATOR, *,
     from mtl_core.config import parse_config
 
     cfg = parse_config(cfg)
+    address = ray_address()
+    if address is not None:  # RayExecutorError (a ValueError) here: nothing is queued
+        ray_executor = _ray()
+        request = ray_executor.check(cfg, address)
     store = RunStore(runs_dir)
     run_id = store.create_run(cfg, owner=owner)
-    if start:
+    if address is not None:
+        ray_executor.launch(store, run_id, request)  # never trained here, even if not start
+    elif start:
         dispatch(runs_dir)
     return run_id
 
@@ -97,6 +131,8 @@ def train_here(run_id: str, runs_dir: Path | None = None) -> threading.Thread | 
     a worker's start."""
     store = RunStore(runs_dir)
     reconcile(runs_dir)
+    if ray_address() is not None:
+        return None  # submit gave it to the cluster
     idle = any(worker_run is None for _, worker_run, _ in _live_workers(store))
     queued = [r.id for r in store.list_runs(["queued"])]
     limit = max_concurrent()
@@ -122,6 +158,12 @@ def dispatch(runs_dir: Path | None = None, idle_timeout: float | None = None) ->
     """
     store = RunStore(runs_dir)
     reconcile(runs_dir)
+    if ray_address() is not None:
+        try:
+            _ray().adopt(store)  # queued Ray runs whose task was lost with the head
+        except Exception:  # noqa: BLE001 - the cluster is down: they wait for it
+            pass
+        return
     limit = max_concurrent()
     queued = len(store.list_runs(["queued"]))
     if not queued:
@@ -138,6 +180,8 @@ def warm_up(runs_dir: Path | None = None) -> None:
     doubled: otherwise one about to leave (a dispatched worker's short idle timeout) would
     leave the page without the worker it was promised."""
     store = RunStore(runs_dir)
+    if ray_address() is not None:
+        return  # a local worker would take the cluster's queued runs
     _write_warm_until(store.runs_dir, time.time() + WARM_IDLE_TIMEOUT_S)
     if not any(run_id is None for _, run_id, _ in _live_workers(store)):
         _spawn_worker(store, WARM_IDLE_TIMEOUT_S, max_concurrent())
@@ -206,17 +250,26 @@ def resume(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -
 def reconcile(runs_dir: Path | None = None, stale_after: float = HEARTBEAT_STALE_S) -> list[str]:
     """Mark `failed` every running/paused run whose heartbeat is older than `stale_after` s and
     whose worker process is gone. Their metrics, snapshots and checkpoints stay. Returns their
-    ids."""
+    ids. With Ray, the cluster is asked first (a dead task is known at once); a Ray run's pid is
+    on another node, so only its heartbeat counts here (its actor is gone with the head)."""
     store = RunStore(runs_dir)
     _reap_children()
-    now = time.time()
     failed = []
+    if ray_address() is not None:
+        try:
+            failed += _ray().reconcile(store)
+        except Exception:  # noqa: BLE001 - the cluster is down: the heartbeats below decide
+            pass
+    now = time.time()
     for run in store.list_runs(ACTIVE_STATUSES):
         beat = run.heartbeat_at or run.started_at or run.created_at
-        if now - beat < stale_after or (run.pid is not None and pid_alive(run.pid)):
+        local = placement(run)[0] == "local"
+        if now - beat < stale_after or (local and run.pid is not None and pid_alive(run.pid)):
             continue
         message = (f"worker process died (pid {run.pid}) at step {run.step}; "
-                   "metrics up to there are kept")
+                   "metrics up to there are kept") if local else (
+            f"its Ray task stopped reporting at step {run.step} (node or head lost); "
+            "metrics up to there are kept")
         if store.set_status(run.id, "failed", message, expect=ACTIVE_STATUSES):
             failed.append(run.id)
     return failed

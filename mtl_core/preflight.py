@@ -19,8 +19,10 @@ from mtl_core.config import ConfigError, ExperimentConfig, FieldError
 
 def device_problem(device: str, available: list[str] | None = None) -> str | None:
     """Why `device` cannot train here, or None."""
-    if device == "auto":
-        return None
+    from mtl_core.jobs import ray_address
+
+    if device == "auto" or ray_address() is not None:
+        return None  # with Ray, the cluster's devices count: ray_executor.check at submit
     if available is None:
         from mtl_core.trainer import available_devices
 

@@ -166,6 +166,8 @@ def _details(store: RunStore, run: RunInfo) -> None:
             f"method **{run.method}**", f"duration {format_duration(run.duration)}"]
     if run.device:
         bits.append(f"device {run.device}")
+    executor, node = jobs.placement(run)
+    bits.append(f"executor {executor}" + (f" on node {node}" if node else ""))
     st.caption(" · ".join(bits))
     if run.status == "queued":
         text = queue_text(store, run)

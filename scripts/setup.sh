@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -r requirements-dev.txt
+# Ray is optional for users (the Ray executor); installed here so the tests cover it.
+.venv/bin/python -m pip install --quiet -r requirements-ray.txt
 # Browser tests drive Debian's Chromium (Playwright cannot download browsers offline); the
 # emoji font draws the status icons in screenshots.
 missing=$(for pkg in chromium fonts-noto-color-emoji; do

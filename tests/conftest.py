@@ -71,3 +71,18 @@ def end_workers(isolated_dirs: Path) -> Iterator[Path]:
 @pytest.fixture
 def runs_dir(end_workers: Path) -> Path:
     return end_workers
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The device of every parameter any module registers (meta = no memory behind it)."""
+    devices: list[str] = []
+    original = torch.nn.Module.register_parameter
+
+    def spy(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
+        if param is not None:
+            devices.append(param.device.type)
+        original(self, name, param)
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", spy)
+    return devices

@@ -10,7 +10,6 @@ import zlib
 from pathlib import Path
 
 import pytest
-import torch
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 from test_app_train import APP, _NavigationPagesManager
@@ -33,20 +32,6 @@ def app(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(app_test_module, "PagesManager", _NavigationPagesManager)
     return AppTest.from_file(APP, default_timeout=60)
 
-
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The device of every parameter any module registers (meta = no memory behind it)."""
-    devices: list[str] = []
-    original = torch.nn.Module.register_parameter
-
-    def spy(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        if param is not None:
-            devices.append(param.device.type)
-        original(self, name, param)
-
-    monkeypatch.setattr(torch.nn.Module, "register_parameter", spy)
-    return devices
 
 
 def _token(document: dict | bytes) -> str:

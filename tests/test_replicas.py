@@ -319,22 +319,23 @@ def test_store_keeps_the_replica_of_each_row(tmp_path):
     assert frame.replica.tolist() == [0, 3] and frame.value.tolist() == [0.5, 0.7]
 
 
-def test_an_older_store_gains_the_replica_column(tmp_path):
-    import sqlite3
-
+def test_replica_indices_survive_a_rebuilt_index(tmp_path):
+    """The run folder is the source of truth (mtl_core.store): a lost index is rebuilt from
+    metrics.jsonl with every row's replica."""
     from mtl_core import store as store_module
     from mtl_core.config import ExperimentConfig
 
-    runs = tmp_path / "old"
-    runs.mkdir()
-    schema = store_module._SCHEMA.replace(",\n    replica INTEGER NOT NULL DEFAULT 0", "")
-    assert "replica" not in schema
-    with sqlite3.connect(runs / store_module.DB_NAME) as conn:
-        conn.executescript(schema)
+    runs = tmp_path / "runs"
     store = store_module.RunStore(runs)
     run_id = store.create_run(ExperimentConfig())
-    store.add_metrics(run_id, [(1, 0.1, "val", "a", "mse", 0.2, 1)])
-    assert store.metrics(run_id).replica.tolist() == [1]
+    store.add_metrics(run_id, [(1, 0.1, "val", "a", "mse", 0.2, 1),
+                               (1, 0.1, "val", "a", "mse", 0.3)])
+    assert store.metrics(run_id).replica.tolist() == [1, 0]
+    (runs / store_module.DB_NAME).unlink()
+    store_module._READY.clear()
+    rebuilt = store_module.RunStore(runs)
+    assert rebuilt.metrics(run_id).replica.tolist() == [1, 0]
+    assert rebuilt.metrics(run_id).value.tolist() == [0.2, 0.3]
 
 
 def stacked_store(tmp_path):

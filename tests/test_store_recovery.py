@@ -10,12 +10,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from browser_support import wait_until
 
 from mtl_core import jobs
 from mtl_core.config import ExperimentConfig
@@ -29,16 +30,6 @@ ALICE = Actor(browser_owner_id("a" * 40), "Alice")
 def config(name: str = "t") -> ExperimentConfig:
     return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"},
                                             "optim": {"epochs": 1}})
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 120.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -318,14 +309,14 @@ def test_index_deleted_and_corrupted_while_a_run_trains(store: RunStore,
     store.add_metrics(done, [(s, 0.0, "train", "a", "loss", float(s)) for s in range(10)])
     store.set_status(done, "finished")
     run_id = jobs.submit(LONG, store.runs_dir)
-    wait_for(lambda: store.get_run(run_id).step >= 20, what="20 steps")
+    wait_until(lambda: store.get_run(run_id).step >= 20, 120, "20 steps")
     store.db_path.unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{store.db_path}{suffix}").unlink(missing_ok=True)
-    wait_for(lambda: store.get_run(run_id).step >= 60, what="training on after the delete")
+    wait_until(lambda: store.get_run(run_id).step >= 60, 120, "training on after the delete")
     store.db_path.write_bytes(os.urandom(8192))
-    run = wait_for(lambda: (r := store.get_run(run_id)).status != "running" and r, 300,
-                   "the run to end")
+    run = wait_until(lambda: (r := store.get_run(run_id)).status != "running" and r, 300,
+                     "the run to end")
     assert run.status == "finished", run.message
     # Every logged point is there once: the train loss curve of each task has every step.
     frame = store.metrics(run_id)

@@ -37,20 +37,6 @@ def secret(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The device of every parameter any module registers (meta = no memory behind it)."""
-    devices: list[str] = []
-    original = torch.nn.Module.register_parameter
-
-    def spy(self: torch.nn.Module, name: str, param: torch.nn.Parameter | None) -> None:
-        if param is not None:
-            devices.append(param.device.type)
-        original(self, name, param)
-
-    monkeypatch.setattr(torch.nn.Module, "register_parameter", spy)
-    return devices
-
 
 def _token(document: dict) -> str:
     raw = json.dumps(document).encode()
