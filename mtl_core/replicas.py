@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from mtl_core.models import MTLModel, build_model
 from mtl_core.models.stacked import fold, stacked_task_loss
 from mtl_core.sink import MetricRow, Sink, replica_kind
 from mtl_core.trainer import (
+    CHECKPOINT_EVERY_S,
     EVAL_CHUNK,
     PROBE_SIZE,
     TrainResult,
@@ -427,6 +429,7 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     window_steps, epoch_mark = 0, 0
     epoch_loss_sum = torch.zeros(K, T, device=device)
     control = _ControlPoller(sink, total_steps)
+    next_checkpoint = 0.0
     step, epoch, status, message = 0, 0, "finished", None
 
     try:
@@ -548,7 +551,9 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                     rep.method.end_epoch(epoch_loss_sum[rep.index] * task_weights
                                          / steps_per_epoch)
             epoch_loss_sum.zero_()
-            sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "last")
+            if time.monotonic() >= next_checkpoint:  # as in trainer.train
+                sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "last")
+                next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
     except _StopRequested:
         if message is None:
             status, message = "stopped", f"stopped by request at step {step}"

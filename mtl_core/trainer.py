@@ -38,6 +38,9 @@ GRID_SIZE = 60  # resolution of the decision-boundary grid for 2-D suites
 SCATTER_POINTS = 500  # regression scatter / boundary points kept per snapshot
 EVAL_CHUNK = 2048
 CONTROL_POLL_S = 0.5
+# The "last" checkpoint (what a killed run keeps) is written at the first epoch's end, then at
+# most this often: a run of 3-step epochs otherwise wrote one every 3 steps.
+CHECKPOINT_EVERY_S = 10.0
 
 
 @dataclass
@@ -160,6 +163,7 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     last_val: dict[str, dict[str, float]] = {}
     best_val_metrics: dict[str, dict[str, float]] = {}
     control = _ControlPoller(sink, total_steps)
+    next_checkpoint = 0.0
     step, epoch, status, message = 0, 0, "finished", None
 
     try:
@@ -240,7 +244,9 @@ def train(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
             epoch_mark = window_steps
             method.end_epoch(epoch_loss_sum * task_weights / steps_per_epoch)
             epoch_loss_sum.zero_()
-            sink.checkpoint(_checkpoint(model, optimizer, method, step, epoch), "last")
+            if time.monotonic() >= next_checkpoint:
+                sink.checkpoint(_checkpoint(model, optimizer, method, step, epoch), "last")
+                next_checkpoint = time.monotonic() + CHECKPOINT_EVERY_S
     except _StopRequested:
         if message is None:
             status, message = "stopped", f"stopped by request at step {step}"
