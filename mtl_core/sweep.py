@@ -6,6 +6,16 @@ extra points. Its runs go through the jobs queue, so they run in parallel up to
 `MTL_MAX_JOBS`. The result is the Pareto front of the tasks' validation metrics and the grid
 point chosen by validation.
 
+Stacking (mtl_core.stacked_sweep): the grid points share everything but their weights, so the
+first worker to claim one of them also claims the other queued ones and trains them all as one
+stacked model (slot = (point, seed), each with its own weights: Σ_s Σ_i w_{s,i} L_{s,i}),
+writing each slot's rows, snapshots, checkpoints, status and summary into its point's own run
+through RunStore's public API. The store contract does not change: one run folder per point,
+its owner, its status, tagged as below; the carried points count as one active run (the
+carrier's) in the fair queue. Points that cannot stack (adaptive extra methods; a point a
+second worker claimed first) train as separate runs, as before; the table, the front, the
+pages and the CLI read the runs and cannot tell the difference.
+
 Tagging: a sweep has a short id (6 hex digits) and each of its runs is named
 "<label> #<sweep id>", e.g. "sweep w=0.25/0.75 #3fa2c1" or "sweep method=pcgrad #3fa2c1". The
 store needs no new column; `sweep_runs` finds the runs by that suffix, and the weights and
@@ -151,13 +161,16 @@ def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str],
 
 def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path,
                   owner: Actor = OPERATOR) -> list[str]:
-    """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs."""
+    """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs;
+    workers are dispatched once all are queued, so the first worker finds every point to
+    stack (mtl_core.stacked_sweep)."""
     from mtl_core import jobs
 
     run_ids = []
     for variant in configs:
         variant.name = f"{variant.name} #{sweep_id}"
-        run_ids.append(jobs.submit(variant, runs_dir, owner=owner))
+        run_ids.append(jobs.submit(variant, runs_dir, owner=owner, start=False))
+    jobs.dispatch(runs_dir)
     return run_ids
 
 

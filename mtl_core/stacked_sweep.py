@@ -1,0 +1,180 @@
+"""A weight sweep's grid points trained as one stacked run (issue 12, item 4).
+
+The sweep's runs are queued as before, one run per point (`mtl_core.sweep`). When a worker
+claims one of them (the *carrier*), it also claims every other still-queued point of the same
+sweep that can share its stacked model (`stack_key`: the same config but for the name and the
+task weights, static weighting, the same owner), up to MAX_STACK_SLOTS slots, and trains them
+all with `replicas.train_slots`: slot (point p, seed j) has seed `seed + j` and point p's
+weights, its loss is Σ_i w_{p,i} L_{p,i}. `PointSink` sends slot (p, j)'s rows, snapshots and
+checkpoints to point p's own run as replica j, so every point's run folder, status and summary
+look exactly as if it had trained alone (which it would have: same initial weights, same
+batches, metrics equal up to floating-point reordering).
+
+While carried, a point is `running` with the carrier's pid and the message
+"carried by run <id>" (`fair_queue.CARRIED_PREFIX`); the fair queue and the thread budget count
+the carrier alone, so a stacked sweep takes one slot of MTL_MAX_JOBS, as one process does.
+A point another worker claimed first trains on its own (each point trains exactly once either
+way); adaptive extra methods never stack (each is a different method). A stop or pause request
+on any carried point acts on the whole stacked run. MTL_STACK_SWEEPS=0 turns stacking off.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from mtl_core.config import ExperimentConfig, parse_config
+from mtl_core.fair_queue import CARRIED_PREFIX
+from mtl_core.sink import Control, MetricRow, Sink, replica_kind
+from mtl_core.store import RunStore
+from mtl_core.trainer import TrainResult
+
+MAX_STACK_SLOTS = 64  # points × replicas in one stacked model (the issue measured up to 32)
+_KIND = re.compile(r"^(?P<kind>.*)/r(?P<slot>\d+)$")
+
+
+def stacking_enabled() -> bool:
+    return os.environ.get("MTL_STACK_SWEEPS", "1").strip() != "0"
+
+
+def stack_key(config: dict[str, Any]) -> str | None:
+    """What points must share to stack: the config without its name and task weights.
+    None for a config that does not stack (a weighting method other than static)."""
+    if (config.get("weighting") or {}).get("method") != "static":
+        return None
+    rest = {k: v for k, v in config.items() if k != "name"}
+    rest["tasks"] = [{k: v for k, v in t.items() if k != "weight"} for t in config["tasks"]]
+    return repr(sorted(rest.items()))
+
+
+def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
+    """Claim for worker `pid` (already holding `run_id`) the queued points of the same sweep
+    that stack with it; their ids in sweep order ([] when none)."""
+    from mtl_core.sweep import sweep_id_of, sweep_runs
+
+    run = store.get_run(run_id)
+    sweep_id, key = sweep_id_of(run.name), stack_key(run.config)
+    if sweep_id is None or key is None or not stacking_enabled():
+        return []
+    room = MAX_STACK_SLOTS // max(1, int(run.config.get("replicas") or 1)) - 1
+    carried: list[str] = []
+    for other in sweep_runs(store, sweep_id):
+        if len(carried) >= room:
+            break
+        if (other.id == run_id or other.status != "queued" or other.owner != run.owner
+                or stack_key(other.config) != key):
+            continue
+        if store.claim_run(pid, other.id) is None:
+            continue  # another worker took it: it trains on its own
+        store.set_status(other.id, "running", f"{CARRIED_PREFIX}{run_id}", expect=["running"])
+        carried.append(other.id)
+    if carried:
+        store.worker_seen(pid, run_id)  # the worker's row names the carrier, not the last claim
+    return carried
+
+
+class PointSink:
+    """Slot s = p·K + j of the stacked run → point p's sink, as replica j."""
+
+    def __init__(self, sinks: list[Sink], replicas: int, carried_messages: list[str | None]
+                 ) -> None:
+        self.sinks, self.k, self.messages = sinks, replicas, carried_messages
+
+    def _split(self, slot: int) -> tuple[Sink, int]:
+        return self.sinks[slot // self.k], slot % self.k
+
+    def metrics(self, rows: list[MetricRow]) -> None:
+        per_point: list[list[MetricRow]] = [[] for _ in self.sinks]
+        for row in rows:
+            slot = int(row[6]) if len(row) > 6 else 0
+            per_point[slot // self.k].append((*row[:6], slot % self.k))  # type: ignore[arg-type]
+        for sink, part in zip(self.sinks, per_point, strict=True):
+            if part:
+                sink.metrics(part)
+
+    def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
+        match = _KIND.match(kind)
+        base, slot = (match["kind"], int(match["slot"])) if match else (kind, 0)
+        sink, replica = self._split(slot)
+        sink.snapshot(step, replica_kind(base, replica), payload)
+
+    def progress(self, step: int, total_steps: int, epoch: float) -> None:
+        for sink in self.sinks:  # also every carried point's heartbeat
+            sink.progress(step, total_steps, epoch)
+
+    def status(self, status: str, message: str | None = None) -> None:
+        for sink, carried in zip(self.sinks, self.messages, strict=True):
+            sink.status(status, carried or message)  # a carried point keeps its marker
+
+    def control(self) -> Control | None:
+        for sink in self.sinks:  # a request on any point acts on the stacked run
+            request = sink.control()
+            if request is not None:
+                return request
+        return None
+
+    def checkpoint(self, state: dict[str, Any], name: str) -> None:
+        entries = state["replicas"]
+        for p, sink in enumerate(self.sinks):
+            mine = entries[p * self.k:(p + 1) * self.k]
+            part = {"model": mine[0]["model"], "weighting": mine[0]["weighting"],
+                    "step": state["step"], "epoch": state["epoch"]}
+            if p == 0:  # the stacked optimizer holds every slot: kept once, by the carrier
+                part["optimizer"] = state["optimizer"]
+            if self.k > 1:
+                part["replicas"] = mine
+            sink.checkpoint(part, name)
+
+
+def train_points(configs: list[ExperimentConfig], sinks: list[Sink],
+                 carried_messages: list[str | None] | None = None) -> list[TrainResult]:
+    """Train the points `configs` (they share a `stack_key`) as one stacked model, each
+    logging to its own sink; one TrainResult per point, as `trainer.train` would give it."""
+    from mtl_core.replicas import replica_summary, train_slots
+
+    first = configs[0]
+    k = first.replicas
+    slots = [(first.seed + j, [t.weight for t in c.tasks or []])
+             for c in configs for j in range(k)]
+    messages = carried_messages or [None] * len(configs)
+    out = train_slots(first, PointSink(sinks, k, messages), slots)
+    results = []
+    for p in range(len(configs)):
+        reps, tests = out.replicas[p * k:(p + 1) * k], out.tests[p * k:(p + 1) * k]
+        if k == 1:  # an ordinary run's summary, as trainer.train writes it
+            summary = {"test": tests[0], "best_val": _drop_total(reps[0].best_val_metrics),
+                       "val": _drop_total(reps[0].last_val)}
+        else:
+            summary = replica_summary(reps, tests)
+        diverged = [r for r in reps if r.status == "diverged"]
+        if len(diverged) == len(reps):
+            notes = "; ".join(f"seed {r.seed}: {r.message}" for r in reps)
+            message = reps[0].message if k == 1 else f"every replica diverged ({notes})"
+            results.append(TrainResult("diverged", message, out.steps,
+                                       {"val": summary["val"]} if k == 1 else summary))
+            continue
+        message = out.message
+        if all(r.status == "early_stopped" for r in reps):
+            message = reps[0].message if k == 1 else message
+        if diverged:
+            note = "; ".join(f"replica {r.index - p * k} (seed {r.seed}) diverged: "
+                             f"{r.message}" for r in diverged)
+            message = f"{message}; {note}" if message else note
+        status = "finished" if out.status == "diverged" else out.status
+        results.append(TrainResult(status, message, out.steps, summary))
+    return results
+
+
+def train_carried(store: RunStore, cfg: ExperimentConfig, run_id: str, carried: list[str],
+                  sink: Sink) -> dict[str, TrainResult]:
+    """The worker's side: the carrier `run_id` (config `cfg`, sink `sink`) and the points it
+    claimed, trained together; {run id: its result}."""
+    ids = [run_id, *carried]
+    configs = [cfg] + [parse_config(store.get_run(i).config) for i in carried]
+    sinks: list[Sink] = [sink] + [store.sink(i) for i in carried]
+    messages = [None] + [f"{CARRIED_PREFIX}{run_id}" for _ in carried]
+    return dict(zip(ids, train_points(configs, sinks, messages), strict=True))
+
+
+def _drop_total(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    return {k: v for k, v in metrics.items() if k != "total"}
