@@ -158,3 +158,41 @@ def test_a_sweep_through_the_workers_stacks_its_grid_and_runs_the_rest_alone(
     assert list(table["run_id"]) == sub.run_ids
     assert table[[c for c in table if c.startswith(("val_", "test_"))]].notna().all().all()
     assert table["chosen"].sum() == 1
+
+
+@pytest.mark.slow
+def test_the_cli_prints_the_same_sweep_table_stacked_or_not(tmp_path, end_workers, tiny_doc):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(sweep_doc(tiny_doc)))
+    root = Path(__file__).resolve().parent.parent
+
+    def sweep(stack: str, runs_dir: Path) -> list[str]:
+        env = {**os.environ, "PYTHONPATH": str(root), "MTL_MAX_JOBS": "2",
+               "MTL_STACK_SWEEPS": stack}
+        proc = subprocess.run([sys.executable, "-m", "mtl_core", "sweep", str(config),
+                               "--runs-dir", str(runs_dir), "--grid", "3",
+                               "--methods", "uncertainty"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip().splitlines()[:-1]  # the last line is the sweep id
+
+    apart = tmp_path / "apart"  # its own store: the stacking workers never see it
+    try:
+        separate = sweep("0", apart)
+    finally:
+        for pid, _, _ in RunStore(apart).workers():
+            if jobs.pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+    stacked = sweep("1", end_workers)
+    assert stacked == separate
+    assert len(stacked) == 1 + 4 + 1 and sum("chosen" in line for line in stacked) == 1
+    assert "carries" in (end_workers / "workers.log").read_text()
+    assert "carries" not in (apart / "workers.log").read_text()
