@@ -57,20 +57,11 @@ def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
     if sweep_id is None or key is None or not stacking_enabled():
         return []
     room = MAX_STACK_SLOTS // max(1, int(run.config.get("replicas") or 1)) - 1
-    carried: list[str] = []
-    for other in sweep_runs(store, sweep_id):
-        if len(carried) >= room:
-            break
-        if (other.id == run_id or other.status != "queued" or other.owner != run.owner
-                or stack_key(other.config) != key):
-            continue
-        if store.claim_run(pid, other.id) is None:
-            continue  # another worker took it: it trains on its own
-        store.set_status(other.id, "running", f"{CARRIED_PREFIX}{run_id}", expect=["running"])
-        carried.append(other.id)
-    if carried:
-        store.worker_seen(pid, run_id)  # the worker's row names the carrier, not the last claim
-    return carried
+    wanted = [other.id for other in sweep_runs(store, sweep_id)
+              if other.id != run_id and other.status == "queued" and other.owner == run.owner
+              and stack_key(other.config) == key][:room]
+    # one transaction: a point another worker claimed first trains on its own
+    return store.claim_runs(pid, wanted, f"{CARRIED_PREFIX}{run_id}") if wanted else []
 
 
 class PointSink:

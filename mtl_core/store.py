@@ -821,6 +821,23 @@ class RunStore:
         return run_id
 
     @_recovering
+    def claim_runs(self, pid: int, run_ids: Iterable[str], message: str) -> list[str]:
+        """Turn those of `run_ids` still queued into `running` for worker `pid` with
+        `message`, in one transaction (a stacked sweep's carrier takes its points at once,
+        mtl_core.stacked_sweep); the ids it took, in order."""
+        now, taken = time.time(), []
+        with self._write() as conn:
+            for run_id in run_ids:
+                if conn.execute(
+                        "UPDATE runs SET status = 'running', message = ?, pid = ?, "
+                        "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                        (message, pid, now, now, run_id)).rowcount:
+                    taken.append(run_id)
+            for run_id in taken:
+                self._save_run_json(conn, run_id)
+        return taken
+
+    @_recovering
     def queue_place(self, run_id: str, max_active: int | None = None) -> QueuePlace | None:
         """Where a queued run stands in the fair order; None if it is not queued."""
         with self._connect() as conn:

@@ -132,14 +132,14 @@ class Worker:
         status, message, fields = "failed", None, {}
         carried: dict[str, Any] = {}  # sweep points trained in this run's stacked model
         try:
-            cfg = parse_config(self.store.get_run(run_id).config)
-            device = str(self.resolve_device(cfg.device))
-            self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
-            if self.stacks:
+            if self.stacks:  # first: the sooner it claims them, the fewer another worker takes
                 from mtl_core import stacked_sweep
 
                 carried = dict.fromkeys(stacked_sweep.claim_carried(self.store, self.pid,
                                                                     run_id))
+            cfg = parse_config(self.store.get_run(run_id).config)
+            device = str(self.resolve_device(cfg.device))
+            self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
             if carried:
                 self._say(f"run {run_id}: carries {', '.join(carried)} (stacked sweep)")
                 results = stacked_sweep.train_carried(self.store, cfg, run_id, list(carried),
