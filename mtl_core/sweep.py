@@ -161,15 +161,14 @@ def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str],
 
 def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path,
                   owner: Actor = OPERATOR) -> list[str]:
-    """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs;
-    workers are dispatched once all are queued, so the first worker finds every point to
-    stack (mtl_core.stacked_sweep)."""
+    """Name each config with the sweep's tag (" #id"), queue them all at once (one index
+    transaction: the first worker to claim a point finds every other one to stack,
+    mtl_core.stacked_sweep), then dispatch workers (mtl_core.jobs)."""
     from mtl_core import jobs
 
-    run_ids = []
-    for variant in configs:
+    for variant in configs:  # validated by sweep_configs
         variant.name = f"{variant.name} #{sweep_id}"
-        run_ids.append(jobs.submit(variant, runs_dir, owner=owner, start=False))
+    run_ids = RunStore(runs_dir).create_runs(configs, owner=owner)
     jobs.dispatch(runs_dir)
     return run_ids
 

@@ -196,3 +196,19 @@ def test_the_cli_prints_the_same_sweep_table_stacked_or_not(tmp_path, end_worker
     assert len(stacked) == 1 + 4 + 1 and sum("chosen" in line for line in stacked) == 1
     assert "carries" in (end_workers / "workers.log").read_text()
     assert "carries" not in (apart / "workers.log").read_text()
+
+
+def test_a_sweep_is_queued_in_one_index_transaction(tiny_doc, monkeypatch):
+    # a worker polling meanwhile sees every point or none, so it stacks them all
+    monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)
+    calls: list[int] = []
+    original = RunStore._index_new_runs
+
+    def counted(self, docs):
+        calls.append(len(docs))
+        return original(self, docs)
+
+    monkeypatch.setattr(RunStore, "_index_new_runs", counted)
+    sub = submit_sweep(sweep_doc(tiny_doc), 3, extra_methods=["uncertainty"])
+    assert calls == [4]
+    assert [r.status for r in map(RunStore().get_run, sub.run_ids)] == ["queued"] * 4
