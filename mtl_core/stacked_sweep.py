@@ -21,16 +21,31 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mtl_core.config import ExperimentConfig, parse_config
 from mtl_core.fair_queue import CARRIED_PREFIX
 from mtl_core.sink import Control, MetricRow, Sink, replica_kind
-from mtl_core.store import RunStore
-from mtl_core.trainer import TrainResult
+from mtl_core.store import RunInfo, RunStore
+
+if TYPE_CHECKING:
+    from mtl_core.trainer import TrainResult
 
 MAX_STACK_SLOTS = 64  # points × replicas in one stacked model (the issue measured up to 32)
 _KIND = re.compile(r"^(?P<kind>.*)/r(?P<slot>\d+)$")
+_TAG = re.compile(r" #(?P<id>[0-9a-f]{6})$")  # a sweep run's name ends with its sweep's id
+
+
+def sweep_id_of(name: str) -> str | None:
+    match = _TAG.search(name)
+    return match.group("id") if match else None
+
+
+def sweep_runs(store: RunStore, sweep_id: str) -> list[RunInfo]:
+    """The sweep's runs in the order they were submitted (grid first, then extra methods).
+    Here, not in mtl_core.sweep, so a worker finds a sweep's points without pandas."""
+    runs = [run for run in store.list_runs() if sweep_id_of(run.name) == sweep_id]
+    return sorted(runs, key=lambda r: r.created_at)
 
 
 def stacking_enabled() -> bool:
@@ -50,8 +65,6 @@ def stack_key(config: dict[str, Any]) -> str | None:
 def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
     """Claim for worker `pid` (already holding `run_id`) the queued points of the same sweep
     that stack with it; their ids in sweep order ([] when none)."""
-    from mtl_core.sweep import sweep_id_of, sweep_runs
-
     run = store.get_run(run_id)
     sweep_id, key = sweep_id_of(run.name), stack_key(run.config)
     if sweep_id is None or key is None or not stacking_enabled():
@@ -122,6 +135,7 @@ def train_points(configs: list[ExperimentConfig], sinks: list[Sink],
     """Train the points `configs` (they share a `stack_key`) as one stacked model, each
     logging to its own sink; one TrainResult per point, as `trainer.train` would give it."""
     from mtl_core.replicas import replica_summary, train_slots
+    from mtl_core.trainer import TrainResult
 
     first = configs[0]
     k = first.replicas

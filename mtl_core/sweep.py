@@ -28,7 +28,6 @@ test metrics belong to: the last evaluation, or the best one when early stopping
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,10 +42,10 @@ from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
 from mtl_core.metrics import HIGHER_IS_BETTER, mean_sd
 from mtl_core.owners import OPERATOR, Actor
 from mtl_core.pareto import dominates, pareto_front
+from mtl_core.stacked_sweep import sweep_id_of, sweep_runs  # noqa: F401 - re-exported
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 
 MAX_SWEEP_RUNS = 200  # a guard against a grid nobody meant to train (3 tasks, N=20 is 210)
-_TAG = re.compile(r" #(?P<id>[0-9a-f]{6})$")
 
 
 # --- the grid and the configs --------------------------------------------------------------
@@ -173,21 +172,10 @@ def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path
     return run_ids
 
 
-def sweep_id_of(name: str) -> str | None:
-    match = _TAG.search(name)
-    return match.group("id") if match else None
-
-
 def list_sweeps(store: RunStore) -> list[str]:
     """Sweep ids, newest first."""
     return list(dict.fromkeys(i for run in store.list_runs()
                               if (i := sweep_id_of(run.name)) is not None))
-
-
-def sweep_runs(store: RunStore, sweep_id: str) -> list[RunInfo]:
-    """The sweep's runs in the order they were submitted (grid first, then extra methods)."""
-    runs = [run for run in store.list_runs() if sweep_id_of(run.name) == sweep_id]
-    return sorted(runs, key=lambda r: r.created_at)
 
 
 def sweep_progress(store: RunStore, sweep_id: str) -> dict[str, int]:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from mtl_core import budget
+from mtl_core import budget, stacked_sweep
 from mtl_core.jobs import active_count, max_concurrent, warm_until
 from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
 
@@ -133,8 +133,6 @@ class Worker:
         carried: dict[str, Any] = {}  # sweep points trained in this run's stacked model
         try:
             if self.stacks:  # first: the sooner it claims them, the fewer another worker takes
-                from mtl_core import stacked_sweep
-
                 carried = dict.fromkeys(stacked_sweep.claim_carried(self.store, self.pid,
                                                                     run_id))
             cfg = parse_config(self.store.get_run(run_id).config)
