@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from mtl_core.config import ExperimentConfig, parse_config
@@ -78,23 +79,49 @@ def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
 
 
 class PointSink:
-    """Slot s = p·K + j of the stacked run → point p's sink, as replica j."""
+    """Slot s = p·K + j of the stacked run → point p's sink, as replica j.
+
+    Point 0 (the carrier) gets its rows and progress at once; the other points' rows and
+    progress are written at most every FLUSH_S (each write is one store transaction per point,
+    which would otherwise cost more than the stacked step), and always before a checkpoint,
+    so their curves lag by at most that much and are complete when the run ends."""
+
+    FLUSH_S = 1.0
 
     def __init__(self, sinks: list[Sink], replicas: int, carried_messages: list[str | None]
                  ) -> None:
         self.sinks, self.k, self.messages = sinks, replicas, carried_messages
+        self.pending: list[list[MetricRow]] = [[] for _ in sinks]
+        self.last_progress: tuple[int, int, float] | None = None
+        self.flushed_at = time.monotonic()
 
     def _split(self, slot: int) -> tuple[Sink, int]:
         return self.sinks[slot // self.k], slot % self.k
+
+    def flush(self) -> None:
+        """Write the carried points' pending rows and their latest progress."""
+        for sink, rows in zip(self.sinks[1:], self.pending[1:], strict=True):
+            if rows:
+                sink.metrics(rows)
+            if self.last_progress is not None:
+                sink.progress(*self.last_progress)
+        self.pending = [[] for _ in self.sinks]
+        self.flushed_at = time.monotonic()
+
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self.flushed_at >= self.FLUSH_S:
+            self.flush()
 
     def metrics(self, rows: list[MetricRow]) -> None:
         per_point: list[list[MetricRow]] = [[] for _ in self.sinks]
         for row in rows:
             slot = int(row[6]) if len(row) > 6 else 0
             per_point[slot // self.k].append((*row[:6], slot % self.k))  # type: ignore[arg-type]
-        for sink, part in zip(self.sinks, per_point, strict=True):
-            if part:
-                sink.metrics(part)
+        if per_point[0]:
+            self.sinks[0].metrics(per_point[0])
+        for pending, part in zip(self.pending[1:], per_point[1:], strict=True):
+            pending.extend(part)
+        self._maybe_flush()
 
     def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
         match = _KIND.match(kind)
@@ -103,8 +130,9 @@ class PointSink:
         sink.snapshot(step, replica_kind(base, replica), payload)
 
     def progress(self, step: int, total_steps: int, epoch: float) -> None:
-        for sink in self.sinks:  # also every carried point's heartbeat
-            sink.progress(step, total_steps, epoch)
+        self.sinks[0].progress(step, total_steps, epoch)
+        self.last_progress = (step, total_steps, epoch)  # the carried points' at the next flush
+        self._maybe_flush()
 
     def status(self, status: str, message: str | None = None) -> None:
         for sink, carried in zip(self.sinks, self.messages, strict=True):
@@ -118,6 +146,7 @@ class PointSink:
         return None
 
     def checkpoint(self, state: dict[str, Any], name: str) -> None:
+        self.flush()  # a point's checkpoint never runs ahead of its rows
         entries = state["replicas"]
         for p, sink in enumerate(self.sinks):
             mine = entries[p * self.k:(p + 1) * self.k]
@@ -142,7 +171,11 @@ def train_points(configs: list[ExperimentConfig], sinks: list[Sink],
     slots = [(first.seed + j, [t.weight for t in c.tasks or []])
              for c in configs for j in range(k)]
     messages = carried_messages or [None] * len(configs)
-    out = train_slots(first, PointSink(sinks, k, messages), slots)
+    demux = PointSink(sinks, k, messages)
+    try:
+        out = train_slots(first, demux, slots)
+    finally:
+        demux.flush()  # what a failed run had logged is kept, as in a run of its own
     results = []
     for p in range(len(configs)):
         reps, tests = out.replicas[p * k:(p + 1) * k], out.tests[p * k:(p + 1) * k]

@@ -83,8 +83,14 @@ def test_point_sink_routes_each_slot_to_its_point_as_its_replica():
     demux.metrics([(1, 0.0, "val", "a", "loss", 0.5, 3), (1, 0.0, "val", "a", "loss", 0.7, 0)])
     demux.snapshot(1, "predictions/r3", {"x": 1})
     demux.snapshot(1, "predictions/r2", {"x": 2})
-    assert sinks[0].rows == [(1, 0.0, "val", "a", "loss", 0.7, 0)]
+    demux.progress(1, 10, 0.1)
+    assert sinks[0].rows == [(1, 0.0, "val", "a", "loss", 0.7, 0)]  # the carrier: at once
+    assert sinks[0].last_progress == (1, 10, 0.1)
+    assert sinks[1].rows == [] and sinks[1].last_progress == (0, 0, 0.0)  # batched
+    demux.flush()
     assert sinks[1].rows == [(1, 0.0, "val", "a", "loss", 0.5, 1)]
+    assert sinks[1].last_progress == (1, 10, 0.1)
+    demux.metrics([(2, 0.0, "val", "a", "loss", 0.4, 2)])
     assert sinks[1].snapshots == [(1, "predictions/r1", {"x": 1}), (1, "predictions", {"x": 2})]
     demux.status("paused")
     assert sinks[0].statuses == [("paused", None)]
@@ -94,6 +100,7 @@ def test_point_sink_routes_each_slot_to_its_point_as_its_replica():
     entries = [{"model": {"w": i}, "weighting": {}} for i in range(4)]
     demux.checkpoint({"model": {}, "optimizer": {"o": 1}, "weighting": {}, "step": 5,
                       "epoch": 1, "replicas": entries}, "final")
+    assert sinks[1].rows[-1] == (2, 0.0, "val", "a", "loss", 0.4, 0)  # flushed first
     assert sinks[1].checkpoints["final"]["model"] == {"w": 2}
     assert sinks[1].checkpoints["final"]["replicas"] == entries[2:]
     assert "optimizer" in sinks[0].checkpoints["final"]
