@@ -24,7 +24,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from mtl_core.config import ExperimentConfig, parse_config
+from mtl_core.config import MAX_REPLICAS, ExperimentConfig, parse_config
 from mtl_core.fair_queue import CARRIED_PREFIX
 from mtl_core.sink import Control, MetricRow, Sink, replica_kind
 from mtl_core.store import RunInfo, RunStore
@@ -32,7 +32,7 @@ from mtl_core.store import RunInfo, RunStore
 if TYPE_CHECKING:
     from mtl_core.trainer import TrainResult
 
-MAX_STACK_SLOTS = 64  # points × replicas in one stacked model (the issue measured up to 32)
+MAX_STACK_SLOTS = MAX_REPLICAS  # points × replicas in one stacked model: what one run may hold
 _KIND = re.compile(r"^(?P<kind>.*)/r(?P<slot>\d+)$")
 _TAG = re.compile(r" #(?P<id>[0-9a-f]{6})$")  # a sweep run's name ends with its sweep's id
 
@@ -70,12 +70,35 @@ def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
     sweep_id, key = sweep_id_of(run.name), stack_key(run.config)
     if sweep_id is None or key is None or not stacking_enabled():
         return []
-    room = MAX_STACK_SLOTS // max(1, int(run.config.get("replicas") or 1)) - 1
+    k = max(1, int(run.config.get("replicas") or 1))
     wanted = [other.id for other in sweep_runs(store, sweep_id)
               if other.id != run_id and other.status == "queued" and other.owner == run.owner
-              and stack_key(other.config) == key][:room]
-    # one transaction: a point another worker claimed first trains on its own
-    return store.claim_runs(pid, wanted, f"{CARRIED_PREFIX}{run_id}") if wanted else []
+              and stack_key(other.config) == key][:MAX_STACK_SLOTS // k - 1]
+    # One transaction, as soon as possible: a point another idle worker claimed meanwhile
+    # trains on its own (correct, but it takes a worker slot and half the cores).
+    taken = store.claim_runs(pid, wanted, f"{CARRIED_PREFIX}{run_id}") if wanted else []
+    room = max(0, _room(run.config))  # after the claim: it builds the model on the meta device
+    for extra in taken[room:]:  # back to the queue, as it was
+        store.set_status(extra, "queued", None, expect=["running"], pid=None, started_at=None,
+                         heartbeat_at=None)
+    return taken[:room]
+
+
+def _slots_allowed(config: dict[str, Any]) -> int:
+    """How many copies of this model one stacked run may hold: MAX_STACK_SLOTS, and the
+    parameter limit over all of them (`limits.params_problems`), as for `replicas: K`."""
+    from mtl_core import limits
+
+    try:
+        per_model = sum(limits.count_parameters(parse_config(config)).values())
+    except (ValueError, KeyError, TypeError, RuntimeError):  # e.g. a csv suite's shapes
+        return 0
+    return min(MAX_STACK_SLOTS, limits.current().max_params // max(1, per_model))
+
+
+def _room(config: dict[str, Any]) -> int:
+    """How many more points the carrier of this config may take."""
+    return _slots_allowed(config) // max(1, int(config.get("replicas") or 1)) - 1
 
 
 class PointSink:

@@ -219,3 +219,27 @@ def test_a_sweep_is_queued_in_one_index_transaction(tiny_doc, monkeypatch):
     sub = submit_sweep(sweep_doc(tiny_doc), 3, extra_methods=["uncertainty"])
     assert calls == [4]
     assert [r.status for r in map(RunStore().get_run, sub.run_ids)] == ["queued"] * 4
+
+
+def test_a_stack_holds_no_more_slots_than_one_run_may(tiny_doc, monkeypatch):
+    monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)
+    store = RunStore()
+    # replicas: 2 and a cap of 4 slots: the carrier takes one more point of the three left
+    monkeypatch.setattr("mtl_core.stacked_sweep.MAX_STACK_SLOTS", 4)
+    sub = submit_sweep(sweep_doc(tiny_doc, replicas=2), 4)
+    store.claim_run(7002, sub.run_ids[0])
+    assert claim_carried(store, 7002, sub.run_ids[0]) == [sub.run_ids[1]]
+    monkeypatch.setattr("mtl_core.stacked_sweep.MAX_STACK_SLOTS", 32)
+    # a model near the parameter limit: two copies fit in max_params, three do not
+    from mtl_core import limits
+
+    wide = sweep_doc(tiny_doc, model={"trunk": {"type": "mlp", "layers": [2048, 2048, 2048]},
+                                      "heads": {"layers": [8]}})
+    per_model = sum(limits.count_parameters(parse_config(wide)).values())
+    assert 2 * per_model <= limits.current().max_params < 3 * per_model
+    sub = submit_sweep(wide, 4)
+    store.claim_run(7003, sub.run_ids[0])
+    assert claim_carried(store, 7003, sub.run_ids[0]) == [sub.run_ids[1]]
+    for left in map(store.get_run, sub.run_ids[2:]):  # claimed at once, then given back
+        assert (left.status, left.pid, left.started_at, left.message) == \
+            ("queued", None, None, None)
