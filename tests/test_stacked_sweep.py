@@ -243,3 +243,23 @@ def test_a_stack_holds_no_more_slots_than_one_run_may(tiny_doc, monkeypatch):
     for left in map(store.get_run, sub.run_ids[2:]):  # claimed at once, then given back
         assert (left.status, left.pid, left.started_at, left.message) == \
             ("queued", None, None, None)
+
+
+def test_a_stacked_run_that_fails_fails_every_point_it_carried(tiny_doc, monkeypatch):
+    from mtl_core import stacked_sweep
+    from mtl_core.worker import Worker
+
+    monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)
+    sub = submit_sweep(sweep_doc(tiny_doc), 3)
+    store = RunStore()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory in the stacked step")
+
+    monkeypatch.setattr(stacked_sweep, "train_points", broken)
+    worker = Worker(store, announce=False)
+    assert store.claim_run(worker.pid, sub.run_ids[0]) == sub.run_ids[0]
+    assert worker.run_one(sub.run_ids[0]) == "failed"
+    for run in map(store.get_run, sub.run_ids):
+        assert run.status == "failed" and "out of memory" in (run.message or ""), run
+    assert jobs.active_count(store) == 0
