@@ -230,6 +230,12 @@ def train_carried(store: RunStore, cfg: ExperimentConfig, run_id: str, carried: 
                   sink: Sink) -> dict[str, TrainResult]:
     """The worker's side: the carrier `run_id` (config `cfg`, sink `sink`) and the points it
     claimed, trained together; {run id: its result}."""
+    from mtl_core.trainer import resolve_device
+
+    device = str(resolve_device(cfg.device))
+    for other in carried:  # the device the carrier's row shows, on every point
+        store.set_status(other, "running", f"{CARRIED_PREFIX}{run_id}", expect=["running"],
+                         device=device)
     ids = [run_id, *carried]
     configs = [cfg] + [parse_config(store.get_run(i).config) for i in carried]
     sinks: list[Sink] = [sink] + [store.sink(i) for i in carried]

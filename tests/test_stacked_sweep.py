@@ -159,6 +159,7 @@ def test_a_sweep_through_the_workers_stacks_its_grid_and_runs_the_rest_alone(
     assert "carries" not in log.split(f"run {sub.run_ids[3]}: started")[1]  # alone
     for run, cfg in zip(runs, sweep_configs(doc, 3, ("uncertainty",)), strict=True):
         assert run.message is None and (end_workers / run.id / "run.json").exists()
+        assert run.device == "cpu"
         assert run.step == 15 and store.checkpoints(run.id)
         assert_same_metrics(run.summary, train(cfg, MemorySink()).summary)
     table = sweep_table(store, sub.sweep_id)
