@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 
 from mtl_core.owners import OPERATOR_ID
 
+CARRIED_PREFIX = "carried by run "  # the message of a sweep point a stacked run trains
+
 
 def fair_order(queued: list[tuple[str, str]], last_served: Mapping[str, float],
                active: Mapping[str, int], owner_cap: int) -> list[tuple[str, bool]]:
@@ -59,7 +61,14 @@ def last_served(conn: sqlite3.Connection) -> dict[str, float]:
 
 
 def count_by_owner(conn: sqlite3.Connection, statuses: Iterable[str]) -> dict[str, int]:
+    """Runs per owner in `statuses`; a sweep point carried by another run's stacked model
+    (mtl_core.stacked_sweep) is not counted: its carrier is."""
     wanted = list(statuses)
     return {r[0]: r[1] for r in conn.execute(
         f"SELECT owner, COUNT(*) FROM runs WHERE status IN ({','.join('?' * len(wanted))}) "
-        "GROUP BY owner", wanted)}
+        "AND COALESCE(message, '') NOT LIKE ? GROUP BY owner", [*wanted, f"{CARRIED_PREFIX}%"])}
+
+
+def is_carried(message: str | None) -> bool:
+    """Whether a live run is a sweep point trained inside another run's stacked model."""
+    return bool(message) and message.startswith(CARRIED_PREFIX)  # type: ignore[union-attr]

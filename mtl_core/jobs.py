@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_core import budget
+from mtl_core.fair_queue import is_carried
 from mtl_core.owners import OPERATOR, Actor
 from mtl_core.store import ACTIVE_STATUSES, RunStore
 
@@ -57,6 +58,12 @@ def max_concurrent() -> int:
     if value < 1:
         raise ValueError(f"MTL_MAX_JOBS must be a positive integer (got {text!r})")
     return value
+
+
+def active_count(store: RunStore) -> int:
+    """Runs holding a worker's slot: running or paused, a sweep point carried by another
+    run's stacked model (mtl_core.stacked_sweep) not counted."""
+    return sum(1 for r in store.list_runs(ACTIVE_STATUSES) if not is_carried(r.message))
 
 
 def gpu_count() -> int:
@@ -136,7 +143,7 @@ def train_here(run_id: str, runs_dir: Path | None = None) -> threading.Thread | 
     idle = any(worker_run is None for _, worker_run, _ in _live_workers(store))
     queued = [r.id for r in store.list_runs(["queued"])]
     limit = max_concurrent()
-    if idle or queued != [run_id] or len(store.list_runs(ACTIVE_STATUSES)) >= limit:
+    if idle or queued != [run_id] or active_count(store) >= limit:
         dispatch(runs_dir)
         return None
     from mtl_core.worker import Worker  # imports torch and the trainer
@@ -168,7 +175,7 @@ def dispatch(runs_dir: Path | None = None, idle_timeout: float | None = None) ->
     queued = len(store.list_runs(["queued"]))
     if not queued:
         return
-    active = len(store.list_runs(ACTIVE_STATUSES))
+    active = active_count(store)
     idle = sum(1 for _, run_id, _ in _live_workers(store) if run_id is None)
     for _ in range(min(queued, limit - active) - idle):
         _spawn_worker(store, IDLE_TIMEOUT_S if idle_timeout is None else idle_timeout, limit)

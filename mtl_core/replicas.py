@@ -84,6 +84,8 @@ class Replica:
     shared: list[torch.nn.Parameter]
     reuse_params: list[torch.nn.Parameter]
     others: list[Tensor]
+    weights: Tensor  # this slot's task weights w_i (a sweep's slots differ in them)
+    weight_values: list[float]
     order: Tensor | None = None
     status: str = "running"  # "running" | "diverged" | "early_stopped"
     message: str | None = None
@@ -127,12 +129,22 @@ def own_random_state(replica: Replica, device: torch.device) -> Iterator[None]:
         _set_rng_state(outer, device)
 
 
+Slot = tuple[int, list[float]]  # (seed, task weights): what one stacked replica trains
+
+
+def default_slots(cfg: ExperimentConfig) -> list[Slot]:
+    """`replicas: K`: seeds seed..seed+K-1, all with the config's task weights."""
+    weights = [t.weight for t in cfg.tasks or []]
+    return [(cfg.seed + i, list(weights)) for i in range(cfg.replicas)]
+
+
 def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str],
-                   probe_size: int) -> list[Replica]:
-    """The K replicas, each built exactly as `trainer.train` builds the run of its seed."""
+                   probe_size: int, slots: list[Slot] | None = None) -> list[Replica]:
+    """One replica per slot (`default_slots` unless given: a stacked sweep's slots are
+    (point, seed) pairs), each built exactly as `trainer.train` builds the run of its seed
+    with its weights."""
     replicas = []
-    for index in range(cfg.replicas):
-        seed = cfg.seed + index
+    for index, (seed, weights) in enumerate(slots or default_slots(cfg)):
         torch.manual_seed(seed)
         data = load_suite(cfg.data, seed, names, device=device)
         torch.manual_seed(seed)
@@ -145,7 +157,8 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
         others += method.extra_parameters()
         replicas.append(Replica(index, seed, data, model, method,
                                 torch.Generator().manual_seed(seed), _rng_state(device),
-                                data.val.take(slice(0, probe_size)), shared, reuse, others))
+                                data.val.take(slice(0, probe_size)), shared, reuse, others,
+                                torch.tensor(weights, device=device), list(weights)))
     sizes = {len(r.data.train) for r in replicas}
     if len(sizes) > 1:  # a suite whose size depends on the seed cannot share batch steps
         raise ValueError(f"replicas: the seeds give training sets of different sizes "
@@ -376,13 +389,46 @@ def flush_replicas(sink: Sink, step: int, epoch: float, names: list[str],
 
 def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
     """`trainer.train` for `replicas: K > 1`: the same loop, over K replicas at once."""
+    out = train_slots(cfg, sink)
+    if out.status == "diverged":
+        messages = "; ".join(f"seed {r.seed}: {r.message}" for r in out.replicas)
+        return TrainResult("diverged", f"every replica diverged ({messages})", out.steps,
+                           replica_summary(out.replicas, out.tests))
+    message = out.message
+    diverged = [r for r in out.replicas if r.status == "diverged"]
+    if diverged:
+        note = "; ".join(f"replica {r.index} (seed {r.seed}) diverged: {r.message}"
+                         for r in diverged)
+        message = f"{message}; {note}" if message else note
+    return TrainResult(out.status, message, out.steps, replica_summary(out.replicas, out.tests))
+
+
+@dataclass
+class SlotsOutcome:
+    """What `train_slots` ends with: the run's status ("diverged" only when every slot
+    diverged), its message, the steps, every slot's replica and test metrics ({} where it
+    diverged)."""
+
+    status: str
+    message: str | None
+    steps: int
+    replicas: list[Replica]
+    tests: list[dict[str, dict[str, float]]]
+
+
+def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = None
+                ) -> SlotsOutcome:
+    """The stacked loop over `slots` ((seed, task weights) each; `default_slots(cfg)` unless
+    given). Slot s logs as replica s of `sink`; its loss is Σ_i w_{s,i} L_{s,i} with its own
+    weights, so a static weight sweep's points train as one stacked model
+    (`mtl_core.stacked_sweep`)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     names = [t.name for t in cfg.tasks or []]
-    weight_values = [t.weight for t in cfg.tasks or []]
-    task_weights = torch.tensor(weight_values, device=device)
-    weighted = any(w != 1.0 for w in weight_values)
-    replicas = build_replicas(cfg, device, names, PROBE_SIZE)
+    replicas = build_replicas(cfg, device, names, PROBE_SIZE, slots)
+    # (K, T): each slot's own weights (all rows equal in a plain `replicas: K` run)
+    task_weights = torch.stack([r.weights for r in replicas])
+    weighted = any(w != 1.0 for r in replicas for w in r.weight_values)
     first = replicas[0]
     specs = [first.data.task(n) for n in names]
     engine = choose_engine(cfg, replicas)
@@ -462,8 +508,9 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                     raw = torch.stack([torch.stack(ls) for ls in per_task])
                 weighted_raw = raw * task_weights if weighted else raw
                 if per_task:
-                    losses = [_weighted_stack(ls, weight_values) if weighted
-                              else torch.stack(ls) for ls in per_task]
+                    losses = [_weighted_stack(ls, rep.weight_values) if weighted
+                              else torch.stack(ls)
+                              for ls, rep in zip(per_task, replicas, strict=True)]
                 else:
                     losses = list(weighted_raw.unbind(0))
                 diag_rows: list[MetricRow] = []
@@ -535,7 +582,7 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
                                    if stacked is not None else [None] * K)
                     for rep in replicas:
                         if rep.active:
-                            _evaluate_replica(rep, cfg, specs, task_weights, sink, step, epoch,
+                            _evaluate_replica(rep, cfg, specs, rep.weights, sink, step, epoch,
                                               stacked is None, val_outputs[rep.index])
                 if not any(rep.active for rep in replicas):
                     if all(rep.status == "diverged" for rep in replicas):
@@ -548,7 +595,7 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
             epoch_mark = window_steps
             for rep in replicas:
                 if rep.active:
-                    rep.method.end_epoch(epoch_loss_sum[rep.index] * task_weights
+                    rep.method.end_epoch(epoch_loss_sum[rep.index] * rep.weights
                                          / steps_per_epoch)
             epoch_loss_sum.zero_()
             if time.monotonic() >= next_checkpoint:  # as in trainer.train
@@ -558,9 +605,7 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
         if message is None:
             status, message = "stopped", f"stopped by request at step {step}"
     except _AllDiverged:
-        messages = "; ".join(f"seed {r.seed}: {r.message}" for r in replicas)
-        return TrainResult("diverged", f"every replica diverged ({messages})", step,
-                           replica_summary(replicas, [{} for _ in replicas]))
+        return SlotsOutcome("diverged", None, step, replicas, [{} for _ in replicas])
 
     tests = []
     for rep in replicas:
@@ -569,16 +614,11 @@ def train_replicas(cfg: ExperimentConfig, sink: Sink) -> TrainResult:
             continue
         if rep.best_state is not None:
             rep.model.load_state_dict(rep.best_state)
-        test = _evaluate(rep.model, rep.data.test, specs, task_weights)
+        test = _evaluate(rep.model, rep.data.test, specs, rep.weights)
         sink.metrics(_metric_rows(step, float(epoch + 1), "test", test, rep.index))
         tests.append(_drop_total(test))
     sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "final")
-    diverged = [r for r in replicas if r.status == "diverged"]
-    if diverged:
-        note = "; ".join(f"replica {r.index} (seed {r.seed}) diverged: {r.message}"
-                         for r in diverged)
-        message = f"{message}; {note}" if message else note
-    return TrainResult(status, message, step, replica_summary(replicas, tests))
+    return SlotsOutcome(status, message, step, replicas, tests)
 
 
 class _AllDiverged(Exception):

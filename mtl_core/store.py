@@ -628,10 +628,27 @@ class RunStore:
         """Record a run (cfg already validated) owned by `owner`, with its folder. A queued run
         of a non-privileged owner counts against the per-owner queue quota (QuotaError)."""
         _check_status(status)
-        config = cfg.to_dict()
-        now = time.time()
         if status == "queued":
             self.check_queue_room(owner)
+        doc = self._new_run_folder(cfg, status, owner)
+        self._index_new_run(doc)
+        return doc["id"]
+
+    def create_runs(self, cfgs: list[ExperimentConfig], *, owner: Actor = OPERATOR
+                    ) -> list[str]:
+        """Queue several runs (cfgs already validated) as one: every folder first, then one
+        index transaction, so a worker sees all of them or none (a sweep's points, which the
+        first worker to claim one stacks: mtl_core.stacked_sweep)."""
+        self.check_queue_room(owner, len(cfgs))
+        docs = [self._new_run_folder(cfg, "queued", owner) for cfg in cfgs]
+        self._index_new_runs(docs)
+        return [d["id"] for d in docs]
+
+    def _new_run_folder(self, cfg: ExperimentConfig, status: str, owner: Actor
+                        ) -> dict[str, Any]:
+        """A new run's folder, complete; its run.json document."""
+        config = cfg.to_dict()
+        now = time.time()
         while True:
             run_id = _new_run_id()
             try:
@@ -648,16 +665,19 @@ class RunStore:
                "total_steps": 0, "epoch": 0.0, "message": None, "device": None, "pid": None,
                "heartbeat_at": None, "summary": {}}
         write_json_atomic(folder / RUN_JSON, doc)  # the folder is complete before the index
-        self._index_new_run(doc)
-        return run_id
+        return doc
+
+    def _index_new_run(self, doc: dict[str, Any]) -> None:
+        self._index_new_runs([doc])
 
     @_recovering
-    def _index_new_run(self, doc: dict[str, Any]) -> None:
-        cols = [c for c in _RUN_JSON_FIELDS if c in doc]
+    def _index_new_runs(self, docs: list[dict[str, Any]]) -> None:
         with self._write() as conn:
-            conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(cols)}) "
-                         f"VALUES ({', '.join('?' * len(cols))})",
-                         [_to_column(c, doc[c]) for c in cols])
+            for doc in docs:
+                cols = [c for c in _RUN_JSON_FIELDS if c in doc]
+                conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(cols)}) "
+                             f"VALUES ({', '.join('?' * len(cols))})",
+                             [_to_column(c, doc[c]) for c in cols])
 
     @_recovering
     def check_queue_room(self, owner: Actor, adding: int = 1) -> None:
@@ -819,6 +839,23 @@ class RunStore:
                          (run_id, now, pid))
             self._save_run_json(conn, run_id)
         return run_id
+
+    @_recovering
+    def claim_runs(self, pid: int, run_ids: Iterable[str], message: str) -> list[str]:
+        """Turn those of `run_ids` still queued into `running` for worker `pid` with
+        `message`, in one transaction (a stacked sweep's carrier takes its points at once,
+        mtl_core.stacked_sweep); the ids it took, in order."""
+        now, taken = time.time(), []
+        with self._write() as conn:
+            for run_id in run_ids:
+                if conn.execute(
+                        "UPDATE runs SET status = 'running', message = ?, pid = ?, "
+                        "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                        (message, pid, now, now, run_id)).rowcount:
+                    taken.append(run_id)
+            for run_id in taken:
+                self._save_run_json(conn, run_id)
+        return taken
 
     @_recovering
     def queue_place(self, run_id: str, max_active: int | None = None) -> QueuePlace | None:

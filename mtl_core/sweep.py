@@ -6,6 +6,16 @@ extra points. Its runs go through the jobs queue, so they run in parallel up to
 `MTL_MAX_JOBS`. The result is the Pareto front of the tasks' validation metrics and the grid
 point chosen by validation.
 
+Stacking (mtl_core.stacked_sweep): the grid points share everything but their weights, so the
+first worker to claim one of them also claims the other queued ones and trains them all as one
+stacked model (slot = (point, seed), each with its own weights: Σ_s Σ_i w_{s,i} L_{s,i}),
+writing each slot's rows, snapshots, checkpoints, status and summary into its point's own run
+through RunStore's public API. The store contract does not change: one run folder per point,
+its owner, its status, tagged as below; the carried points count as one active run (the
+carrier's) in the fair queue. Points that cannot stack (adaptive extra methods; a point a
+second worker claimed first) train as separate runs, as before; the table, the front, the
+pages and the CLI read the runs and cannot tell the difference.
+
 Tagging: a sweep has a short id (6 hex digits) and each of its runs is named
 "<label> #<sweep id>", e.g. "sweep w=0.25/0.75 #3fa2c1" or "sweep method=pcgrad #3fa2c1". The
 store needs no new column; `sweep_runs` finds the runs by that suffix, and the weights and
@@ -18,7 +28,6 @@ test metrics belong to: the last evaluation, or the best one when early stopping
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,10 +42,10 @@ from mtl_core.config import ExperimentConfig, TaskConfig, parse_config
 from mtl_core.metrics import HIGHER_IS_BETTER, mean_sd
 from mtl_core.owners import OPERATOR, Actor
 from mtl_core.pareto import dominates, pareto_front
+from mtl_core.stacked_sweep import sweep_id_of, sweep_runs  # noqa: F401 - re-exported
 from mtl_core.store import LIVE_STATUSES, RunInfo, RunStore
 
 MAX_SWEEP_RUNS = 200  # a guard against a grid nobody meant to train (3 tasks, N=20 is 210)
-_TAG = re.compile(r" #(?P<id>[0-9a-f]{6})$")
 
 
 # --- the grid and the configs --------------------------------------------------------------
@@ -151,31 +160,22 @@ def add_methods(store: RunStore, sweep_id: str, methods: Sequence[str],
 
 def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path,
                   owner: Actor = OPERATOR) -> list[str]:
-    """Name each config with the sweep's tag (" #id") and queue it through mtl_core.jobs."""
+    """Name each config with the sweep's tag (" #id"), queue them all at once (one index
+    transaction: the first worker to claim a point finds every other one to stack,
+    mtl_core.stacked_sweep), then dispatch workers (mtl_core.jobs)."""
     from mtl_core import jobs
 
-    run_ids = []
-    for variant in configs:
+    for variant in configs:  # validated by sweep_configs
         variant.name = f"{variant.name} #{sweep_id}"
-        run_ids.append(jobs.submit(variant, runs_dir, owner=owner))
+    run_ids = RunStore(runs_dir).create_runs(configs, owner=owner)
+    jobs.dispatch(runs_dir)
     return run_ids
-
-
-def sweep_id_of(name: str) -> str | None:
-    match = _TAG.search(name)
-    return match.group("id") if match else None
 
 
 def list_sweeps(store: RunStore) -> list[str]:
     """Sweep ids, newest first."""
     return list(dict.fromkeys(i for run in store.list_runs()
                               if (i := sweep_id_of(run.name)) is not None))
-
-
-def sweep_runs(store: RunStore, sweep_id: str) -> list[RunInfo]:
-    """The sweep's runs in the order they were submitted (grid first, then extra methods)."""
-    runs = [run for run in store.list_runs() if sweep_id_of(run.name) == sweep_id]
-    return sorted(runs, key=lambda r: r.created_at)
 
 
 def sweep_progress(store: RunStore, sweep_id: str) -> dict[str, int]:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from mtl_core import budget
-from mtl_core.jobs import max_concurrent, warm_until
+from mtl_core import budget, stacked_sweep
+from mtl_core.jobs import active_count, max_concurrent, warm_until
 from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
 
 POLL_S = 0.25  # how often an idle worker looks for a queued run
@@ -58,6 +58,8 @@ class Worker:
     def __init__(self, store: RunStore, train: TrainFn | None = None,
                  resolve_device: Callable[[str], Any] | None = None,
                  max_jobs: int | None = None, announce: bool = True) -> None:
+        # Stacked sweeps (mtl_core.stacked_sweep) need the real trainer, not a stand-in.
+        self.stacks = train is None
         if train is None or resolve_device is None:
             from mtl_core import trainer  # imports torch: done once, before any claim
 
@@ -116,7 +118,7 @@ class Worker:
         if self.max_jobs is None:
             self.max_jobs = max_concurrent()
         threads = budget.ThreadBudget(
-            self.cores, self.max_jobs, lambda: len(self.store.list_runs(ACTIVE_STATUSES)),
+            self.cores, self.max_jobs, lambda: active_count(self.store),
             budget.estimate_step_macs(cfg))
         threads.apply(force=True)
         return BudgetedSink(sink, threads)
@@ -128,11 +130,22 @@ class Worker:
         self._say(f"run {run_id}: started")
         self.sink = self.store.sink(run_id)
         status, message, fields = "failed", None, {}
+        carried: dict[str, Any] = {}  # sweep points trained in this run's stacked model
         try:
+            if self.stacks:  # first: the sooner it claims them, the fewer another worker takes
+                carried = dict.fromkeys(stacked_sweep.claim_carried(self.store, self.pid,
+                                                                    run_id))
             cfg = parse_config(self.store.get_run(run_id).config)
             device = str(self.resolve_device(cfg.device))
             self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
-            result = self.train(cfg, self._budgeted(self.sink, cfg))
+            if carried:
+                self._say(f"run {run_id}: carries {', '.join(carried)} (stacked sweep)")
+                results = stacked_sweep.train_carried(self.store, cfg, run_id, list(carried),
+                                                      self._budgeted(self.sink, cfg))
+                result = results.pop(run_id)
+                carried = results
+            else:
+                result = self.train(cfg, self._budgeted(self.sink, cfg))
             status, message = result.status, result.message
             fields = {"step": result.steps, "summary": result.summary}
         except Terminated:
@@ -148,6 +161,12 @@ class Worker:
             message = "worker terminated (SIGTERM)" + (f"; {message}" if message else "")
         # expect=active: a run already ended elsewhere (e.g. reconciled) keeps its status.
         self.store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
+        for other, res in carried.items():  # None: the stacked run failed before its end
+            if res is None:
+                self.store.set_status(other, status, message, expect=ACTIVE_STATUSES)
+            else:
+                self.store.set_status(other, res.status, res.message, expect=ACTIVE_STATUSES,
+                                      step=res.steps, summary=res.summary)
         self.store.worker_seen(self.pid)
         self._say(f"run {run_id}: {status}" + (f" ({message})" if message else ""))
         return status
