@@ -162,11 +162,14 @@ def _queue_tagged(configs: list[ExperimentConfig], sweep_id: str, runs_dir: Path
                   owner: Actor = OPERATOR) -> list[str]:
     """Name each config with the sweep's tag (" #id"), queue them all at once (one index
     transaction: the first worker to claim a point finds every other one to stack,
-    mtl_core.stacked_sweep), then dispatch workers (mtl_core.jobs)."""
+    mtl_core.stacked_sweep), then dispatch workers (mtl_core.jobs). With a Ray executor each
+    point goes through jobs.submit, which checks the cluster and launches its task."""
     from mtl_core import jobs
 
     for variant in configs:  # validated by sweep_configs
         variant.name = f"{variant.name} #{sweep_id}"
+    if jobs.ray_address() is not None:  # on Ray each point is a task of its own (no stacking)
+        return [jobs.submit(variant, runs_dir, owner=owner) for variant in configs]
     run_ids = RunStore(runs_dir).create_runs(configs, owner=owner)
     jobs.dispatch(runs_dir)
     return run_ids
