@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from datetime import datetime
@@ -370,35 +371,44 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _wait(store: RunStore, run_id: str, runs_dir: Path) -> RunInfo:
     """Follow a run until it ends. Ctrl-C requests stop and keeps waiting; a second Ctrl-C
-    leaves (the stop request stands)."""
+    leaves (the stop request stands). Ctrl-C only counts presses here (no KeyboardInterrupt):
+    raised inside a store call it could leave a store lock held that the run, training in
+    this process's other thread, then waits on for ever."""
     from mtl_core import jobs
 
     bar = _ProgressLine(sys.stderr)
-    stopping = False
-    while True:
-        try:
-            run = _follow(store, run_id, runs_dir, bar)
-            bar.done(run)
-            return run
-        except KeyboardInterrupt:
+    presses: list[float] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: presses.append(time.monotonic()))
+    try:
+        handled = 0
+        while True:
+            run = _follow(store, run_id, runs_dir, bar,
+                          lambda seen=handled: len(presses) > seen)
+            if run is not None:
+                bar.done(run)
+                return run
+            handled = len(presses)
             bar.clear()
-            if stopping:
+            if handled > 1:
                 print(f"left run {run_id}; its stop request stands", file=sys.stderr)
                 return store.get_run(run_id)
-            stopping = True
             print(f"\nstopping run {run_id} (its metrics are kept); Ctrl-C again to leave "
                   "without waiting", file=sys.stderr)
             try:
                 jobs.stop(run_id, runs_dir)
             except ValueError:
                 pass  # it ended meanwhile
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
-def _follow(store: RunStore, run_id: str, runs_dir: Path, bar: _ProgressLine) -> RunInfo:
+def _follow(store: RunStore, run_id: str, runs_dir: Path, bar: _ProgressLine,
+            interrupted: Any) -> RunInfo | None:
+    """The run once it has ended, or None as soon as `interrupted()` (a Ctrl-C)."""
     from mtl_core import jobs
 
     after_id, last_dispatch = 0, time.monotonic()
-    while True:
+    while not interrupted():
         run = store.get_run(run_id)
         rows = store.metrics(run_id, after_id)
         if len(rows):
@@ -413,6 +423,7 @@ def _follow(store: RunStore, run_id: str, runs_dir: Path, bar: _ProgressLine) ->
             jobs.dispatch(runs_dir)  # repairs a dead worker, restarts the queue if needed
             last_dispatch = time.monotonic()
         time.sleep(POLL_S)
+    return None
 
 
 class _ProgressLine:
