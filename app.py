@@ -5,6 +5,10 @@ its status, a run picker, and where runs and data live. Runs dir: $MTL_RUNS_DIR 
 ./runs); data dir: $MTL_DATA_DIR. `?run=ID` in the URL opens that run (ui.state); `?cfg=TOKEN`
 loads a shared config into the Train page and `?mode=class` turns on class mode, which also
 keeps the sidebar to the current run (ui.train_run.follow_url).
+
+`streamlit run app.py` finds the `st.App` at the bottom and serves it: the server imports torch
+and the chart code before it answers (ui.preload.at_server_start), and each session runs this
+file as `__main__` (main()).
 """
 from __future__ import annotations
 
@@ -19,9 +23,6 @@ from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_curre
 
 # Only light modules above: the shell (navigation, sidebar, title) draws before torch and the
 # chart code are imported (ui.preload); the functions below import the rest once it is there.
-
-st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
-                   initial_sidebar_state="expanded")
 
 PAGES_DIR = Path(__file__).parent / "pages"
 # One line per page (file, title, icon); the first is the default. A listed page appears as
@@ -150,13 +151,6 @@ def _sidebar() -> None:
                f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
 
 
-pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
-         for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
-page = st.navigation(pages, position="hidden")
-st.session_state[APP_RAN_KEY] = True
-with st.sidebar:
-    _navigation_links(pages)
-
 def _full_page(page) -> None:
     from ui.train_run import follow_url  # imported by now (ui.preload)
 
@@ -168,7 +162,23 @@ def _full_page(page) -> None:
     page.run()
 
 
-if preload.ready(wait_s=preload.FIRST_WAIT_S):
-    _full_page(page)
-else:
-    preload.first_paint(page.title)
+def main() -> None:
+    """One script run: the navigation and sidebar of every page, then the page itself."""
+    st.set_page_config(page_title="MTL Lab", page_icon="🧪", layout="wide",
+                       initial_sidebar_state="expanded")
+    pages = [st.Page(PAGES_DIR / file, title=title, icon=icon, default=i == 0)
+             for i, (file, title, icon) in enumerate(PAGES) if (PAGES_DIR / file).exists()]
+    page = st.navigation(pages, position="hidden")
+    st.session_state[APP_RAN_KEY] = True
+    with st.sidebar:
+        _navigation_links(pages)
+    if preload.ready(wait_s=preload.FIRST_WAIT_S):
+        _full_page(page)
+    else:
+        preload.first_paint(page.title)
+
+
+if __name__ == "__main__":  # a session's script run (Streamlit runs this file as __main__)
+    main()
+else:  # `streamlit run app.py` imports this file once to serve it: the server's st.App
+    app = st.App(__file__, lifespan=preload.at_server_start)

@@ -1,5 +1,5 @@
 """Helpers shared by the AppTest (streamlit.testing) tests: reading the Plotly figures a page
-drew back as plain JSON."""
+drew back as plain JSON, and the Train page's panels that draw only when opened."""
 from __future__ import annotations
 
 import base64
@@ -7,7 +7,10 @@ import json
 from typing import Any
 
 import numpy as np
+import yaml
 from streamlit.testing.v1 import AppTest
+
+from ui.train_run import SHARE_PANEL_KEY, YAML_PANEL_KEY
 
 
 def decode(obj: Any) -> Any:
@@ -28,3 +31,41 @@ def plotly_figures(at: AppTest) -> dict[str, dict]:
     """Plotly figures on the page as {widget key: figure JSON with plain lists}."""
     return {el.key or el.proto.id: decode(json.loads(el.proto.spec))
             for el in at.get("plotly_chart")}
+
+
+def open_train_panel(at: AppTest, panel_key: str) -> AppTest:
+    """Open a Train-page panel that draws its content only when open (and run the page)."""
+    at.session_state[panel_key] = True
+    return at.switch_page("pages/train.py").run()
+
+
+def yaml_upload(at: AppTest):
+    """The Train page's YAML upload (in the "Config as YAML" panel)."""
+    return open_train_panel(at, YAML_PANEL_KEY).file_uploader(key="upload.yaml")
+
+
+def reset_button(at: AppTest):
+    """The Train page's "Reset to defaults" (in the "Config as YAML" panel)."""
+    return open_train_panel(at, YAML_PANEL_KEY).button(key="train.reset")
+
+
+def _opened_code(at: AppTest, panel_key: str, yaml_code: bool) -> str:
+    """The code block of a Train-page panel, opening the panel (a rerun) if it is closed."""
+    def find() -> str | None:
+        return next((c.value for c in at.code if (c.language == "yaml") == yaml_code), None)
+
+    if find() is None:
+        open_train_panel(at, panel_key)
+    found = find()
+    assert found is not None, f"no code block in the {panel_key} panel"
+    return found
+
+
+def config_shown(at: AppTest) -> dict:
+    """The config exactly as the Train page shows it in "Config as YAML"."""
+    return yaml.safe_load(_opened_code(at, YAML_PANEL_KEY, yaml_code=True))
+
+
+def share_link_shown(at: AppTest) -> str:
+    """The link of the Train page's "Share link" panel."""
+    return _opened_code(at, SHARE_PANEL_KEY, yaml_code=False)

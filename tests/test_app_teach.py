@@ -12,8 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
-from app_support import plotly_figures
+from app_support import config_shown, plotly_figures
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
@@ -503,10 +502,6 @@ def test_three_task_sweep_shows_pairwise_views_and_a_ternary_plot(store):
 # ---------------------------------------------------------------- lessons page
 
 
-def _config_shown(at: AppTest) -> dict:
-    """The config exactly as the Train page shows it in "Config as YAML"."""
-    return yaml.safe_load(next(c.value for c in at.code if c.language == "yaml"))
-
 
 def test_lessons_page_lists_every_lesson_with_its_parts(monkeypatch):
     at = app(monkeypatch)
@@ -533,7 +528,7 @@ def test_load_preset_fills_the_train_page_with_that_preset(monkeypatch):
     at.button(key=f"lesson_load_{lesson.id}_1").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.get("title")[0].value == "Build & Train"  # switched to the Train page
-    assert parse_config(_config_shown(at)).to_dict() == load_preset(lesson, 1).to_dict()
+    assert parse_config(config_shown(at)).to_dict() == load_preset(lesson, 1).to_dict()
     assert "lesson_knobs" not in at.session_state  # not in class mode: no lesson focus
     assert "mode" not in at.query_params
 
@@ -547,7 +542,7 @@ def test_class_mode_load_sets_the_lesson_knobs_and_keeps_class_mode(monkeypatch)
     assert not at.exception, [e.message for e in at.exception]
     assert at.session_state["lesson_knobs"] == list(lesson.knobs)
     assert at.query_params["mode"] == "class"
-    assert parse_config(_config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
+    assert parse_config(config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
     banner = " ".join(m.value for m in at.markdown)
     assert "Class mode" in banner and "data.params.correlation" in banner
 
@@ -564,7 +559,7 @@ def test_load_and_start_queues_the_preset_as_the_current_run(monkeypatch, store,
     assert runs[0].config == load_preset(lesson, 0).to_dict()
     assert at.session_state["run_id"] == runs[0].id
     assert at.get("title")[0].value == "Build & Train"
-    assert parse_config(_config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
+    assert parse_config(config_shown(at)).to_dict() == load_preset(lesson, 0).to_dict()
 
 
 def test_a_sweep_starts_from_the_train_page_config_and_its_choice_loads_back(
@@ -585,6 +580,6 @@ def test_a_sweep_starts_from_the_train_page_config_and_its_choice_loads_back(
     at.button(key="sweep_load").click().run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.get("title")[0].value == "Build & Train"
-    shown = parse_config(_config_shown(at))
+    shown = parse_config(config_shown(at))
     assert shown.to_dict() == parse_config(store.get_run(chosen["run_id"]).config).to_dict()
     assert shown.task_weights() == {"circle": 0.25, "distance": 0.75}

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
+from app_support import config_shown, reset_button, share_link_shown, yaml_upload
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
@@ -26,6 +27,7 @@ from mtl_core.store import RunStore
 from ui import config_form as form
 from ui import share
 from ui.diagram import branch_points, build_diagram, dot_for_blocks
+from ui.train_run import YAML_PANEL_KEY
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TOY = {"name": "toy", "device": "cpu", "data": {"suite": "toy_2d", "params": {"n_samples": 200}},
@@ -280,10 +282,6 @@ def app(monkeypatch: pytest.MonkeyPatch, warm_calls: list):
             pass
 
 
-def _config_shown(at: AppTest) -> dict:
-    """The config exactly as the page shows it in "Config as YAML"."""
-    return yaml.safe_load(next(c.value for c in at.code if c.language == "yaml"))
-
 
 def _start(at: AppTest):
     return at.button(key="train.start")
@@ -300,7 +298,11 @@ def test_app_renders_the_train_page_with_an_empty_store(app, warm_calls):
     assert at.get("graphviz_chart") and "cluster_shared" in at.get("graphviz_chart")[0].proto.spec
     sidebar = " ".join(c.value for c in at.sidebar.caption)
     assert "None yet" in sidebar and os.environ["MTL_RUNS_DIR"] in sidebar and "cpu" in sidebar
-    _same(_config_shown(at), {})  # a fresh page shows the default config
+    # The YAML and Share panels draw their content only once opened (a light first paint).
+    assert not at.code and [e.label for e in at.expander][-2:] == ["Config as YAML",
+                                                                    "Share link"]
+    _same(config_shown(at), {})  # opened, it shows the default config
+    assert at.session_state[YAML_PANEL_KEY] and len(at.code) == 1
 
 
 def test_widget_changes_yield_the_expected_config(app):
@@ -314,7 +316,7 @@ def test_widget_changes_yield_the_expected_config(app):
     at.selectbox(key="cfg.weighting.method").set_value("uncertainty")
     at.run()
     assert not at.exception
-    cfg = parse_config(_config_shown(at))
+    cfg = parse_config(config_shown(at))
     assert cfg.data.suite == "toy_2d" and cfg.model.trunk.layers == [48, 64]
     assert cfg.task_weights() == {"circle": 1.0, "xor": 2.5, "distance": 1.0}
     assert cfg.weighting.method == "uncertainty"
@@ -344,7 +346,7 @@ def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
     at = app.run()
     doc = {**TOY, "tasks": [{"name": "circle", "weight": 0.5}, {"name": "xor"}],
            "optim": {**TOY["optim"], "lr": 0.02}}
-    at.file_uploader(key="upload.yaml").set_value(
+    yaml_upload(at).set_value(
         ("toy.yaml", parse_config(doc).to_yaml().encode(), "text/yaml"))
     at.run()
     assert not at.exception and not at.error
@@ -353,7 +355,7 @@ def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
     assert at.slider(key=form.task_key("circle", "weight")).value == 0.5
     assert at.checkbox(key=form.task_key("spiral", "include")).value is False
     assert at.number_input(key="cfg.model.trunk.layers.n").value == 1
-    _same(_config_shown(at), doc)
+    _same(config_shown(at), doc)
 
     _start(at).click().run()
     assert not at.exception
@@ -374,7 +376,7 @@ def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
 def test_a_bad_yaml_upload_changes_nothing_and_says_why(app):
     at = app.run()
     bad = yaml.safe_dump({"optim": {"lr": -1}, "data": {"suite": "nope"}}).encode()
-    at.file_uploader(key="upload.yaml").set_value(("bad.yaml", bad, "text/yaml"))
+    yaml_upload(at).set_value(("bad.yaml", bad, "text/yaml"))
     at.run()
     text = " ".join(e.value for e in at.error)
     assert "bad.yaml was not loaded" in text and "optim.lr" in text
@@ -387,9 +389,9 @@ def test_reset_restores_defaults_and_values_survive_a_page_switch(app):
     at.switch_page("pages/runs.py").run()
     at.switch_page("pages/train.py").run()
     assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.9
-    at.button(key="train.reset").click().run()
+    reset_button(at).click().run()
     assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.5
-    _same(_config_shown(at), {})
+    _same(config_shown(at), {})
 
 
 def test_url_run_parameter_opens_that_run(app):
@@ -403,7 +405,7 @@ def test_url_run_parameter_opens_that_run(app):
     assert "from-url" in " ".join(c.value for c in at.sidebar.caption)
     at.button(key="train.clone").click().run()  # its settings fill the controls
     assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
-    _same(_config_shown(at), {**TOY, "name": "from-url"})
+    _same(config_shown(at), {**TOY, "name": "from-url"})
 
 
 def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
@@ -421,7 +423,7 @@ def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
     at.multiselect(key="cfg.data.params.csv.targets").set_value(["y", "z"]).run()
     at.selectbox(key=f"{form.CSV_KINDS}.z").set_value("regression").run()
     assert not at.exception and not _start(at).disabled
-    cfg = parse_config(_config_shown(at))
+    cfg = parse_config(config_shown(at))
     assert cfg.task_weights() == {"y": 1.0, "z": 1.0}
     assert cfg.data.params["kinds"] == {"z": "regression"}
     assert "y\\nbinary" in at.get("graphviz_chart")[0].proto.spec
@@ -532,7 +534,7 @@ def _form_config(at: AppTest):
 
 def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatch):
     at = app.run()
-    at.file_uploader(key="upload.yaml").set_value(
+    yaml_upload(at).set_value(
         ("toy.yaml", parse_config(TOY).to_yaml().encode(), "text/yaml"))
     at.run()
     assert at.toggle(key=form.HEADS_SAME).value is True
@@ -548,7 +550,7 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
     at.number_input(key=form.head_key("distance") + ".1").set_value(3)
     at.run()
     assert not at.exception and not _start(at).disabled
-    assert parse_config(_config_shown(at)).model.heads.per_task == {"distance": [6, 3]}
+    assert parse_config(config_shown(at)).model.heads.per_task == {"distance": [6, 3]}
     assert _form_config(at).model.heads.layers_for("xor") == []
     spec = at.get("graphviz_chart")[0].proto.spec
     assert "Linear 8→6" in spec and "Linear 6→3" in spec and "Linear 3→1" in spec
@@ -582,7 +584,7 @@ def test_a_shared_link_sets_every_widget_and_the_url_follows_the_controls(app):
     at = app.run()
     assert not at.exception and not at.error
     assert _form_config(at) == cfg  # every widget holds the shared config
-    _same(_config_shown(at), SHARED)
+    _same(config_shown(at), SHARED)
     assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
     assert at.checkbox(key=form.task_key("circle", "include")).value is False
     assert at.toggle(key=form.HEADS_SAME).value is False
@@ -599,13 +601,13 @@ def test_a_shared_link_sets_every_widget_and_the_url_follows_the_controls(app):
     assert _form_config(at) == edited  # read once per session: the edit stays
     assert share.decode_config(at.query_params["cfg"]) == edited
 
-    link = next(c.value for c in at.code if c.language != "yaml")  # the Share link panel
+    link = share_link_shown(at)
     reload = AppTest.from_file(APP, default_timeout=90)  # a reload is a new session
     reload.query_params.update(parse_qs(urlsplit(link).query))
     reload.run()
     assert not reload.exception and _form_config(reload) == edited
 
-    at.button(key="train.reset").click().run()  # the default config needs no ?cfg= at all
+    reset_button(at).click().run()  # the default config needs no ?cfg= at all
     assert "cfg" not in at.query_params
 
 
@@ -615,7 +617,7 @@ def test_a_damaged_link_says_so_and_keeps_the_defaults(app):
     assert not at.exception
     assert any("config in this link was not loaded" in e.value and "damaged" in e.value
                for e in at.error)
-    _same(_config_shown(at), {})
+    _same(config_shown(at), {})
     assert "cfg" not in at.query_params
 
 
@@ -646,6 +648,7 @@ def test_class_mode_hides_advanced_controls_and_keeps_their_values(app):
     assert "cfg.seed" not in _keys(at.main)
 
     at.query_params["mode"] = "full"  # what the "Show all controls" link opens
+    at.session_state[YAML_PANEL_KEY] = True  # where the YAML upload is
     at.run()
     keys = _keys(at.main)
     assert [k for k in ADVANCED_KEYS if k in keys] == list(ADVANCED_KEYS)
@@ -692,6 +695,6 @@ def test_a_backbone_trunk_shows_its_controls_one_diagram_box_and_refuses_bad_wei
     assert any("model.trunk.weights" in m and "to fix before Start" in m for m in messages)
     at.text_input(key=form.WEIGHTS_KEY).input("").run()
     assert not _start(at).disabled
-    trunk = _config_shown(at)["model"]["trunk"]
+    trunk = config_shown(at)["model"]["trunk"]
     assert trunk["type"] == "resnet18" and trunk["trainable"] == "none"
     assert trunk["weights"] is None

@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from app_support import yaml_upload
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 from test_app_train import APP, _NavigationPagesManager
@@ -66,7 +67,7 @@ def test_a_shadow_file_link_shows_nothing_of_the_file(app, secret, how):
 
 def test_a_yaml_upload_naming_a_file_outside_is_refused(app, secret):
     at = app.run()
-    at.file_uploader(key="upload.yaml").set_value(
+    yaml_upload(at).set_value(
         ("evil.yaml", json.dumps(_csv_doc(str(secret))).encode(), "text/yaml"))
     at.run()
     assert not at.exception
@@ -109,7 +110,7 @@ def test_wide_layers_from_the_form_are_refused_next_to_the_control(app, built):
 def test_an_alias_bomb_upload_settles_quickly(app):
     at = app.run()
     start = time.perf_counter()
-    at.file_uploader(key="upload.yaml").set_value(("bomb.yaml", _bomb(7).encode(),
+    yaml_upload(at).set_value(("bomb.yaml", _bomb(7).encode(),
                                                    "text/yaml"))
     at.run()
     assert time.perf_counter() - start < 20
@@ -128,7 +129,7 @@ def test_a_deeply_nested_link_says_so_without_a_traceback(app):
 
 def test_a_binary_yaml_upload_is_refused_clearly(app):
     at = app.run()
-    at.file_uploader(key="upload.yaml").set_value(("x.yaml", b"\x00\x01\xff" * 50,
+    yaml_upload(at).set_value(("x.yaml", b"\x00\x01\xff" * 50,
                                                    "text/yaml"))
     at.run()
     assert not at.exception

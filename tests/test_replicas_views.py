@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from test_app_train import _config_shown, _start, app, warm_calls  # noqa: F401
+from app_support import config_shown
+from test_app_train import _start, app, warm_calls  # noqa: F401
 
 from mtl_core.config import parse_config
 from ui import charts
@@ -84,7 +85,7 @@ def test_replicas_state_round_trip():
 def test_the_train_page_has_a_replicas_control_that_refuses_too_many(app):  # noqa: F811
     at = app.run()
     at.number_input(key="cfg.replicas").set_value(4).run()
-    assert not at.exception and _config_shown(at)["replicas"] == 4
+    assert not at.exception and config_shown(at)["replicas"] == 4
     at.number_input(key="cfg.replicas").set_value(40).run()
     assert _start(at).disabled
     messages = [e.value for e in at.error]

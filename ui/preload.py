@@ -6,14 +6,22 @@ blank page for that long, the first script run of the server draws the navigatio
 and the page's title, imports the rest in a background thread, and reruns the page as soon as
 the imports are done. Later sessions find everything imported and draw at once.
 
+Served by `streamlit run app.py`, the imports start with the server instead (`at_server_start`,
+the lifespan of app.py's `st.App`): the server answers once they are done, so even its first
+visitor finds a warm process, and the shell-first path only remains for a process that was not
+started that way (AppTest, or imports slower than `MAX_WAIT_S`).
+
 Only the thread imports; nothing here calls `st.*` from it.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import os
 import sys
 import threading
+from collections.abc import AsyncIterator
 
 import streamlit as st
 
@@ -91,3 +99,12 @@ def first_paint(title: str) -> None:
 def _rerun_when_ready() -> None:
     if _done.is_set():
         st.rerun(scope="app")
+
+
+@contextlib.asynccontextmanager
+async def at_server_start(app: object) -> AsyncIterator[None]:
+    """The server's lifespan (st.App): import before the first request is answered, for at
+    most `MAX_WAIT_S` (then the server answers anyway and pages take the first-paint path)."""
+    start()
+    await asyncio.to_thread(_done.wait, MAX_WAIT_S)
+    yield

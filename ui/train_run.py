@@ -39,6 +39,8 @@ from ui.state import current_run_id, get_store, runs_dir, set_current_run
 from ui.train_sections import FULL_VIEW, View
 
 YAML_UPLOAD_KEY = "upload.yaml"
+YAML_PANEL_KEY = "train.yaml_panel"  # open or not (the panels draw their content only when open)
+SHARE_PANEL_KEY = "train.share_panel"
 _YAML_DONE = "_yaml_applied_id"
 _YAML_ERROR = "_yaml_error"
 _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
@@ -200,7 +202,11 @@ def share_error() -> None:
 
 def share_panel(cfg: ExperimentConfig | None, view: View) -> None:
     """A link that opens this page with every control as it is now."""
-    with st.expander("Share link", icon=":material/link:"):
+    panel = st.expander("Share link", icon=":material/link:", key=SHARE_PANEL_KEY,
+                        on_change="rerun")
+    with panel:
+        if not panel.open:  # drawn only when opened: the browser's first paint stays light
+            return
         if cfg is None:
             st.caption("Fix the settings above first: a link holds a valid config.")
             return
@@ -313,7 +319,11 @@ def _run_buttons(run_id: str | None) -> None:
 
 def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None,
                view: View = FULL_VIEW) -> None:
-    with st.expander("Config as YAML", icon=":material/description:"):
+    panel = st.expander("Config as YAML", icon=":material/description:", key=YAML_PANEL_KEY,
+                        on_change="rerun")
+    with panel:
+        if not panel.open:  # the highlighted YAML is the costliest element to render
+            return
         text = cfg.to_yaml() if cfg else yaml.safe_dump(doc, sort_keys=False)
         name = (cfg.name if cfg else str(doc.get("name", "config"))) or "config"
         c1, c2 = st.columns(2)

@@ -112,7 +112,7 @@ def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
     data = doc.get("data", {})
     names = form.ordered_tasks(st.session_state,
                                form.task_names(data.get("suite", ""), data.get("params", {})))
-    st.markdown("**Tasks** — total loss $L = \\sum_i w_i L_i$")
+    st.markdown("**Tasks** — total loss *L* = Σᵢ *wᵢ*·*Lᵢ*")
     if not names:
         st.caption("This suite has no tasks yet (choose target columns above).")
     kinds = {t.name: t for t in shapes.tasks} if shapes else {}
@@ -120,7 +120,7 @@ def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
         c1, c2, c3 = st.columns([2, 2, 4])
         c1.caption("include")
         c2.caption("kind")
-        c3.caption("loss weight $w_i$")
+        c3.caption("loss weight *wᵢ*")
     for name in names:
         include_key, weight_key = form.task_key(name, "include"), form.task_key(name, "weight")
         ensure(include_key, True)
