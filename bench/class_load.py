@@ -6,8 +6,10 @@ its own config (the Train page's default with its own seed, opened from a `?cfg=
 Records, per session: the time from navigation until Start is enabled (all sessions arrive at
 once), the run's queue wait (created → claimed, store timestamps), its training time (claimed →
 ended) against the same config trained alone on the same server afterwards, and the live
-panel's refresh cadence while the run trained (the largest gap between visible changes of its
-progress text). Also the peak resident memory of the server and of each worker process.
+panel's refresh cadence: the largest gap between the server's updates of the page (websocket
+frames) while its run was queued or training, and between visible changes of the panel's
+progress text while it trained. Also the peak resident memory of the server and of each
+worker process.
 The server runs on its defaults (MTL_MAX_JOBS from the hardware, the core budget of
 mtl_core.budget). Results: bench/RESULTS.md, "A class on one machine".
 """
@@ -39,16 +41,17 @@ from browser_support import (  # noqa: E402
 
 from mtl_core.store import RunStore  # noqa: E402
 
-# Timestamps of every visible change of the live panel's progress text ("epoch … · step …").
+# Timestamps of every visible change of the live panel's progress text ("epoch … · step …"),
+# polled (a MutationObserver misses text that React sets on an attribute-only update).
 WATCH_PROGRESS_JS = """() => {
   window.__changes = [];
   let last = null;
-  new MutationObserver(() => {
-    const bar = Array.from(document.querySelectorAll('[data-testid="stProgress"]'))
-        .find(p => p.innerText.includes('epoch'));
+  setInterval(() => {
+    const bars = document.querySelectorAll('[data-testid="stMain"] [data-testid="stProgress"]');
+    const bar = Array.from(bars).find(p => p.innerText.includes('step'));
     const now = bar ? bar.innerText : null;
     if (now !== null && now !== last) { last = now; window.__changes.push(Date.now() / 1000); }
-  }).observe(document.body, {subtree: true, childList: true, characterData: true});
+  }, 50);
 }"""
 START_ENABLED = '.st-key-train-start:not([data-stale="true"]) button:enabled'
 
@@ -107,10 +110,14 @@ def _ended(store: RunStore, run_id: str) -> Any:
 def class_load(browser: Any, server: AppServer, sessions: int) -> dict[str, Any]:
     store = RunStore(server.runs_dir)
     contexts, pages, opened = [], [], []
+    frames: list[list[float]] = []  # per page: when the server sent it something
     for i in range(sessions):  # everyone arrives at once: navigations start together
         context = browser.new_context(viewport=VIEWPORT)
         page = context.new_page()
         page.set_default_timeout(300_000)
+        frames.append([])
+        page.on("websocket", lambda ws, got=frames[-1]: ws.on(
+            "framereceived", lambda _payload, got=got: got.append(time.time())))
         opened.append(time.perf_counter())
         page.goto(f"{server.url}/?cfg={_token(100 + i)}", wait_until="commit")
         contexts.append(context)
@@ -129,14 +136,15 @@ def class_load(browser: Any, server: AppServer, sessions: int) -> dict[str, Any]
                "every run to end", interval=0.5)
     runs = [store.get_run(i) for i in run_ids]
     by_seed = {r.config["seed"]: r for r in runs}
-    gaps = []
+    gaps, update_gaps = [], []
     for i, page in enumerate(pages):
         run = by_seed[100 + i]
         changes = page.evaluate("window.__changes")
         gaps.append(_max_gap(changes, run.started_at or 0, run.ended_at or 0))
+        update_gaps.append(_max_gap(frames[i], run.created_at, run.ended_at or 0))
     for context in contexts:
         context.close()
-    return {"interactive": interactive, "runs": runs, "gaps": gaps}
+    return {"interactive": interactive, "runs": runs, "gaps": gaps, "update_gaps": update_gaps}
 
 
 def alone(browser: Any, server: AppServer, seed: int) -> float:
@@ -193,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "sessions": args.sessions, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
         "interactive_s": load["interactive"], "queue_wait_s": waits, "train_s": trains,
         "alone_train_s": solo, "statuses": [r.status for r in runs],
-        "max_refresh_gap_s": load["gaps"], "server_peak_rss_mb": sampler.server_mb,
+        "max_refresh_gap_s": load["gaps"], "max_update_gap_s": load["update_gaps"],
+        "server_peak_rss_mb": sampler.server_mb,
         "worker_peak_rss_mb": sorted(sampler.workers_mb.values()), "seconds": time.time() - began,
     }
     print(f"{args.sessions} sessions on one server, {os.cpu_count()} CPUs:")
@@ -208,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  live panel: largest gap between refreshes while its run trained: median "
               f"{statistics.median(gaps):.2f} s, max {max(gaps):.2f} s "
               f"({len(gaps)} of {len(runs)} panels saw two or more refreshes)")
+    updates = [g for g in load["update_gaps"] if g is not None]
+    if updates:
+        print(f"  page updates from the server while its run was queued or training: largest "
+              f"gap median {statistics.median(updates):.2f} s, max {max(updates):.2f} s")
     print(f"  peak RSS: server {sampler.server_mb:.0f} MB; workers "
           + ", ".join(f"{mb:.0f}" for mb in result["worker_peak_rss_mb"]) + " MB")
     print(f"took {result['seconds']:.0f} s; load average at the end {result['load_avg'][0]:.1f}")

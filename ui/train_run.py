@@ -358,14 +358,11 @@ def diagram_panel(diagram: Diagram) -> None:
 
 
 def live_area() -> None:
+    from ui.live import live_panel
+
     run_id = current_run_id()
     if not run_id:
         st.caption("Press **Start** to train; the live curves of the run appear here.")
-        return
-    try:
-        from ui.live import live_panel
-    except ImportError:  # the live panel module is optional while it is being written
-        st.info(f"Current run: `{run_id}` (the live view is not installed).")
         return
     live_panel(get_store(), run_id)
 
