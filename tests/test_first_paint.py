@@ -68,3 +68,44 @@ def test_the_first_run_draws_the_shell_without_torch_then_the_page(tmp_path: Pat
     assert then["exception"] == []
     assert "Build & Train" in then["titles"]
     assert "train.start" in then["buttons"]
+
+
+SERVER_START = r"""
+import asyncio, json, sys, threading
+from ui import preload
+
+go = threading.Event()
+real = preload._import_all
+preload._import_all = lambda: (go.wait(120), real())
+order = []
+
+async def main():
+    async def serve():
+        async with preload.at_server_start(None):
+            order.append(("serving", preload.ready(), "torch" in sys.modules))
+    task = asyncio.create_task(serve())
+    await asyncio.sleep(0.3)
+    order.append(("waiting", task.done()))
+    go.set()
+    await task
+
+asyncio.run(main())
+print(json.dumps(order))
+"""
+
+
+def test_the_server_answers_only_once_the_imports_are_done():
+    """app.py's st.App lifespan: the imports run when the server starts, before it serves."""
+    done = subprocess.run([sys.executable, "-c", SERVER_START], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin",
+                                                       "MTL_WARM_UP": "0"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    order = json.loads(done.stdout.strip().splitlines()[-1])
+    assert order == [["waiting", False], ["serving", True, True]]
+
+
+def test_streamlit_run_serves_app_py_as_an_st_app():
+    from streamlit.web.server.app_discovery import discover_asgi_app
+
+    found = discover_asgi_app(ROOT / "app.py")
+    assert found.is_asgi_app and found.import_string == "app:app"
