@@ -56,6 +56,7 @@ from browser_support import (  # noqa: E402
     VIEWPORT,
     AppServer,
     button,
+    cpu_seconds,
     element,
     find_chromium,
     launch_chromium,
@@ -275,35 +276,69 @@ def _wait_for_new_run_to_end(store: RunStore, before: set[str]) -> Any:
     return wait_until(ended, 600, "the browser-started run to end", interval=0.05)
 
 
+def _cpu_by_role(server: AppServer) -> dict[str, float]:
+    """CPU seconds used so far by the browser's processes, the server and its workers."""
+    totals = {"browser": 0.0, "server": cpu_seconds(server.proc.pid) or 0.0, "workers": 0.0}
+    workers = server.worker_pids()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            is_browser = b"chrom" in (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if pid in workers or is_browser:
+            totals["workers" if pid in workers else "browser"] += cpu_seconds(pid) or 0.0
+    return totals
+
+
 def browser_run(browser: Any, server: AppServer, tmp: Path, repeats: int) -> dict[str, Any]:
     """The default config started with Start and watched until it ends, against the same
-    config trained by the CLI (foreground, no browser open) on the same store."""
-    browser_s, cli_s, walls = [], [], []
+    config trained by the CLI (foreground, no browser open) on the same store, and against a
+    run whose page is closed right after Start (what the browser's drawing costs the run). The
+    CPU seconds each side used during the watched run say where a slowdown comes from."""
+    browser_s, closed_s, cli_s, walls, cpu = [], [], [], [], []
     config = tmp / "browser_run.yaml"
     for i in range(repeats):
-        context, page = _open_app(browser, server)
-        try:
-            pid = next(iter(server.worker_pids()), None)
-            if pid is not None:  # a user reads the form while the pre-started worker imports
-                wait_idle_process(pid, timeout=60)
-            store = RunStore(server.runs_dir)
-            before = {r.id for r in store.list_runs()}
-            clicked = time.time()
-            button(page, "train-start").click()
-            run = _wait_for_new_run_to_end(store, before)
-            walls.append(run.ended_at - clicked)
-            browser_s.append(_duration(run))
-            config.write_text(yaml.safe_dump(run.config))
-        finally:
-            context.close()
+        for watched in (True, False):
+            context, page = _open_app(browser, server)
+            try:
+                for pid in server.worker_pids():  # a user reads the form while it imports
+                    wait_idle_process(pid, timeout=60)
+                store = RunStore(server.runs_dir)
+                before = {r.id for r in store.list_runs()}
+                cpu_before, clicked = _cpu_by_role(server), time.time()
+                button(page, "train-start").click()
+                if not watched:
+                    wait_until(lambda s=store, b=before: any(r.id not in b for r in s.list_runs()),
+                               60, "the new run")
+                    context.close()
+                run = _wait_for_new_run_to_end(store, before)
+                if watched:
+                    after = _cpu_by_role(server)
+                    cpu.append({k: after[k] - cpu_before[k] for k in after})
+                    walls.append(run.ended_at - clicked)
+                    browser_s.append(_duration(run))
+                    config.write_text(yaml.safe_dump(run.config))
+                else:
+                    closed_s.append(_duration(run))
+            finally:
+                context.close()
         done = subprocess.run([sys.executable, "-m", "mtl_core", "train", str(config),
                                "--runs-dir", str(server.runs_dir)], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
         cli_run = RunStore(server.runs_dir).get_run(done.stdout.strip().splitlines()[-1])
         cli_s.append(_duration(cli_run))
         print(f"browser run #{i + 1}: browser={browser_s[-1]:.2f} s (click→finished "
-              f"{walls[-1]:.2f}) cli={cli_s[-1]:.2f} s", flush=True)
-    return {"browser": browser_s, "click_to_finished": walls, "cli": cli_s}
+              f"{walls[-1]:.2f}; CPU s {_fmt_cpu(cpu[-1])}) page closed={closed_s[-1]:.2f} s "
+              f"cli={cli_s[-1]:.2f} s", flush=True)
+    return {"browser": browser_s, "click_to_finished": walls, "cli": cli_s,
+            "page_closed": closed_s, "cpu": cpu}
+
+
+def _fmt_cpu(used: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in used.items())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,6 +423,9 @@ def _report(results: dict[str, Any]) -> None:
         print("\nA run started and watched in the browser, start → finish (store timestamps):")
         print(f"  browser {_median_ratio(br['browser'], br['cli'])} of the same config "
               f"from the CLI; click → finished {statistics.median(br['click_to_finished']):.2f} s")
+        print(f"  page closed after Start {_median_ratio(br['page_closed'], br['cli'])} of the "
+              f"CLI; CPU seconds during a watched run (medians): "
+              + _fmt_cpu({k: statistics.median(c[k] for c in br["cpu"]) for k in br["cpu"][0]}))
     if results["start"]:
         _report_start(results)
     _report_cadence(results["cadence"])
