@@ -48,7 +48,7 @@ from mtl_core.data.base import Split
 from mtl_core.metrics import task_loss
 from mtl_core.models import MTLModel, build_model
 from mtl_core.models.stacked import fold, stacked_task_loss
-from mtl_core.sink import MetricRow, Sink, replica_kind
+from mtl_core.sink import Batch, MetricRow, Sink, replica_kind
 from mtl_core.trainer import (
     CHECKPOINT_EVERY_S,
     EVAL_CHUNK,
@@ -465,9 +465,8 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
     log_every = min(cfg.log_every, total_steps)
     patience = cfg.optim.early_stopping.patience
 
-    for rep in replicas:
-        sink.snapshot(0, replica_kind("probe", rep.index),
-                      _probe_payload(rep.data, rep.probe, names))
+    sink.snapshot_many([(0, replica_kind("probe", rep.index),
+                         _probe_payload(rep.data, rep.probe, names)) for rep in replicas])
     sink.progress(0, total_steps, 0.0)
 
     window_losses = torch.zeros(log_every, K, T, device=device)
@@ -580,10 +579,13 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                 if step % eval_every == 0 or step == total_steps:
                     val_outputs = (stacked.outputs(val_inputs, EVAL_CHUNK)  # type: ignore[arg-type]
                                    if stacked is not None else [None] * K)
+                    pending = Batch()  # every replica's rows and snapshots, one write each
                     for rep in replicas:
                         if rep.active:
                             _evaluate_replica(rep, cfg, specs, rep.weights, sink, step, epoch,
-                                              stacked is None, val_outputs[rep.index])
+                                              stacked is None, val_outputs[rep.index],
+                                              pending)
+                    pending.write(sink)
                 if not any(rep.active for rep in replicas):
                     if all(rep.status == "diverged" for rep in replicas):
                         raise _AllDiverged
@@ -607,7 +609,7 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
     except _AllDiverged:
         return SlotsOutcome("diverged", None, step, replicas, [{} for _ in replicas])
 
-    tests = []
+    tests, test_rows = [], []
     for rep in replicas:
         if rep.status == "diverged":
             tests.append({})
@@ -615,8 +617,9 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
         if rep.best_state is not None:
             rep.model.load_state_dict(rep.best_state)
         test = _evaluate(rep.model, rep.data.test, specs, rep.weights)
-        sink.metrics(_metric_rows(step, float(epoch + 1), "test", test, rep.index))
+        test_rows += _metric_rows(step, float(epoch + 1), "test", test, rep.index)
         tests.append(_drop_total(test))
+    sink.metrics(test_rows)
     sink.checkpoint(_replicas_checkpoint(replicas, optimizer, step, epoch), "final")
     return SlotsOutcome(status, message, step, replicas, tests)
 
@@ -652,10 +655,11 @@ def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> T
 
 def _evaluate_replica(rep: Replica, cfg: ExperimentConfig, specs: list, task_weights: Tensor,
                       sink: Sink, step: int, epoch: int, train_mode: bool,
-                      outputs: dict[str, Tensor] | None) -> None:
-    """The single run's evaluation step for one replica, early stopping included."""
+                      outputs: dict[str, Tensor] | None, pending: Batch) -> None:
+    """The single run's evaluation step for one replica, early stopping included; its rows
+    and snapshots are added to `pending`."""
     rep.last_val = _evaluate_and_snapshot(rep.model, rep.data, rep.probe, specs, task_weights,
-                                          sink, step, epoch, rep.index, outputs)
+                                          sink, step, epoch, rep.index, outputs, pending)
     if train_mode:
         rep.model.train()
     val_total = rep.last_val["total"]["loss"]
