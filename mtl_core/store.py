@@ -567,7 +567,7 @@ class RunStore:
             try:
                 item = json.loads(line)
                 batch.append(metric_row(run_id, line_id, item) if kind == "metrics"
-                             else snapshot_row(run_id, line_id, item))
+                             else snapshot_row(run_id, line_id, item, line))
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # a damaged line (e.g. cut by a crash) is skipped, not fatal
         if kind == "metrics":

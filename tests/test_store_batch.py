@@ -177,3 +177,58 @@ def test_a_stacked_run_writes_each_evaluation_in_one_snapshot_transaction(
         kind = "predictions" if r == 0 else f"predictions/r{r}"
         assert store.snapshots(run_id, kind) == [(s, p) for s, k, p in memory.snapshots
                                                  if k == kind]
+
+
+def test_snapshot_payload_text_survives_the_index_as_written(store):
+    run_id = store.create_run(config())
+    tricky = {"values": [[0.5, float("inf")]], "time": 3, "note": ',"time":1}',
+              "payload": {"kind": '"payload":', "é": "\"x"}}
+    store.add_snapshot(run_id, 1, 'odd","payload":kind', tricky)
+    store.add_snapshot(run_id, 2, "plain", {})
+    for reader in (store, _rebuilt(store)):
+        assert reader.snapshots(run_id, 'odd","payload":kind') == [(1, tricky)]
+        assert reader.snapshots(run_id, "plain") == [(2, {})]
+
+
+def _rebuilt(store: RunStore) -> RunStore:
+    store.db_path.unlink()
+    return RunStore(store.runs_dir)
+
+
+def predictions(sink: MemorySink, kind: str) -> dict[int, dict]:
+    return {step: payload for step, k, payload in sink.snapshots if k == kind}
+
+
+def test_other_seeds_write_snapshots_at_spread_evaluations_and_the_last(tiny_doc):
+    from mtl_core.replicas import REPLICA_SNAPSHOTS
+
+    doc = tiny_doc({"optim": {"epochs": 12}})  # 12 evaluations: every 3rd for seed 1
+    stacked, alone = MemorySink(), MemorySink()
+    train(parse_config({**doc, "replicas": 2}), stacked)
+    train(parse_config({**doc, "seed": 1}), alone)
+    steps = sorted(predictions(stacked, "predictions"))  # the run's own seed: every one
+    assert len(steps) == 12 and REPLICA_SNAPSHOTS == 5
+    other = predictions(stacked, "predictions/r1")
+    assert sorted(other) == [steps[2], steps[5], steps[8], steps[11]]
+    for step, payload in other.items():  # the payload of that evaluation, not a later one
+        for task, values in payload["outputs"].items():
+            assert values == pytest.approx(predictions(alone, "predictions")[step]["outputs"][task],
+                                           rel=1e-4, abs=1e-5)
+    # val rows are not throttled: every evaluation of every seed
+    val_steps = {r[0] for r in stacked.rows if r[2] == "val" and r[6] == 1}
+    assert sorted(val_steps) == steps
+
+
+def test_a_run_ended_early_keeps_each_seeds_last_evaluation(tiny_doc):
+    sink = MemorySink()
+    doc = tiny_doc({"replicas": 3, "optim": {"epochs": 40, "eval_every": 2, "lr": 0.05,
+                                             "early_stopping": {"patience": 1}}})
+    result = train(parse_config(doc), sink)
+    assert "early stopping" in (result.message or "")
+    for r in range(3):
+        kind = "predictions" if r == 0 else f"predictions/r{r}"
+        last_val = max(row[0] for row in sink.rows if row[2] == "val" and row[6] == r)
+        assert max(predictions(sink, kind)) == last_val
+        if r:  # held back in between: fewer than one per evaluation
+            evaluations = {row[0] for row in sink.rows if row[2] == "val" and row[6] == r}
+            assert len(predictions(sink, kind)) < len(evaluations)
