@@ -21,7 +21,9 @@ Snapshots are JSON-able dicts, one kind each (written by mtl_core.trainer):
   {"masks": ...} (mtan)
 In a stacked run replica 0 writes these kinds as they are and replica r > 0 writes
 `replica_kind(kind, r)` ("predictions/r3"), so a page that knows nothing of replicas shows
-replica 0 and the Predictions page can pick another.
+replica 0 and the Predictions page can pick another. Replica r > 0 writes its evaluation
+snapshots at about `replicas.REPLICA_SNAPSHOTS` evaluations spread over the run and at its last
+one (its rows at every evaluation); an evaluation's snapshots arrive in one `snapshot_many`.
 """
 from __future__ import annotations
 

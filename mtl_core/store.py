@@ -27,7 +27,8 @@ stable across rebuilds, increasing in the order written, so incremental readers
 (`metrics(run_id, after_id)`) keep working after the index is rebuilt. The index remembers per
 run how many bytes of each .jsonl it holds (`metrics_offset`, `snapshots_offset`); a writer
 appends its lines to the file first (one O_APPEND write), then, in one index transaction,
-ingests everything past that offset and moves the offset. A crash between the two, or an index
+ingests everything past that offset and moves the offset (`add_many`: the files of several
+runs, and their progress, in one transaction). A crash between the two, or an index
 rebuilt meanwhile, loses nothing: the next ingest (by any writer, by a reader that finds the
 file ahead of the index, or by a rebuild) picks the lines up, and never twice.
 
