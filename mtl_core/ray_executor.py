@@ -220,7 +220,7 @@ def store_actor(store: RunStore) -> Any:
 # RunStore's public methods a task may call through the actor (nothing else, nothing private).
 STORE_METHODS = frozenset({
     "get_run", "claim_run", "set_status", "set_progress", "heartbeat", "add_metrics",
-    "add_snapshot", "take_control", "pending_controls", "save_checkpoint",
+    "add_snapshot", "add_many", "take_control", "pending_controls", "save_checkpoint",
 })
 
 

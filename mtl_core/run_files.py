@@ -67,9 +67,26 @@ def snapshot_line(step: int, kind: str, payload: Any, when: float) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
-def snapshot_row(run_id: str, line_id: int, item: dict[str, Any]) -> tuple[Any, ...]:
-    return (run_id, line_id, int(item["step"]), str(item["kind"]), json.dumps(item["payload"]),
-            float(item["time"]))
+def snapshot_row(run_id: str, line_id: int, item: dict[str, Any],
+                 line: bytes | None = None) -> tuple[Any, ...]:
+    """The index row of a parsed snapshot line; with the `line` itself, its payload's text
+    is cut from it rather than encoded again (a grid payload is ~40 KB of JSON)."""
+    payload = _payload_text(line, item) if line is not None else None
+    return (run_id, line_id, int(item["step"]), str(item["kind"]),
+            json.dumps(item["payload"]) if payload is None else payload, float(item["time"]))
+
+
+def _payload_text(line: bytes, item: dict[str, Any]) -> str | None:
+    """The payload's JSON text in a line `snapshot_line` wrote ({"step","kind","payload",
+    "time"} in that order, compact): between the first `,"payload":` (the kind is an escaped
+    string, so it cannot hold that byte sequence) and the last `,"time":` (only the time's
+    number follows it). None for a line of another shape."""
+    if list(item) != ["step", "kind", "payload", "time"] or not line.startswith(b'{"step":'):
+        return None
+    start, end = line.find(b',"payload":'), line.rfind(b',"time":')
+    if start < 0 or end <= start:
+        return None
+    return line[start + len(b',"payload":'):end].decode()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -21,7 +21,9 @@ Snapshots are JSON-able dicts, one kind each (written by mtl_core.trainer):
   {"masks": ...} (mtan)
 In a stacked run replica 0 writes these kinds as they are and replica r > 0 writes
 `replica_kind(kind, r)` ("predictions/r3"), so a page that knows nothing of replicas shows
-replica 0 and the Predictions page can pick another.
+replica 0 and the Predictions page can pick another. Replica r > 0 writes its evaluation
+snapshots at about `replicas.REPLICA_SNAPSHOTS` evaluations spread over the run and at its last
+one (its rows at every evaluation); an evaluation's snapshots arrive in one `snapshot_many`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 MetricRow = tuple[int, float, str, str, str, float, int]
+SnapshotEntry = tuple[int, str, dict[str, Any]]  # (step, kind, payload)
 Control = Literal["stop", "pause", "resume"]
 
 
@@ -45,12 +48,32 @@ def row_replica(row: tuple) -> int:
 class Sink(Protocol):
     def metrics(self, rows: list[MetricRow]) -> None: ...
     def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None: ...
+    def snapshot_many(self, items: list[SnapshotEntry]) -> None:
+        """Several snapshots in one write (an evaluation's, of every replica): the run store
+        indexes them in one transaction instead of one each."""
+        ...
     def progress(self, step: int, total_steps: int, epoch: float) -> None: ...
     def status(self, status: str, message: str | None = None) -> None: ...
     def control(self) -> Control | None:
         """The pending control request, if any (consumed by reading it)."""
         ...
     def checkpoint(self, state: dict[str, Any], name: str) -> None: ...
+
+
+@dataclass
+class Batch:
+    """Metric rows and snapshots gathered to be written together, one call each (a stacked
+    run's evaluation of every replica: K × ~5 snapshots and K sets of val rows)."""
+
+    rows: list[MetricRow] = field(default_factory=list)
+    snapshots: list[SnapshotEntry] = field(default_factory=list)
+
+    def write(self, sink: Sink) -> None:
+        if self.rows:
+            sink.metrics(self.rows)
+        if self.snapshots:
+            sink.snapshot_many(self.snapshots)
+        self.rows, self.snapshots = [], []
 
 
 @dataclass
@@ -67,6 +90,9 @@ class MemorySink:
 
     def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
         self.snapshots.append((step, kind, payload))
+
+    def snapshot_many(self, items: list[SnapshotEntry]) -> None:
+        self.snapshots.extend(items)
 
     def progress(self, step: int, total_steps: int, epoch: float) -> None:
         self.last_progress = (step, total_steps, epoch)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from mtl_core.config import MAX_REPLICAS, ExperimentConfig, parse_config
 from mtl_core.fair_queue import CARRIED_PREFIX
-from mtl_core.sink import Control, MetricRow, Sink, replica_kind
+from mtl_core.sink import Control, MetricRow, Sink, SnapshotEntry, replica_kind
 from mtl_core.store import RunInfo, RunStore
 
 if TYPE_CHECKING:
@@ -117,17 +117,29 @@ class PointSink:
         self.pending: list[list[MetricRow]] = [[] for _ in sinks]
         self.last_progress: tuple[int, int, float] | None = None
         self.flushed_at = time.monotonic()
+        # Every point's run in one store (the worker's case): a flush, and an evaluation's
+        # snapshots of every point, are then one store transaction (`RunStore.add_many`).
+        self.store = _shared_store(sinks)
+        self.run_ids: list[str] = [getattr(s, "run_id", "") for s in sinks]
 
     def _split(self, slot: int) -> tuple[Sink, int]:
         return self.sinks[slot // self.k], slot % self.k
 
     def flush(self) -> None:
         """Write the carried points' pending rows and their latest progress."""
-        for sink, rows in zip(self.sinks[1:], self.pending[1:], strict=True):
-            if rows:
-                sink.metrics(rows)
-            if self.last_progress is not None:
-                sink.progress(*self.last_progress)
+        if self.store is not None:
+            rows = {run_id: part for run_id, part in zip(self.run_ids[1:], self.pending[1:],
+                                                         strict=True) if part}
+            progress = ({} if self.last_progress is None else
+                        dict.fromkeys(self.run_ids[1:], self.last_progress))
+            if rows or progress:
+                self.store.add_many(metrics=rows, progress=progress)
+        else:
+            for sink, part in zip(self.sinks[1:], self.pending[1:], strict=True):
+                if part:
+                    sink.metrics(part)
+                if self.last_progress is not None:
+                    sink.progress(*self.last_progress)
         self.pending = [[] for _ in self.sinks]
         self.flushed_at = time.monotonic()
 
@@ -146,11 +158,28 @@ class PointSink:
             pending.extend(part)
         self._maybe_flush()
 
-    def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
+    def _route(self, kind: str) -> tuple[int, str]:
+        """A stacked run's snapshot kind -> (point, the kind in that point's run)."""
         match = _KIND.match(kind)
         base, slot = (match["kind"], int(match["slot"])) if match else (kind, 0)
-        sink, replica = self._split(slot)
-        sink.snapshot(step, replica_kind(base, replica), payload)
+        return slot // self.k, replica_kind(base, slot % self.k)
+
+    def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
+        point, own = self._route(kind)
+        self.sinks[point].snapshot(step, own, payload)
+
+    def snapshot_many(self, items: list[SnapshotEntry]) -> None:
+        routed = [(*self._route(kind), step, payload) for step, kind, payload in items]
+        if self.store is not None:  # every point's in one transaction
+            self.store.add_many(snapshots=[(self.run_ids[point], step, own, payload)
+                                           for point, own, step, payload in routed])
+            return
+        parts: list[list[SnapshotEntry]] = [[] for _ in self.sinks]
+        for point, own, step, payload in routed:
+            parts[point].append((step, own, payload))
+        for sink, part in zip(self.sinks, parts, strict=True):
+            if part:
+                sink.snapshot_many(part)
 
     def progress(self, step: int, total_steps: int, epoch: float) -> None:
         self.sinks[0].progress(step, total_steps, epoch)
@@ -180,6 +209,19 @@ class PointSink:
             if self.k > 1:
                 part["replicas"] = mine
             sink.checkpoint(part, name)
+
+
+def _shared_store(sinks: list[Sink]) -> RunStore | None:
+    """The run store every sink writes to (StoreSinks, possibly wrapped, of one runs dir),
+    else None (e.g. MemorySinks)."""
+    stores = [getattr(sink, "store", None) for sink in sinks]
+    first = stores[0]
+    if not isinstance(first, RunStore):
+        return None
+    if all(isinstance(s, RunStore) and s.runs_dir == first.runs_dir for s in stores) and \
+            all(isinstance(getattr(sink, "run_id", None), str) for sink in sinks):
+        return first
+    return None
 
 
 def train_points(configs: list[ExperimentConfig], sinks: list[Sink],

@@ -27,7 +27,8 @@ stable across rebuilds, increasing in the order written, so incremental readers
 (`metrics(run_id, after_id)`) keep working after the index is rebuilt. The index remembers per
 run how many bytes of each .jsonl it holds (`metrics_offset`, `snapshots_offset`); a writer
 appends its lines to the file first (one O_APPEND write), then, in one index transaction,
-ingests everything past that offset and moves the offset. A crash between the two, or an index
+ingests everything past that offset and moves the offset (`add_many`: the files of several
+runs, and their progress, in one transaction). A crash between the two, or an index
 rebuilt meanwhile, loses nothing: the next ingest (by any writer, by a reader that finds the
 file ahead of the index, or by a rebuild) picks the lines up, and never twice.
 
@@ -76,7 +77,7 @@ from mtl_core.run_files import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from mtl_core.sink import Control, MetricRow
+from mtl_core.sink import Control, MetricRow, SnapshotEntry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,6 +116,7 @@ _JSON_SAVED_AT: dict[Path, float] = {}  # run folder -> when this process last w
 _CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _F = TypeVar("_F", bound=Callable[..., Any])
+SnapshotItem = tuple[str, int, str, dict[str, Any]]  # (run_id, step, kind, payload)
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -566,7 +568,7 @@ class RunStore:
             try:
                 item = json.loads(line)
                 batch.append(metric_row(run_id, line_id, item) if kind == "metrics"
-                             else snapshot_row(run_id, line_id, item))
+                             else snapshot_row(run_id, line_id, item, line))
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # a damaged line (e.g. cut by a crash) is skipped, not fatal
         if kind == "metrics":
@@ -578,10 +580,19 @@ class RunStore:
                              "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
         conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset + end, run_id))
 
-    @_recovering
     def _sync(self, run_id: str, kind: str) -> None:
+        self._sync_all([(run_id, kind)])
+
+    @_recovering
+    def _sync_all(self, files: list[tuple[str, str]],
+                  progress: Mapping[str, tuple[int, int, float]] | None = None) -> None:
+        """Ingest the (run_id, "metrics" | "snapshots") files and set the runs' progress, in
+        one transaction."""
         with self._write() as conn:
-            self._ingest(conn, run_id, kind)
+            for run_id, kind in files:
+                self._ingest(conn, run_id, kind)
+            for run_id, (step, total_steps, epoch) in (progress or {}).items():
+                self._progress(conn, run_id, step, total_steps, epoch)
 
     def _heal(self, conn: sqlite3.Connection, run_id: str, kind: str) -> None:
         """A reader that finds a .jsonl settled ahead of the index (its writer died between
@@ -943,24 +954,46 @@ class RunStore:
     def add_metrics(self, run_id: str, rows: Iterable[MetricRow | tuple[Any, ...]]) -> None:
         """Append metric rows, (step, epoch, split, task, name, value) or with a 7th element,
         the replica index, to <run>/metrics.jsonl, then index them."""
+        self.add_many(metrics={run_id: rows})
+
+    def add_many(self, metrics: Mapping[str, Iterable[MetricRow | tuple[Any, ...]]] | None = None,
+                 snapshots: Iterable[SnapshotItem] = (),
+                 progress: Mapping[str, tuple[int, int, float]] | None = None) -> None:
+        """Metric rows, snapshots and progress of one run or several, written together: each
+        run's new lines are appended to its metrics.jsonl / snapshots.jsonl in one O_APPEND
+        write each (never interleaved with another writer's), then ONE index transaction
+        ingests every file written and sets every run's progress (as `set_progress`), instead
+        of one per call (a stacked run's evaluation writes about five snapshots per replica,
+        a stacked sweep's every point's). A run whose folder is gone (deleted) is skipped;
+        the others are written; nothing is written when any item is malformed (a bad row or
+        run id: ValueError). As with single writes, a crash between the appends and the
+        transaction loses nothing (the next ingest of each file picks its lines up).
+        `snapshots` items are (run_id, step, kind, payload); `progress` values
+        (step, total_steps, epoch)."""
         now = time.time()
-        lines = []
-        for row in rows:
-            if len(row) == 6:
-                step, epoch, split, task, name, value = row
-                replica = 0
-            elif len(row) == 7:
-                step, epoch, split, task, name, value, replica = row
-            else:
-                raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
-            lines.append(metric_line(step, epoch, split, task, name, value, replica, now))
-        if not lines:
-            return
-        folder = self.run_dir(run_id)
-        if not folder.is_dir():
-            return  # the run was deleted: nothing to keep its rows for
-        append(folder / METRICS_FILE, b"".join(lines))
-        self._sync(run_id, "metrics")
+        files: dict[tuple[str, str], list[bytes]] = {}
+        snapshots = list(snapshots)
+        for run_id in [*(metrics or {}), *(item[0] for item in snapshots), *(progress or {})]:
+            if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+                raise ValueError(f"run id {run_id!r} is not a run id (letters, digits, "
+                                 "'_', '.', '-')")
+        for run_id, rows in (metrics or {}).items():
+            lines = [_metric_line(row, now) for row in rows]
+            if lines:
+                files.setdefault((run_id, "metrics"), []).extend(lines)
+        for run_id, step, kind, payload in snapshots:
+            files.setdefault((run_id, "snapshots"), []).append(
+                snapshot_line(step, kind, payload, now))
+        written = []
+        for (run_id, kind), lines in files.items():
+            folder = self.run_dir(run_id)
+            if not folder.is_dir():
+                continue  # the run was deleted: nothing to keep its lines for
+            append(folder / (METRICS_FILE if kind == "metrics" else SNAPSHOTS_FILE),
+                   b"".join(lines))
+            written.append((run_id, kind))
+        if written or progress:
+            self._sync_all(written, progress or {})
 
     @_recovering
     def metrics(self, run_id: str, after_id: int = 0) -> pd.DataFrame:
@@ -978,11 +1011,7 @@ class RunStore:
                              "value": "float64", "time": "float64", "replica": "int64"})
 
     def add_snapshot(self, run_id: str, step: int, kind: str, payload: dict[str, Any]) -> None:
-        folder = self.run_dir(run_id)
-        if not folder.is_dir():
-            return
-        append(folder / SNAPSHOTS_FILE, snapshot_line(step, kind, payload, time.time()))
-        self._sync(run_id, "snapshots")
+        self.add_many(snapshots=[(run_id, step, kind, payload)])
 
     @_recovering
     def snapshots(self, run_id: str, kind: str) -> list[tuple[int, dict[str, Any]]]:
@@ -1040,11 +1069,15 @@ class RunStore:
     @_recovering
     def set_progress(self, run_id: str, step: int, total_steps: int, epoch: float) -> None:
         with self._write() as conn:
-            if conn.execute("UPDATE runs SET step = ?, total_steps = ?, epoch = ?, "
-                            "heartbeat_at = ? WHERE id = ?",
-                            (int(step), int(total_steps), float(epoch), time.time(),
-                             run_id)).rowcount:
-                self._save_run_json(conn, run_id, throttle=True)
+            self._progress(conn, run_id, step, total_steps, epoch)
+
+    def _progress(self, conn: sqlite3.Connection, run_id: str, step: int, total_steps: int,
+                  epoch: float) -> None:
+        if conn.execute("UPDATE runs SET step = ?, total_steps = ?, epoch = ?, "
+                        "heartbeat_at = ? WHERE id = ?",
+                        (int(step), int(total_steps), float(epoch), time.time(),
+                         run_id)).rowcount:
+            self._save_run_json(conn, run_id, throttle=True)
 
     @_recovering
     def heartbeat(self, run_id: str) -> bool:
@@ -1129,7 +1162,8 @@ class RunStore:
 class StoreSink:
     """A `mtl_core.sink.Sink` that writes one run's output to the store.
 
-    Metric rows arrive batched per call (one append and one index transaction each). Every
+    Metric rows arrive batched per call (one append and one index transaction each), and so
+    do the snapshots of one evaluation (`snapshot_many`). Every
     progress call and, at most every HEARTBEAT_EVERY_S, a control poll refresh the heartbeat,
     so a paused run (which only polls) still shows its worker is alive. If the run stopped
     being live behind the trainer's back (marked failed, deleted) or the worker was told to end
@@ -1147,6 +1181,9 @@ class StoreSink:
 
     def snapshot(self, step: int, kind: str, payload: dict[str, Any]) -> None:
         self.store.add_snapshot(self.run_id, step, kind, payload)
+
+    def snapshot_many(self, items: list[SnapshotEntry]) -> None:
+        self.store.add_many(snapshots=[(self.run_id, *item) for item in items])
 
     def progress(self, step: int, total_steps: int, epoch: float) -> None:
         self.store.set_progress(self.run_id, step, total_steps, epoch)
@@ -1167,6 +1204,17 @@ class StoreSink:
 
     def checkpoint(self, state: dict[str, Any], name: str) -> None:
         self.store.save_checkpoint(self.run_id, state, name)
+
+
+def _metric_line(row: MetricRow | tuple[Any, ...], when: float) -> bytes:
+    if len(row) == 6:
+        step, epoch, split, task, name, value = row
+        replica = 0
+    elif len(row) == 7:
+        step, epoch, split, task, name, value, replica = row
+    else:
+        raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
+    return metric_line(step, epoch, split, task, name, value, replica, when)
 
 
 def _to_column(name: str, value: Any) -> Any:

@@ -28,7 +28,7 @@ from mtl_core.data import SuiteData, load_suite
 from mtl_core.data.base import DENSE_KINDS, Split
 from mtl_core.metrics import confusion_matrix, display_output, predict, task_loss, task_metrics
 from mtl_core.models import MTLModel, build_model
-from mtl_core.sink import MetricRow, Sink, replica_kind
+from mtl_core.sink import Batch, MetricRow, Sink, replica_kind
 from mtl_core.weighting import WeightingMethod, build_method
 from mtl_core.weighting.base import StepResult, TaskGradients
 
@@ -358,19 +358,23 @@ def _evaluate(model: MTLModel, split: Split, specs: list, task_weights: Tensor,
 def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs: list,
                            task_weights: Tensor, sink: Sink, step: int,
                            epoch: int, replica: int = 0,
-                           outputs: dict[str, Tensor] | None = None
+                           outputs: dict[str, Tensor] | None = None,
+                           pending: Batch | None = None
                            ) -> dict[str, dict[str, float]]:
     """Val metrics and the evaluation snapshots; `outputs` are the model's val outputs when
-    the caller has them (a stacked run computes every replica's in one pass)."""
+    the caller has them (a stacked run computes every replica's in one pass). The rows and
+    snapshots go to the sink in one write each, or, with `pending`, are added to it for the
+    caller to write (a stacked run writes every replica's evaluation at once)."""
     outputs = outputs if outputs is not None else _forward_chunked(model, data.val)
     val = _evaluate(model, data.val, specs, task_weights, outputs)
-    sink.metrics(_metric_rows(step, float(epoch + 1), "val", val, replica))
+    batch = Batch() if pending is None else pending
+    batch.rows += _metric_rows(step, float(epoch + 1), "val", val, replica)
 
-    def kind(name: str) -> str:
-        return replica_kind(name, replica)
+    def add(name: str, payload: dict[str, Any]) -> None:
+        batch.snapshots.append((step, replica_kind(name, replica), payload))
 
     probe_out = _forward_chunked(model, probe)
-    sink.snapshot(step, kind("predictions"), {"outputs": {
+    add("predictions", {"outputs": {
         s.name: _display_output(s, probe_out[s.name]).tolist() for s in specs}})
     confusion, scatter = {}, {}
     for s in specs:
@@ -383,14 +387,16 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
             confusion[s.name] = confusion_matrix(predict(s, outputs[s.name]), target,
                                                  classes).tolist()
     if confusion:
-        sink.snapshot(step, kind("confusion"), confusion)
+        add("confusion", confusion)
     if scatter:
-        sink.snapshot(step, kind("scatter"), scatter)
+        add("scatter", scatter)
     if data.plane is not None:
-        sink.snapshot(step, kind("grid"), _grid_payload(model, data, specs))
+        add("grid", _grid_payload(model, data, specs))
     inspected = model.inspect(probe.inputs)
     if inspected:
-        sink.snapshot(step, kind("inspect"), inspected)
+        add("inspect", inspected)
+    if pending is None:
+        batch.write(sink)
     return val
 
 
