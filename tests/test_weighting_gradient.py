@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
-from torchjd.aggregation import IMTLG, MGDA, Aggregator, AlignedMTL, CAGrad, DualProj, UPGrad
+from torchjd.aggregation import (
+    IMTLG,
+    MGDA,
+    Aggregator,
+    AlignedMTL,
+    CAGrad,
+    DualProj,
+    NashMTL,
+    UPGrad,
+)
 
 from mtl_core.config import ExperimentConfig
 from mtl_core.diagnostics import (
@@ -276,11 +285,11 @@ def test_a_task_with_weight_zero_is_left_out_of_mgda():
 
 def _reference(name: str) -> Aggregator:
     return {"mgda": MGDA(), "upgrad": UPGrad(), "dualproj": DualProj(), "imtl_g": IMTLG(),
-            "aligned_mtl": AlignedMTL(), "cagrad": CAGrad(c=0.5)}[name]
+            "aligned_mtl": AlignedMTL(), "cagrad": CAGrad(c=0.5), "nash_mtl": NashMTL(3)}[name]
 
 
 @pytest.mark.parametrize("name", ["mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl",
-                                  "cagrad"])
+                                  "cagrad", "nash_mtl"])
 def test_parameters_mode_applies_the_torchjd_aggregation_of_the_exact_jacobian(name):
     torch.manual_seed(0)
     model = TrunkHeads(3, linear_trunk=False)

@@ -1,5 +1,6 @@
 """Gradient-combination methods: PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL, UPGrad, Aligned-MTL,
-GradDrop, GradVac and DualProj, all on top of torchjd's aggregators.
+GradDrop, GradVac and DualProj, on top of torchjd's aggregators (CAGrad and Nash-MTL: the same
+weightings with their small convex problems solved directly, in `gramian_solvers`).
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
 - task-specific parameters get the plain gradient of their own task loss, untouched by the
@@ -18,16 +19,15 @@ Loss vectors that are not a stack of per-task scalars take one Jacobian instead,
 looped, whichever `mtl_core.diagnostics.JacobianStrategy` measured faster.
 
 Gramian-based methods (all but GradDrop) only need the T x T Gramian G = J J^T to choose their
-weights w; the update is then w @ J. We move G to the CPU once, in float64, and run torchjd's
-weighting there: every one of those weightings needs the host anyway (quadprog/cvxpy solvers,
-or Python branches on tensor values), and one small transfer replaces many tiny GPU syncs. That
-transfer is the only host sync of a step; GradDrop has none. Rows of J that are exactly zero
-(a task with configured weight 0) are left out of the weighting, so such a task neither stalls
-MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
+weights w; the update is then w @ J. We move G to the CPU once, in float64, and run the
+weighting there: every one of those weightings needs the host anyway (quadprog or our own
+solvers, or Python branches on tensor values), and one small transfer replaces many tiny GPU
+syncs. That transfer is the only host sync of a step; GradDrop has none. Rows of J that are
+exactly zero (a task with configured weight 0) are left out of the weighting, so such a task
+neither stalls MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import partial
 from types import ModuleType
@@ -43,6 +43,7 @@ from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
 from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod
+from mtl_core.weighting.gramian_solvers import CAGradSolver, NashMTLSolver
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -519,6 +520,8 @@ class GradientMethod(WeightingMethod):
 
     @staticmethod
     def _weigh(aggregator: Aggregator, gramian: Tensor) -> Tensor:
+        if isinstance(aggregator, CAGradSolver | NashMTLSolver):  # ours: no torchjd import
+            return aggregator.gramian_weights(gramian)
         # Inference mode: the Python loops of PCGrad, MGDA and GradVac run 12-18 % faster on
         # these T x T tensors; the clone makes the result an ordinary tensor again.
         with torch.inference_mode():
@@ -586,9 +589,11 @@ class MGDAMethod(GradientMethod):
            "improvement within a ball of radius c around it. Between plain averaging (c=0) "
            "and MGDA (large c).", CAGradParams)
 class CAGradMethod(GradientMethod):
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+    # torchjd's CAGradWeighting, solved in closed form (T = 2) or by Newton steps instead of a
+    # cvxpy program each step (30 ms a step here): see gramian_solvers.
+    def build_aggregator(self, active: tuple[int, ...]) -> CAGradSolver:
         p: CAGradParams = self.params  # type: ignore[assignment]
-        return _jd().CAGrad(c=p.c, norm_eps=p.norm_eps)
+        return CAGradSolver(c=p.c, norm_eps=p.norm_eps)
 
 
 @_register("imtl_g", "Chooses the update whose projection on every task's unit gradient is "
@@ -603,17 +608,13 @@ class IMTLGMethod(GradientMethod):
            "bargaining solution): weights so each task gets a fair share of progress. Solves a "
            "small convex problem each step, so it is slower.", NashMTLParams)
 class NashMTLMethod(GradientMethod):
-    def weights_from_gramian(self, gramian: Tensor) -> Tensor:
-        with warnings.catch_warnings():
-            # cvxpy notes that torchjd's problem is not DPP (no cached compilation): harmless,
-            # and it would repeat in every run's log.
-            warnings.filterwarnings("ignore", message=".*not DPP.*")
-            return super().weights_from_gramian(gramian)
-
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+    # torchjd's NashMTL weighting, with the bargaining solution found by Newton steps instead
+    # of up to `optim_niter` ECOS programs each step (0.4 s a step here): see gramian_solvers.
+    # optim_niter is kept as a parameter (configs name it) but Newton needs no cap of it.
+    def build_aggregator(self, active: tuple[int, ...]) -> NashMTLSolver:
         p: NashMTLParams = self.params  # type: ignore[assignment]
-        return _jd().NashMTL(n_tasks=len(active), max_norm=p.max_norm,
-                       update_weights_every=p.update_weights_every, optim_niter=p.optim_niter)
+        return NashMTLSolver(n_tasks=len(active), max_norm=p.max_norm,
+                             update_weights_every=p.update_weights_every)
 
 
 @_register("upgrad", "Projects each task's gradient onto the cone of directions that hurt no "
