@@ -9,14 +9,16 @@ tests/test_gramian_solvers.py checks them against torchjd on random Jacobians.
 CAGrad (Liu et al. 2021, Algorithm 1, as torchjd states it): with G normalised by its trace,
     w* = argmin over the simplex of  bᵀw + ρ·sqrt(wᵀGw),   b = G·1/T,  ρ = c·sqrt(1ᵀG1)/T,
 and the weights are 1/T + ρ/‖g_w‖·w* (zero when ‖g_w‖ = sqrt(w*ᵀGw*) < norm_eps: on the
-Pareto set). T = 2 is a 1-D convex problem with a closed-form minimiser; T > 2 uses a log-barrier
-Newton method.
+Pareto set). T = 2 is a 1-D convex problem with a closed-form minimiser; T > 2 uses a
+log-barrier Newton method, then Newton steps on the face it finds.
 
 Nash-MTL (Navon et al. 2022): the bargaining solution α > 0 with α_i·(Gα)_i = 1, i.e. Gα = 1/α,
 the unique minimiser of ½αᵀGα − Σ log α_i (G positive definite); damped Newton steps on that
-strictly convex function. torchjd reaches it with a sequence of convex programs whose
-constraints α_i·(Gα)_i ≥ 1 bind at the end; where no solution exists (0 in the convex hull of the
-gradients: the problem is unbounded, the programs infeasible) both keep the previous α.
+strictly convex function (T = 2 in closed form: α_i = 1/(‖g_i‖·sqrt(1 + cos θ))). torchjd
+reaches it with a sequence of convex programs whose constraints α_i·(Gα)_i ≥ 1 bind at the end
+(where ECOS converges: not on Gramians spanning many decades, where ours still solves it).
+Where no solution exists (0 in the convex hull of the gradients: ψ is unbounded below, the
+programs infeasible) both keep the previous α.
 """
 from __future__ import annotations
 
@@ -204,6 +206,8 @@ def nash_bargaining(gramian: np.ndarray, start: np.ndarray | None = None,
     scale = float(np.linalg.norm(gramian))
     if not math.isfinite(scale) or scale <= 0.0:
         return None
+    if gramian.shape[0] == 2:
+        return _nash_bargaining_2(gramian)
     g = gramian / scale
     g = 0.5 * (g + g.T)
     n = g.shape[0]
@@ -238,9 +242,23 @@ def nash_bargaining(gramian: np.ndarray, start: np.ndarray | None = None,
         beta = beta + t * step
         if decrement < 1e-14 and t == 1.0:  # the error after this step is ~ decrement²
             return beta / root
-        if not np.all(np.isfinite(beta)) or float(beta.max()) > 1e12:
+        if not np.all(np.isfinite(beta)) or float(beta.max()) > 1e7:
             return None  # running off to infinity: no bargaining solution
     return None
+
+
+def _nash_bargaining_2(g: np.ndarray) -> np.ndarray | None:
+    """Two tasks in closed form: α_2/α_1 = ‖g_1‖/‖g_2‖ solves both equations' ratio, and then
+    α_i = 1/(‖g_i‖·sqrt(1 + cos θ)); none where a gradient vanishes or cos θ = −1 (to
+    rounding)."""
+    n1, n2 = math.sqrt(max(float(g[0, 0]), 0.0)), math.sqrt(max(float(g[1, 1]), 0.0))
+    if n1 == 0.0 or n2 == 0.0:
+        return None
+    one_plus_cos = (n1 * n2 + float(g[0, 1])) / (n1 * n2)
+    if not one_plus_cos > 1e-12:  # opposite to rounding (the Gramian's own error is ~1e-16)
+        return None
+    root = math.sqrt(one_plus_cos)
+    return np.array([1.0 / (n1 * root), 1.0 / (n2 * root)])
 
 
 class NashMTLSolver:
