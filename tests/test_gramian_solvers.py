@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchjd.aggregation import CAGrad, NashMTL
+from torchjd.aggregation import CAGrad, NashMTL, PCGrad
 
 from mtl_core.weighting.gramian_solvers import (
     NashMTLSolver,
+    PCGradSolver,
     _cagrad_objective,
     cagrad_argmin,
     cagrad_weights,
@@ -235,21 +236,51 @@ def test_nash_mtl_first_step_without_a_solution_keeps_torchjds_initial_ones():
 
 
 # --------------------------------------------------------------------------------------------
+# PCGrad
+
+
+@pytest.mark.parametrize("n_tasks", [2, 3, 4, 6])
+@pytest.mark.parametrize("kind", KINDS)
+def test_pcgrad_gives_torchjds_weights_and_draws_the_same_random_numbers(n_tasks, kind):
+    for seed in range(3):
+        j = jacobian(kind, n_tasks, seed)
+        gramian = j @ j.T
+        torch.manual_seed(seed)
+        expected = PCGrad().gramian_weighting(gramian)
+        after_reference = torch.rand(())
+        torch.manual_seed(seed)
+        ours = PCGradSolver().gramian_weights(gramian)
+        assert torch.rand(()) == after_reference  # the global stream is where torchjd left it
+        if n_tasks == 2:  # the same operations in the same order: equal to the last bit
+            assert torch.equal(ours, expected)
+        else:  # dot products summed exactly (fsum) rather than in torch's order
+            torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pcgrad_two_conflicting_tasks_by_hand():
+    # g1·g2 = −1 < 0: each loses its component along the other; weights 1 − (g1·g2)/|g_j|².
+    gramian = torch.tensor([[2.0, -1.0], [-1.0, 4.0]], dtype=torch.float64)
+    torch.testing.assert_close(PCGradSolver().gramian_weights(gramian),
+                               torch.tensor([1.0 + 1.0 / 2.0, 1.0 + 1.0 / 4.0],
+                                            dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------
 # Through the trainer's method objects
 
 
-def test_geometry_paths_of_cagrad_and_nash_mtl_never_import_cvxpy():
-    # The page's paths go through the trainer's method objects; these two no longer build a
-    # cvxpy program (importing it alone costs ~1 s), so it is never imported. Both end without
-    # an error or a solver warning.
+def test_geometry_paths_of_our_solvers_never_import_torchjd():
+    # The page's paths go through the trainer's method objects; these three no longer use
+    # torchjd (importing it, and cvxpy with it, costs ~2 s), so it is never imported. Each
+    # path ends without an error or a solver warning.
     code = (
         "import sys\n"
         "from mtl_core.geometry import get_problem, run_path, PathSettings\n"
         "p = get_problem('cagrad_toy')\n"
-        "for name in ('cagrad', 'nash_mtl'):\n"
+        "for name in ('cagrad', 'nash_mtl', 'pcgrad'):\n"
         "    path = run_path(p, name, p.starts[0], PathSettings(steps=20, lr=p.lr))\n"
         "    assert path.error is None and path.note == '', (path.error, path.note)\n"
-        "print('cvxpy' in sys.modules)\n")
+        "print('cvxpy' in sys.modules, 'torchjd' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
-    assert out.stdout.split() == ["False"]
+    assert out.stdout.split() == ["False", "False"]

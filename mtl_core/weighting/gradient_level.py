@@ -1,6 +1,6 @@
 """Gradient-combination methods: PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL, UPGrad, Aligned-MTL,
-GradDrop, GradVac and DualProj, on top of torchjd's aggregators (CAGrad and Nash-MTL: the same
-weightings with their small convex problems solved directly, in `gramian_solvers`).
+GradDrop, GradVac and DualProj, on top of torchjd's aggregators (PCGrad, CAGrad and Nash-MTL:
+the same weightings computed by our own small solvers, in `gramian_solvers`).
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
 - task-specific parameters get the plain gradient of their own task loss, untouched by the
@@ -43,7 +43,12 @@ from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
 from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod
-from mtl_core.weighting.gramian_solvers import CAGradSolver, NashMTLSolver
+from mtl_core.weighting.gramian_solvers import (
+    CAGradSolver,
+    GramianSolver,
+    NashMTLSolver,
+    PCGradSolver,
+)
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -520,7 +525,7 @@ class GradientMethod(WeightingMethod):
 
     @staticmethod
     def _weigh(aggregator: Aggregator, gramian: Tensor) -> Tensor:
-        if isinstance(aggregator, CAGradSolver | NashMTLSolver):  # ours: no torchjd import
+        if isinstance(aggregator, GramianSolver):  # ours: no torchjd import
             return aggregator.gramian_weights(gramian)
         # Inference mode: the Python loops of PCGrad, MGDA and GradVac run 12-18 % faster on
         # these T x T tensors; the clone makes the result an ordinary tensor again.
@@ -572,8 +577,8 @@ def _register(name: str, description: str, params: type[Params] = GradientParams
            "(negative dot product), then sums them. Helps when tasks pull the shared layers "
            "in opposite directions.")
 class PCGradMethod(GradientMethod):
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
-        return _jd().PCGrad()
+    def build_aggregator(self, active: tuple[int, ...]) -> PCGradSolver:
+        return PCGradSolver()  # torchjd's PCGradWeighting on Python floats (gramian_solvers)
 
 
 @_register("mgda", "Takes the smallest update in the convex hull of the task gradients: a "

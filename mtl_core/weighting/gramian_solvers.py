@@ -261,7 +261,15 @@ def _nash_bargaining_2(g: np.ndarray) -> np.ndarray | None:
     return np.array([1.0 / (n1 * root), 1.0 / (n2 * root)])
 
 
-class NashMTLSolver:
+class GramianSolver:
+    """A weighting from the Gramian alone, in place of a torchjd aggregator: the methods in
+    gradient_level build one per set of active tasks and call `gramian_weights`."""
+
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class NashMTLSolver(GramianSolver):
     """torchjd's `NashMTL` weighting with the bargaining solution solved by Newton steps:
     new α every `update_weights_every` calls (else the previous α is reused), the previous α
     kept where none exists, and the update's norm sqrt(αᵀGα) clipped to `max_norm` (0: off)."""
@@ -288,8 +296,8 @@ class NashMTLSolver:
         return torch.from_numpy(alpha.copy()).to(device=gramian.device, dtype=gramian.dtype)
 
 
-class CAGradSolver:
-    """CAGrad's weighting as an object of the same shape as NashMTLSolver (stateless)."""
+class CAGradSolver(GramianSolver):
+    """CAGrad's weighting (stateless)."""
 
     def __init__(self, c: float, norm_eps: float) -> None:
         self.c = c
@@ -297,3 +305,30 @@ class CAGradSolver:
 
     def gramian_weights(self, gramian: Tensor) -> Tensor:
         return cagrad_weights(gramian, self.c, self.norm_eps)
+
+
+class PCGradSolver(GramianSolver):
+    """torchjd's `PCGradWeighting` step for step, on Python floats instead of 0-d tensors (its
+    loop of tiny tensor ops cost ~0.25 ms a step, and importing torchjd ~2 s per run): for each
+    task i, in a random order of the others (the same `torch.randperm` draws from the global
+    generator, so a run's random stream is unchanged), g_i's running projection loses its
+    component along g_j whenever their dot product is negative; the weights are the sum."""
+
+    def gramian_weights(self, gramian: Tensor) -> Tensor:
+        g = gramian.detach().to("cpu", torch.float64).tolist()
+        n = len(g)
+        weights = [0.0] * n
+        for i in range(n):
+            order = torch.randperm(n).tolist()
+            current = [0.0] * n
+            current[i] = 1.0
+            for j in order:
+                if j == i:
+                    continue
+                row = g[j]
+                inner = math.fsum(row[k] * current[k] for k in range(n)) if n > 2 \
+                    else row[0] * current[0] + row[1] * current[1]
+                if inner < 0.0:
+                    current[j] -= inner / row[j]
+            weights = [w + c for w, c in zip(weights, current, strict=True)]
+        return torch.tensor(weights, dtype=gramian.dtype, device=gramian.device)
