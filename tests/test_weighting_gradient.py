@@ -583,3 +583,21 @@ def test_jacobian_strategy_settles_on_one_way_and_always_returns_the_jacobian():
         for outputs in (losses, losses * torch.tensor([1.0, 2.0, 3.0])):
             rows = strategy(outputs, [*shared, *heads], retain_graph=True)
             torch.testing.assert_close(rows, manual_jacobian(outputs, [*shared, *heads]))
+
+
+def test_scales_read_off_the_graph_equal_autograd_or_are_left_to_it():
+    from mtl_core.weighting.gradient_level import _read_scales
+
+    x = torch.randn(3, requires_grad=True)
+    raw = [(x ** 2).sum(), x.sum() * 2, (x * 3).mean()]
+    readable = [torch.stack([r * w for r, w in zip(raw, [0.5, 2.0, 1.0], strict=True)]),
+                torch.stack(raw), torch.stack([r * torch.tensor(3.0) for r in raw])]
+    for losses in readable:
+        expected = torch.stack(torch.autograd.grad(losses.sum(), raw, retain_graph=True))
+        torch.testing.assert_close(_read_scales(losses, raw), expected)
+    # Anything but raw_t · constant: not read (the method then differentiates the graph).
+    w = torch.tensor(2.0, requires_grad=True)
+    for losses in [torch.stack([r * r for r in raw]), torch.stack([r * 0.5 + 1 for r in raw]),
+                   torch.stack([r * w for r in raw]), torch.stack(raw[::-1]),
+                   torch.stack(raw) * 2.0]:
+        assert _read_scales(losses, raw) is None
