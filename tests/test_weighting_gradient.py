@@ -595,6 +595,11 @@ def test_scales_read_off_the_graph_equal_autograd_or_are_left_to_it():
     for losses in readable:
         expected = torch.stack(torch.autograd.grad(losses.sum(), raw, retain_graph=True))
         torch.testing.assert_close(_read_scales(losses, raw), expected)
+    # A stacked run's raw_t are the outputs of one unbind (one node, output t).
+    rows = torch.stack(raw).unsqueeze(0).repeat(2, 1)[1].unbind(0)
+    losses = torch.stack([r * w for r, w in zip(rows, [0.5, 2.0, 4.0], strict=True)])
+    torch.testing.assert_close(_read_scales(losses, list(rows)), torch.tensor([0.5, 2.0, 4.0]))
+    assert _read_scales(losses, list(rows)[::-1]) is None
     # Anything but raw_t · constant: not read (the method then differentiates the graph).
     w = torch.tensor(2.0, requires_grad=True)
     for losses in [torch.stack([r * r for r in raw]), torch.stack([r * 0.5 + 1 for r in raw]),

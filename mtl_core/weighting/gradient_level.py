@@ -337,17 +337,17 @@ def _read_scales(losses: Tensor, raw: list[Tensor]) -> Tensor | None:
         return None
     scales = []
     for edge, r in zip(edges, raw, strict=True):
-        node = r.grad_fn
-        if node is None:
+        if r.grad_fn is None:
             return None
-        if edge.node is node and edge.output_nr == 0:
+        source = get_gradient_edge(r)  # (node, output): raw_t may be one output of an unbind
+        if edge.node is source.node and edge.output_nr == source.output_nr:
             scales.append(1.0)
             continue
         mul = edge.node
         if mul.name() != "MulBackward0" or len(mul.next_functions) != 2:
             return None
         (first, nr), (second, _) = mul.next_functions
-        if first is not node or nr != 0 or second is not None:
+        if first is not source.node or nr != source.output_nr or second is not None:
             return None  # not raw_t times a constant
         other = getattr(mul, "_saved_other", None)
         if isinstance(other, Tensor):
