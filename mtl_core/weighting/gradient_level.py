@@ -109,7 +109,9 @@ class NashMTLParams(GradientParams):
     max_norm: float = Field(1.0, ge=0.0, description="clip the update's norm to this (0 = off)")
     update_weights_every: int = Field(1, ge=1, le=1000,
                                       description="solve for new weights every N steps")
-    optim_niter: int = Field(20, ge=1, le=1000, description="iterations of the inner solver")
+    optim_niter: int = Field(20, ge=1, le=1000,
+                             description="accepted for torchjd-style configs; unused (the "
+                                         "bargaining point is solved exactly)")
 
 
 class ProjectorParams(GradientParams):
