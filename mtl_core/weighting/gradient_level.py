@@ -364,7 +364,7 @@ def _read_scales(losses: Tensor, raw: list[Tensor]) -> Tensor | None:
 
 def _psd_factor(gramian: Tensor) -> Tensor:
     """A T x T matrix L with L L^T = gramian: for weightings that take a matrix but only use
-    its Gramian (Nash-MTL), so the full Jacobian never has to leave the device."""
+    its Gramian (torchjd's Nash-MTL was one), so the full Jacobian never leaves the device."""
     eigenvalues, vectors = torch.linalg.eigh(gramian)
     return vectors * eigenvalues.clamp_min(0.0).sqrt()
 
@@ -569,7 +569,7 @@ class GradientMethod(WeightingMethod):
         with torch.inference_mode():
             if isinstance(aggregator, _jd().GramianWeightedAggregator):
                 weights = aggregator.gramian_weighting(gramian)
-            else:  # a WeightedAggregator whose weighting only uses the Gramian (Nash-MTL)
+            else:  # a WeightedAggregator whose weighting only uses the Gramian (none now)
                 weights = aggregator.weighting(_psd_factor(gramian))
         return weights.clone()
 
