@@ -293,7 +293,8 @@ def _gradnorm(size: Size) -> Measurement:
         verdict=_verdict(ok),
         setting=(f"2 regression tasks σ_i·tanh((B + ε_i)·x), σ = {GRADNORM_SIGMA} (scaled down "
                  f"from the paper's 1 and 100, so GradNorm's weights stay off their floor), "
-                 f"x ∈ R^{dim}, {n} rows, 3×64 shared MLP, {epochs} epochs, α = 0.12; holds "
+                 f"x ∈ R^{dim}, B ~ N(0, 10) and ε_i ~ N(0, 3.5) entries divided by √{dim}, "
+                 f"{n} rows, 3×64 shared MLP, {epochs} epochs, α = 0.12; holds "
                  "when static's ratio is above 10 and GradNorm's within ×/÷ 3 of 1"),
         rows=rows, values={f"ratio_{k}": v for k, v in ratios.items()})
 

@@ -62,9 +62,9 @@ with left:
     problem = geo.PROBLEMS[name]
     methods = st.multiselect("Methods", geo.applicable_methods(), default=DEFAULT_METHODS,
                              key="geo_methods",
-                             help="Every method of the trainer. CAGrad and Nash-MTL solve a "
-                                  "small convex program every step: a CAGrad path takes about "
-                                  "ten times longer than the others', a Nash-MTL path minutes.")
+                             help="Every method of the trainer, through the same method "
+                                  "objects as training; each path takes about a second or two "
+                                  "on a laptop CPU.")
     labels = [f"({s[0]:g}, {s[1]:g})" for s in problem.starts]
     picked_starts = st.multiselect("Starts", labels, default=labels[:3], key=f"geo_starts_{name}",
                                    max_selections=geo.MAX_STARTS)

@@ -4,7 +4,16 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import Tensor, nn
-from torchjd.aggregation import IMTLG, MGDA, Aggregator, AlignedMTL, CAGrad, DualProj, UPGrad
+from torchjd.aggregation import (
+    IMTLG,
+    MGDA,
+    Aggregator,
+    AlignedMTL,
+    CAGrad,
+    DualProj,
+    NashMTL,
+    UPGrad,
+)
 
 from mtl_core.config import ExperimentConfig
 from mtl_core.diagnostics import (
@@ -276,11 +285,11 @@ def test_a_task_with_weight_zero_is_left_out_of_mgda():
 
 def _reference(name: str) -> Aggregator:
     return {"mgda": MGDA(), "upgrad": UPGrad(), "dualproj": DualProj(), "imtl_g": IMTLG(),
-            "aligned_mtl": AlignedMTL(), "cagrad": CAGrad(c=0.5)}[name]
+            "aligned_mtl": AlignedMTL(), "cagrad": CAGrad(c=0.5), "nash_mtl": NashMTL(3)}[name]
 
 
 @pytest.mark.parametrize("name", ["mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl",
-                                  "cagrad"])
+                                  "cagrad", "nash_mtl"])
 def test_parameters_mode_applies_the_torchjd_aggregation_of_the_exact_jacobian(name):
     torch.manual_seed(0)
     model = TrunkHeads(3, linear_trunk=False)
@@ -574,3 +583,26 @@ def test_jacobian_strategy_settles_on_one_way_and_always_returns_the_jacobian():
         for outputs in (losses, losses * torch.tensor([1.0, 2.0, 3.0])):
             rows = strategy(outputs, [*shared, *heads], retain_graph=True)
             torch.testing.assert_close(rows, manual_jacobian(outputs, [*shared, *heads]))
+
+
+def test_scales_read_off_the_graph_equal_autograd_or_are_left_to_it():
+    from mtl_core.weighting.gradient_level import _read_scales
+
+    x = torch.randn(3, requires_grad=True)
+    raw = [(x ** 2).sum(), x.sum() * 2, (x * 3).mean()]
+    readable = [torch.stack([r * w for r, w in zip(raw, [0.5, 2.0, 1.0], strict=True)]),
+                torch.stack(raw), torch.stack([r * torch.tensor(3.0) for r in raw])]
+    for losses in readable:
+        expected = torch.stack(torch.autograd.grad(losses.sum(), raw, retain_graph=True))
+        torch.testing.assert_close(_read_scales(losses, raw), expected)
+    # A stacked run's raw_t are the outputs of one unbind (one node, output t).
+    rows = torch.stack(raw).unsqueeze(0).repeat(2, 1)[1].unbind(0)
+    losses = torch.stack([r * w for r, w in zip(rows, [0.5, 2.0, 4.0], strict=True)])
+    torch.testing.assert_close(_read_scales(losses, list(rows)), torch.tensor([0.5, 2.0, 4.0]))
+    assert _read_scales(losses, list(rows)[::-1]) is None
+    # Anything but raw_t · constant: not read (the method then differentiates the graph).
+    w = torch.tensor(2.0, requires_grad=True)
+    for losses in [torch.stack([r * r for r in raw]), torch.stack([r * 0.5 + 1 for r in raw]),
+                   torch.stack([r * w for r in raw]), torch.stack(raw[::-1]),
+                   torch.stack(raw) * 2.0]:
+        assert _read_scales(losses, raw) is None

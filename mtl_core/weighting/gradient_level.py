@@ -1,5 +1,6 @@
 """Gradient-combination methods: PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL, UPGrad, Aligned-MTL,
-GradDrop, GradVac and DualProj, all on top of torchjd's aggregators.
+GradDrop, GradVac and DualProj, on top of torchjd's aggregators (PCGrad, CAGrad and Nash-MTL:
+the same weightings computed by our own small solvers, in `gramian_solvers`).
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
 - task-specific parameters get the plain gradient of their own task loss, untouched by the
@@ -18,16 +19,15 @@ Loss vectors that are not a stack of per-task scalars take one Jacobian instead,
 looped, whichever `mtl_core.diagnostics.JacobianStrategy` measured faster.
 
 Gramian-based methods (all but GradDrop) only need the T x T Gramian G = J J^T to choose their
-weights w; the update is then w @ J. We move G to the CPU once, in float64, and run torchjd's
-weighting there: every one of those weightings needs the host anyway (quadprog/cvxpy solvers,
-or Python branches on tensor values), and one small transfer replaces many tiny GPU syncs. That
-transfer is the only host sync of a step; GradDrop has none. Rows of J that are exactly zero
-(a task with configured weight 0) are left out of the weighting, so such a task neither stalls
-MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
+weights w; the update is then w @ J. We move G to the CPU once, in float64, and run the
+weighting there: every one of those weightings needs the host anyway (quadprog or our own
+solvers, or Python branches on tensor values), and one small transfer replaces many tiny GPU
+syncs. That transfer is the only host sync of a step; GradDrop has none. Rows of J that are
+exactly zero (a task with configured weight 0) are left out of the weighting, so such a task
+neither stalls MGDA at the origin nor breaks Nash-MTL's solver; its weight is 0.
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from functools import partial
 from types import ModuleType
@@ -43,6 +43,12 @@ from mtl_core.models.base import MTLModel
 from mtl_core.registry import Params
 from mtl_core.weighting import METHODS
 from mtl_core.weighting.base import StepResult, TaskGradients, WeightingMethod
+from mtl_core.weighting.gramian_solvers import (
+    CAGradSolver,
+    GramianSolver,
+    NashMTLSolver,
+    PCGradSolver,
+)
 
 if TYPE_CHECKING:
     from torchjd.aggregation import Aggregator
@@ -103,7 +109,9 @@ class NashMTLParams(GradientParams):
     max_norm: float = Field(1.0, ge=0.0, description="clip the update's norm to this (0 = off)")
     update_weights_every: int = Field(1, ge=1, le=1000,
                                       description="solve for new weights every N steps")
-    optim_niter: int = Field(20, ge=1, le=1000, description="iterations of the inner solver")
+    optim_niter: int = Field(20, ge=1, le=1000,
+                             description="accepted for torchjd-style configs; unused (the "
+                                         "bargaining point is solved exactly)")
 
 
 class ProjectorParams(GradientParams):
@@ -321,9 +329,42 @@ def _reaches(node: object, targets: dict) -> bool:
     return False
 
 
+def _read_scales(losses: Tensor, raw: list[Tensor]) -> Tensor | None:
+    """d losses_t / d raw_t read off the graph when `losses` is the trainer's stack of
+    `raw_t · w_t` (w_t a number) or of `raw_t` itself: a backward through that tiny graph
+    cost ~0.3 ms a step and replica, more than PCGrad's whole weighting. None for any other
+    graph (the caller then differentiates)."""
+    edges = stacked_scalars(losses)
+    if edges is None or len(edges) != len(raw):
+        return None
+    scales = []
+    for edge, r in zip(edges, raw, strict=True):
+        if r.grad_fn is None:
+            return None
+        source = get_gradient_edge(r)  # (node, output): raw_t may be one output of an unbind
+        if edge.node is source.node and edge.output_nr == source.output_nr:
+            scales.append(1.0)
+            continue
+        mul = edge.node
+        if mul.name() != "MulBackward0" or len(mul.next_functions) != 2:
+            return None
+        (first, nr), (second, _) = mul.next_functions
+        if first is not source.node or nr != source.output_nr or second is not None:
+            return None  # not raw_t times a constant
+        other = getattr(mul, "_saved_other", None)
+        if isinstance(other, Tensor):
+            if other.numel() != 1 or other.requires_grad:
+                return None
+            other = other.item()
+        if not isinstance(other, int | float):
+            return None
+        scales.append(float(other))
+    return torch.tensor(scales, dtype=losses.dtype, device=losses.device)
+
+
 def _psd_factor(gramian: Tensor) -> Tensor:
     """A T x T matrix L with L L^T = gramian: for weightings that take a matrix but only use
-    its Gramian (Nash-MTL), so the full Jacobian never has to leave the device."""
+    its Gramian (torchjd's Nash-MTL was one), so the full Jacobian never leaves the device."""
     eigenvalues, vectors = torch.linalg.eigh(gramian)
     return vectors * eigenvalues.clamp_min(0.0).sqrt()
 
@@ -452,8 +493,10 @@ class GradientMethod(WeightingMethod):
         if [id(p) for p in known.params] != [id(p) for p in (*self.shared, *self._own_params)]:
             return None
         # d losses_t / d raw_t: the configured task weight (each reaches its own task only).
-        scale = torch.stack(torch.autograd.grad(losses.sum(), known.losses,
-                                                materialize_grads=True))
+        scale = _read_scales(losses, known.losses)
+        if scale is None:
+            scale = torch.stack(torch.autograd.grad(losses.sum(), known.losses,
+                                                    materialize_grads=True))
         rows = known.matrix * scale.to(known.matrix.dtype)[:, None]
         n_shared = sum(p.numel() for p in self.shared)
         self._apply_task_grads(rows[:, n_shared:])
@@ -519,12 +562,14 @@ class GradientMethod(WeightingMethod):
 
     @staticmethod
     def _weigh(aggregator: Aggregator, gramian: Tensor) -> Tensor:
+        if isinstance(aggregator, GramianSolver):  # ours: no torchjd import
+            return aggregator.gramian_weights(gramian)
         # Inference mode: the Python loops of PCGrad, MGDA and GradVac run 12-18 % faster on
         # these T x T tensors; the clone makes the result an ordinary tensor again.
         with torch.inference_mode():
             if isinstance(aggregator, _jd().GramianWeightedAggregator):
                 weights = aggregator.gramian_weighting(gramian)
-            else:  # a WeightedAggregator whose weighting only uses the Gramian (Nash-MTL)
+            else:  # a WeightedAggregator whose weighting only uses the Gramian (none now)
                 weights = aggregator.weighting(_psd_factor(gramian))
         return weights.clone()
 
@@ -569,8 +614,8 @@ def _register(name: str, description: str, params: type[Params] = GradientParams
            "(negative dot product), then sums them. Helps when tasks pull the shared layers "
            "in opposite directions.")
 class PCGradMethod(GradientMethod):
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
-        return _jd().PCGrad()
+    def build_aggregator(self, active: tuple[int, ...]) -> PCGradSolver:
+        return PCGradSolver()  # torchjd's PCGradWeighting on Python floats (gramian_solvers)
 
 
 @_register("mgda", "Takes the smallest update in the convex hull of the task gradients: a "
@@ -586,9 +631,11 @@ class MGDAMethod(GradientMethod):
            "improvement within a ball of radius c around it. Between plain averaging (c=0) "
            "and MGDA (large c).", CAGradParams)
 class CAGradMethod(GradientMethod):
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+    # torchjd's CAGradWeighting, solved in closed form (T = 2) or by Newton steps instead of a
+    # cvxpy program each step (30 ms a step here): see gramian_solvers.
+    def build_aggregator(self, active: tuple[int, ...]) -> CAGradSolver:
         p: CAGradParams = self.params  # type: ignore[assignment]
-        return _jd().CAGrad(c=p.c, norm_eps=p.norm_eps)
+        return CAGradSolver(c=p.c, norm_eps=p.norm_eps)
 
 
 @_register("imtl_g", "Chooses the update whose projection on every task's unit gradient is "
@@ -603,17 +650,13 @@ class IMTLGMethod(GradientMethod):
            "bargaining solution): weights so each task gets a fair share of progress. Solves a "
            "small convex problem each step, so it is slower.", NashMTLParams)
 class NashMTLMethod(GradientMethod):
-    def weights_from_gramian(self, gramian: Tensor) -> Tensor:
-        with warnings.catch_warnings():
-            # cvxpy notes that torchjd's problem is not DPP (no cached compilation): harmless,
-            # and it would repeat in every run's log.
-            warnings.filterwarnings("ignore", message=".*not DPP.*")
-            return super().weights_from_gramian(gramian)
-
-    def build_aggregator(self, active: tuple[int, ...]) -> Aggregator:
+    # torchjd's NashMTL weighting, with the bargaining solution found by Newton steps instead
+    # of up to `optim_niter` ECOS programs each step (0.4 s a step here): see gramian_solvers.
+    # optim_niter is kept as a parameter (configs name it) but Newton needs no cap of it.
+    def build_aggregator(self, active: tuple[int, ...]) -> NashMTLSolver:
         p: NashMTLParams = self.params  # type: ignore[assignment]
-        return _jd().NashMTL(n_tasks=len(active), max_norm=p.max_norm,
-                       update_weights_every=p.update_weights_every, optim_niter=p.optim_niter)
+        return NashMTLSolver(n_tasks=len(active), max_norm=p.max_norm,
+                             update_weights_every=p.update_weights_every)
 
 
 @_register("upgrad", "Projects each task's gradient onto the cone of directions that hurt no "
