@@ -70,16 +70,23 @@ run.problems(errors)
 
 left, right = st.columns([6, 5], gap="large")
 with left:
-    data_tab, arch_tab, train_tab = st.tabs(["Data & tasks", "Architecture", "Training"])
+    # Only the open tab draws its controls (each keeps its values: persist_state), which
+    # halves what the browser builds on the first paint; a problem in a closed tab is listed
+    # above, by Start.
+    data_tab, arch_tab, train_tab = st.tabs(list(run.FORM_TABS), key=run.FORM_TAB_KEY,
+                                            on_change="rerun")
     with data_tab:
-        sections.data_section(errors, shapes, data_error, view)
-        sections.tasks_section(doc, errors, shapes)
+        if data_tab.open:
+            sections.data_section(errors, shapes, data_error, view)
+            sections.tasks_section(doc, errors, shapes)
     with arch_tab:
-        sections.architecture_section(errors, doc, view)
+        if arch_tab.open:
+            sections.architecture_section(errors, doc, view)
     with train_tab:
-        sections.weighting_section(errors, view)
-        st.divider()
-        sections.training_section(errors, run.devices(), view)
+        if train_tab.open:
+            sections.weighting_section(errors, view)
+            st.divider()
+            sections.training_section(errors, run.devices(), view)
 with right:
     run.diagram_panel(diagram)
     run.yaml_panel(doc, cfg, view)

@@ -1,5 +1,5 @@
 """Helpers shared by the AppTest (streamlit.testing) tests: reading the Plotly figures a page
-drew back as plain JSON, and the Train page's panels that draw only when opened."""
+drew back as plain JSON, and the Train page's tabs and panels that draw only when opened."""
 from __future__ import annotations
 
 import base64
@@ -10,7 +10,7 @@ import numpy as np
 import yaml
 from streamlit.testing.v1 import AppTest
 
-from ui.train_run import SHARE_PANEL_KEY, YAML_PANEL_KEY
+from ui.train_run import FORM_TAB_KEY, FORM_TABS, SHARE_PANEL_KEY, YAML_PANEL_KEY
 
 
 def decode(obj: Any) -> Any:
@@ -69,3 +69,49 @@ def config_shown(at: AppTest) -> dict:
 def share_link_shown(at: AppTest) -> str:
     """The link of the Train page's "Share link" panel."""
     return _opened_code(at, SHARE_PANEL_KEY, yaml_code=False)
+
+
+def walk_nodes(node: Any):
+    """A block and everything under it, in page order."""
+    yield node
+    for child in getattr(node, "children", {}).values():
+        yield from walk_nodes(child)
+
+
+def widget_keys(block: Any) -> list[str]:
+    """Keys of every keyed widget drawn in a block (main area or sidebar), in page order."""
+    return [n.key for n in walk_nodes(block) if isinstance(getattr(n, "key", None), str)]
+
+
+def open_form_tab(at: AppTest, tab: str) -> AppTest:
+    """Open one of the Train page's form tabs (only the open one draws its controls)."""
+    at.session_state[FORM_TAB_KEY] = tab
+    return at.switch_page("pages/train.py").run()
+
+
+def form_widget(at: AppTest, kind: str, key: str) -> Any:
+    """A Train-page control by key, opening the form tab that holds it if need be."""
+    def find() -> Any:
+        try:
+            return getattr(at, kind)(key=key)
+        except KeyError:
+            return None
+
+    found = find()
+    for tab in FORM_TABS:
+        if found is not None:
+            break
+        found = find() if open_form_tab(at, tab) else None
+    assert found is not None, f"no {kind} {key!r} in any tab of the Train page"
+    return found
+
+
+def form_keys(at: AppTest) -> list[str]:
+    """Keys of the widgets in the Train page's main area over every form tab, in tab order
+    (the tab open before is open again after)."""
+    was = at.session_state[FORM_TAB_KEY] if FORM_TAB_KEY in at.session_state else FORM_TABS[0]
+    keys: list[str] = []
+    for tab in FORM_TABS:
+        keys += [k for k in widget_keys(open_form_tab(at, tab).main) if k not in keys]
+    open_form_tab(at, was)
+    return keys

@@ -14,7 +14,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import yaml
-from app_support import config_shown, reset_button, share_link_shown, yaml_upload
+from app_support import (
+    config_shown,
+    form_keys,
+    form_widget,
+    open_form_tab,
+    reset_button,
+    share_link_shown,
+    walk_nodes,
+    widget_keys,
+    yaml_upload,
+)
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
@@ -26,6 +36,7 @@ from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import RunStore
 from ui import config_form as form
 from ui import share
+from ui import train_run as run
 from ui.diagram import branch_points, build_diagram, dot_for_blocks
 from ui.train_run import YAML_PANEL_KEY
 
@@ -307,13 +318,13 @@ def test_app_renders_the_train_page_with_an_empty_store(app, warm_calls):
 
 def test_widget_changes_yield_the_expected_config(app):
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("toy_2d").run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("toy_2d").run()
     assert [c.label for c in at.checkbox if c.key.startswith("cfg.tasks.")] == \
         ["circle", "xor", "spiral", "distance"]  # the rows follow the new suite
-    at.number_input(key="cfg.model.trunk.layers.0").set_value(48)
-    at.slider(key=form.task_key("xor", "weight")).set_value(2.5)
-    at.checkbox(key=form.task_key("spiral", "include")).uncheck()
-    at.selectbox(key="cfg.weighting.method").set_value("uncertainty")
+    form_widget(at, "number_input", "cfg.model.trunk.layers.0").set_value(48)
+    form_widget(at, "slider", form.task_key("xor", "weight")).set_value(2.5)
+    form_widget(at, "checkbox", form.task_key("spiral", "include")).uncheck()
+    form_widget(at, "selectbox", "cfg.weighting.method").set_value("uncertainty")
     at.run()
     assert not at.exception
     cfg = parse_config(config_shown(at))
@@ -350,11 +361,11 @@ def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
         ("toy.yaml", parse_config(doc).to_yaml().encode(), "text/yaml"))
     at.run()
     assert not at.exception and not at.error
-    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
-    assert at.number_input(key="cfg.optim.lr").value == pytest.approx(0.02)
-    assert at.slider(key=form.task_key("circle", "weight")).value == 0.5
-    assert at.checkbox(key=form.task_key("spiral", "include")).value is False
-    assert at.number_input(key="cfg.model.trunk.layers.n").value == 1
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "toy_2d"
+    assert form_widget(at, "number_input", "cfg.optim.lr").value == pytest.approx(0.02)
+    assert form_widget(at, "slider", form.task_key("circle", "weight")).value == 0.5
+    assert form_widget(at, "checkbox", form.task_key("spiral", "include")).value is False
+    assert form_widget(at, "number_input", "cfg.model.trunk.layers.n").value == 1
     _same(config_shown(at), doc)
 
     _start(at).click().run()
@@ -380,17 +391,17 @@ def test_a_bad_yaml_upload_changes_nothing_and_says_why(app):
     at.run()
     text = " ".join(e.value for e in at.error)
     assert "bad.yaml was not loaded" in text and "optim.lr" in text
-    assert at.selectbox(key="cfg.data.suite").value == "synthetic_mmoe"
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "synthetic_mmoe"
 
 
 def test_reset_restores_defaults_and_values_survive_a_page_switch(app):
     at = app.run()
-    at.slider(key="cfg.data.params.synthetic_mmoe.correlation").set_value(0.9).run()
+    form_widget(at, "slider", "cfg.data.params.synthetic_mmoe.correlation").set_value(0.9).run()
     at.switch_page("pages/runs.py").run()
     at.switch_page("pages/train.py").run()
-    assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.9
+    assert form_widget(at, "slider", "cfg.data.params.synthetic_mmoe.correlation").value == 0.9
     reset_button(at).click().run()
-    assert at.slider(key="cfg.data.params.synthetic_mmoe.correlation").value == 0.5
+    assert form_widget(at, "slider", "cfg.data.params.synthetic_mmoe.correlation").value == 0.5
     _same(config_shown(at), {})
 
 
@@ -404,24 +415,24 @@ def test_url_run_parameter_opens_that_run(app):
     assert at.selectbox(key="sidebar.run_pick").value == run_id
     assert "from-url" in " ".join(c.value for c in at.sidebar.caption)
     at.button(key="train.clone").click().run()  # its settings fill the controls
-    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "toy_2d"
     _same(config_shown(at), {**TOY, "name": "from-url"})
 
 
 def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("csv").run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("csv").run()
     rows = "\n".join(f"{i % 7},{i * 0.5},{i % 2},{(i * 3) % 5}" for i in range(40))
     at.file_uploader(key="upload.csv").set_value(("t.csv", f"a,b,y,z\n{rows}".encode(),
                                                   "text/csv"))
     at.run()
     assert not at.exception
     assert list(at.dataframe[0].value.columns) == ["a", "b", "y", "z"]
-    saved = Path(at.text_input(key="cfg.data.params.csv.path").value)
+    saved = Path(form_widget(at, "text_input", "cfg.data.params.csv.path").value)
     assert saved.is_file() and saved.parent == Path(os.environ["MTL_RUNS_DIR"]) / "uploads"
     assert _start(at).disabled  # no target column yet
-    at.multiselect(key="cfg.data.params.csv.targets").set_value(["y", "z"]).run()
-    at.selectbox(key=f"{form.CSV_KINDS}.z").set_value("regression").run()
+    form_widget(at, "multiselect", "cfg.data.params.csv.targets").set_value(["y", "z"]).run()
+    form_widget(at, "selectbox", f"{form.CSV_KINDS}.z").set_value("regression").run()
     assert not at.exception and not _start(at).disabled
     cfg = parse_config(config_shown(at))
     assert cfg.task_weights() == {"y": 1.0, "z": 1.0}
@@ -431,12 +442,12 @@ def test_csv_upload_previews_the_table_and_targets_become_tasks(app):
 
 def test_missing_mnist_files_are_explained_but_the_worker_may_still_download_them(app):
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("mnist_attributes").run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("mnist_attributes").run()
     assert not at.exception
     assert any("Cannot read this data set" in w.value and "MNIST" in w.value
                for w in at.warning)
     assert not _start(at).disabled  # download is on: the worker fetches the files
-    at.checkbox(key="cfg.data.params.mnist_attributes.download").uncheck().run()
+    form_widget(at, "checkbox", "cfg.data.params.mnist_attributes.download").uncheck().run()
     assert _start(at).disabled
 
 
@@ -448,12 +459,13 @@ def test_an_image_suite_gets_a_cnn_and_a_too_deep_one_is_refused(app):
 
     write_fake_mnist(Path(os.environ["MTL_DATA_DIR"]))
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("multi_mnist").run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("multi_mnist").run()
     assert not at.exception and not _start(at).disabled
-    assert at.selectbox(key="cfg.model.trunk.type").value == "cnn"
+    assert form_widget(at, "selectbox", "cfg.model.trunk.type").value == "cnn"
     spec = at.get("graphviz_chart")[0].proto.spec
     assert "Conv 1→16 3×3" in spec and "Task left" in spec and "left\\n10 classes" in spec
-    at.number_input(key="cfg.model.trunk.layers.n").set_value(7).run()  # 36 px halve 7 times
+    # 36 px cannot halve 7 times
+    form_widget(at, "number_input", "cfg.model.trunk.layers.n").set_value(7).run()
     assert _start(at).disabled
     assert any("too many conv layers" in e.value for e in at.error)
 
@@ -516,17 +528,6 @@ ESSENTIAL_KEYS = ("cfg.data.suite", "cfg.data.train_fraction", form.task_key("xo
                   "cfg.name", "train.start")
 
 
-def _walk(node):
-    yield node
-    for child in getattr(node, "children", {}).values():
-        yield from _walk(child)
-
-
-def _keys(block) -> list[str]:
-    """Keys of every keyed widget drawn in a block (main area or sidebar), in page order."""
-    return [n.key for n in _walk(block) if isinstance(getattr(n, "key", None), str)]
-
-
 def _form_config(at: AppTest):
     """The config the widgets describe (what Start would queue)."""
     return parse_config(form.config_from_state(at.session_state.to_dict()))
@@ -537,17 +538,17 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
     yaml_upload(at).set_value(
         ("toy.yaml", parse_config(TOY).to_yaml().encode(), "text/yaml"))
     at.run()
-    assert at.toggle(key=form.HEADS_SAME).value is True
-    assert not [k for k in _keys(at.main) if k.startswith(form.head_key(""))]
-    at.toggle(key=form.HEADS_SAME).set_value(False).run()
-    keys = _keys(at.main)
+    assert form_widget(at, "toggle", form.HEADS_SAME).value is True
+    assert not [k for k in form_keys(at) if k.startswith(form.head_key(""))]
+    form_widget(at, "toggle", form.HEADS_SAME).set_value(False).run()
+    keys = form_keys(at)
     assert "cfg.model.heads.layers.n" not in keys  # one editor per included task instead
     assert [k for k in keys if k.startswith(form.head_key("")) and k.endswith(".n")] == \
         [form.head_key(t) + ".n" for t in ("circle", "xor", "spiral", "distance")]
     assert _form_config(at).model.heads.per_task == {}  # each starts from the shared head
-    at.number_input(key=form.head_key("distance") + ".n").set_value(2).run()
-    at.number_input(key=form.head_key("distance") + ".0").set_value(6)
-    at.number_input(key=form.head_key("distance") + ".1").set_value(3)
+    form_widget(at, "number_input", form.head_key("distance") + ".n").set_value(2).run()
+    form_widget(at, "number_input", form.head_key("distance") + ".0").set_value(6)
+    form_widget(at, "number_input", form.head_key("distance") + ".1").set_value(3)
     at.run()
     assert not at.exception and not _start(at).disabled
     assert parse_config(config_shown(at)).model.heads.per_task == {"distance": [6, 3]}
@@ -565,14 +566,22 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
         patch.setattr(form, "validate", validate)
         at.run()
     assert _start(at).disabled
-    order = [(n.type, getattr(n, "key", None), getattr(n, "value", None)) for n in _walk(at.main)]
+    order = [(n.type, getattr(n, "key", None), getattr(n, "value", None))
+             for n in walk_nodes(at.main)]
     where = next(i for i, (t, _, v) in enumerate(order) if t == "error" and v == "too deep")
     before = [k for _, k, _ in order[:where] if isinstance(k, str)]
     assert before[-1] == form.head_key("distance") + ".1"
-    assert any("model.heads.per_task.distance" in e.value and "to fix before Start" in e.value
-               for e in at.error)
+    assert any("model.heads.per_task.distance** (Architecture)" in e.value
+               and "to fix before Start" in e.value for e in at.error)
+    # Only the open tab draws its controls: a problem in another tab is listed by Start with
+    # the tab to open.
+    with monkeypatch.context() as patch:
+        patch.setattr(form, "validate", validate)
+        open_form_tab(at, "Training")
+    assert not any(e.value == "too deep" for e in at.error)
+    assert any("model.heads.per_task.distance** (Architecture)" in e.value for e in at.error)
 
-    at.toggle(key=form.HEADS_SAME).set_value(True).run()  # back to one head for all
+    form_widget(at, "toggle", form.HEADS_SAME).set_value(True).run()  # back to one head for all
     assert _form_config(at).model.heads.per_task == {}
     assert form.head_key("distance") + ".n" not in at.session_state
 
@@ -585,14 +594,14 @@ def test_a_shared_link_sets_every_widget_and_the_url_follows_the_controls(app):
     assert not at.exception and not at.error
     assert _form_config(at) == cfg  # every widget holds the shared config
     _same(config_shown(at), SHARED)
-    assert at.selectbox(key="cfg.data.suite").value == "toy_2d"
-    assert at.checkbox(key=form.task_key("circle", "include")).value is False
-    assert at.toggle(key=form.HEADS_SAME).value is False
-    assert at.number_input(key=form.head_key("distance") + ".n").value == 2
-    assert at.number_input(key="cfg.seed").value == 3
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "toy_2d"
+    assert form_widget(at, "checkbox", form.task_key("circle", "include")).value is False
+    assert form_widget(at, "toggle", form.HEADS_SAME).value is False
+    assert form_widget(at, "number_input", form.head_key("distance") + ".n").value == 2
+    assert form_widget(at, "number_input", "cfg.seed").value == 3
     assert at.query_params["cfg"] == token
 
-    at.number_input(key="cfg.optim.epochs").set_value(5).run()  # an edit after loading
+    form_widget(at, "number_input", "cfg.optim.epochs").set_value(5).run()  # an edit after loading
     edited = _form_config(at)
     assert edited.optim.epochs == 5
     assert share.decode_config(at.query_params["cfg"]) == edited  # the URL follows
@@ -625,7 +634,7 @@ def test_class_mode_hides_advanced_controls_and_keeps_their_values(app):
     app.query_params.update({"cfg": share.encode_config(parse_config(SHARED)), "mode": "class"})
     at = app.run()
     assert not at.exception
-    keys = _keys(at.main)
+    keys = form_keys(at)
     assert not [k for k in ADVANCED_KEYS if k in keys]
     assert not [k for k in keys if k.startswith("cfg.weighting.params.")]  # method params
     assert [k for k in ESSENTIAL_KEYS if k in keys] == list(ESSENTIAL_KEYS)
@@ -634,7 +643,7 @@ def test_class_mode_hides_advanced_controls_and_keeps_their_values(app):
     way_out = [link for link in at.main.get("page_link") if link.value == "Show all controls"]
     assert way_out and way_out[0].proto.query_string == "mode=full"
     # the sidebar keeps to the current run
-    assert "sidebar.run_pick" not in _keys(at.sidebar)
+    assert "sidebar.run_pick" not in widget_keys(at.sidebar)
     assert not any("Runs:" in c.value for c in at.sidebar.caption)
     # hidden is not gone: the config still has the link's seed, weight decay and alpha
     assert _form_config(at) == parse_config(SHARED)
@@ -645,14 +654,14 @@ def test_class_mode_hides_advanced_controls_and_keeps_their_values(app):
     at.switch_page("pages/runs.py").run()
     assert at.query_params["mode"] == "class" and "cfg" in at.query_params
     at.switch_page("pages/train.py").run()
-    assert "cfg.seed" not in _keys(at.main)
+    assert "cfg.seed" not in form_keys(at)
 
     at.query_params["mode"] = "full"  # what the "Show all controls" link opens
     at.session_state[YAML_PANEL_KEY] = True  # where the YAML upload is
     at.run()
-    keys = _keys(at.main)
+    keys = form_keys(at)
     assert [k for k in ADVANCED_KEYS if k in keys] == list(ADVANCED_KEYS)
-    assert "mode" not in at.query_params and "sidebar.run_pick" in _keys(at.sidebar)
+    assert "mode" not in at.query_params and "sidebar.run_pick" in widget_keys(at.sidebar)
     assert not any("Class mode" in m.value for m in at.markdown)
 
 
@@ -662,39 +671,46 @@ def test_class_mode_shows_the_knobs_a_lesson_names(app):
     at.session_state["lesson_knobs"] = ["optim.weight_decay", "weighting.params.alpha", "seed"]
     at.run()
     assert not at.exception
-    keys = _keys(at.main)
+    keys = form_keys(at)
     assert {"cfg.optim.weight_decay", "cfg.weighting.params.gradnorm.alpha", "cfg.seed"} <= \
         set(keys)
     assert "cfg.weighting.params.gradnorm.lr" not in keys  # the method's other param
     assert not {"cfg.device", "cfg.optim.optimizer", "upload.yaml"} & set(keys)
     assert any("optim.weight_decay" in m.value for m in at.markdown)  # the banner names them
-    assert at.number_input(key="cfg.optim.weight_decay").value == pytest.approx(0.001)
+    assert form_widget(at, "number_input", "cfg.optim.weight_decay").value == pytest.approx(0.001)
 
 
 def test_a_backbone_trunk_shows_its_controls_one_diagram_box_and_refuses_bad_weights(
         app, tmp_path):
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("scenes").run()
-    at.selectbox(key="cfg.model.trunk.type").set_value("resnet18").run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("scenes").run()
+    form_widget(at, "selectbox", "cfg.model.trunk.type").set_value("resnet18").run()
     assert not at.exception and not _start(at).disabled
     assert not [n for n in at.number_input if n.key.startswith("cfg.model.trunk.layers")]
     spec = at.get("graphviz_chart")[0].proto.spec
     assert "ResNet-18 · 5 stages → 512×3×3" in spec and "11,176,512 params" in spec
     assert "Upsample ×2" in spec  # the dense heads' decoders
-    at.selectbox(key="cfg.model.trunk.trainable").set_value("none")
-    at.text_input(key=form.WEIGHTS_KEY).input(str(tmp_path / "elsewhere.pt")).run()
+    form_widget(at, "selectbox", "cfg.model.trunk.trainable").set_value("none")
+    form_widget(at, "text_input", form.WEIGHTS_KEY).input(str(tmp_path / "elsewhere.pt")).run()
     assert _start(at).disabled  # outside the allowed folders: not even looked at
     messages = [e.value for e in at.error]
     assert any("allowed folders" in m for m in messages), messages
     assert not any("no weights file" in m for m in messages), messages
     inside = tmp_path / "data" / "missing.pt"  # MTL_DATA_DIR (conftest): an allowed root
-    at.text_input(key=form.WEIGHTS_KEY).input(str(inside)).run()
+    form_widget(at, "text_input", form.WEIGHTS_KEY).input(str(inside)).run()
     assert _start(at).disabled
     messages = [e.value for e in at.error]
     assert any("no weights file at" in m and "missing.pt" in m for m in messages), messages
     assert any("model.trunk.weights" in m and "to fix before Start" in m for m in messages)
-    at.text_input(key=form.WEIGHTS_KEY).input("").run()
+    form_widget(at, "text_input", form.WEIGHTS_KEY).input("").run()
     assert not _start(at).disabled
     trunk = config_shown(at)["model"]["trunk"]
     assert trunk["type"] == "resnet18" and trunk["trainable"] == "none"
     assert trunk["weights"] is None
+
+
+def test_each_config_path_names_the_form_tab_of_its_control():
+    assert [run.tab_of(p) for p in ("data.suite", "tasks[1].weight", "model.trunk.layers",
+                                    "weighting.method", "optim.lr", "seed", None)] == \
+        ["Data & tasks", "Data & tasks", "Architecture", "Training", "Training", "Training",
+         "Training"]

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from app_support import yaml_upload
+from app_support import form_widget, yaml_upload
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1 import app_test as app_test_module
 from test_app_train import APP, _NavigationPagesManager
@@ -62,7 +62,8 @@ def test_a_shadow_file_link_shows_nothing_of_the_file(app, secret, how):
     assert not at.dataframe
     text = _page_text(at)
     assert SECRET not in text and HEADER not in text
-    assert at.selectbox(key="cfg.data.suite").value == "synthetic_mmoe"  # nothing loaded
+    # nothing loaded
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "synthetic_mmoe"
 
 
 def test_a_yaml_upload_naming_a_file_outside_is_refused(app, secret):
@@ -74,13 +75,13 @@ def test_a_yaml_upload_naming_a_file_outside_is_refused(app, secret):
     errors = " ".join(e.value for e in at.error)
     assert "evil.yaml was not loaded" in errors and "allowed folders" in errors
     assert not at.dataframe and SECRET not in _page_text(at)
-    assert at.selectbox(key="cfg.data.suite").value == "synthetic_mmoe"
+    assert form_widget(at, "selectbox", "cfg.data.suite").value == "synthetic_mmoe"
 
 
 def test_the_csv_path_box_refuses_a_file_outside_and_start_stays_disabled(app, secret):
     at = app.run()
-    at.selectbox(key="cfg.data.suite").set_value("csv").run()
-    at.text_input(key="cfg.data.params.csv.path").set_value(str(secret)).run()
+    form_widget(at, "selectbox", "cfg.data.suite").set_value("csv").run()
+    form_widget(at, "text_input", "cfg.data.params.csv.path").set_value(str(secret)).run()
     assert not at.exception
     assert not at.dataframe
     assert any("allowed folders" in e.value for e in at.error)
@@ -101,7 +102,7 @@ def test_a_huge_width_link_is_refused_and_builds_nothing(app, built):
 
 def test_wide_layers_from_the_form_are_refused_next_to_the_control(app, built):
     at = app.run()
-    at.number_input(key="cfg.model.trunk.layers.0").set_value(100_000).run()
+    form_widget(at, "number_input", "cfg.model.trunk.layers.0").set_value(100_000).run()
     assert not at.exception and at.button(key="train.start").disabled
     assert any("4,096" in e.value for e in at.error)
     assert set(built) <= {"meta"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from app_support import config_shown
+from app_support import config_shown, form_widget
 from test_app_train import _start, app, warm_calls  # noqa: F401
 
 from mtl_core.config import parse_config
@@ -84,9 +84,9 @@ def test_replicas_state_round_trip():
 
 def test_the_train_page_has_a_replicas_control_that_refuses_too_many(app):  # noqa: F811
     at = app.run()
-    at.number_input(key="cfg.replicas").set_value(4).run()
+    form_widget(at, "number_input", "cfg.replicas").set_value(4).run()
     assert not at.exception and config_shown(at)["replicas"] == 4
-    at.number_input(key="cfg.replicas").set_value(40).run()
+    form_widget(at, "number_input", "cfg.replicas").set_value(40).run()
     assert _start(at).disabled
     messages = [e.value for e in at.error]
     assert any("replicas" in m and "32" in m for m in messages), messages

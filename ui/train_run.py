@@ -41,6 +41,8 @@ from ui.train_sections import FULL_VIEW, View
 YAML_UPLOAD_KEY = "upload.yaml"
 YAML_PANEL_KEY = "train.yaml_panel"  # open or not (the panels draw their content only when open)
 SHARE_PANEL_KEY = "train.share_panel"
+FORM_TABS = ("Data & tasks", "Architecture", "Training")
+FORM_TAB_KEY = "train.tab"  # the open one of FORM_TABS (only it draws its controls)
 _YAML_DONE = "_yaml_applied_id"
 _YAML_ERROR = "_yaml_error"
 _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
@@ -253,8 +255,17 @@ def problems(errors: ConfigError | None) -> None:
         return
     n = len(errors.errors)
     st.error(f"{n} setting{'s' if n > 1 else ''} to fix before Start:\n"
-             + "\n".join(f"- **{e.path or 'config'}**: {e.message}" for e in errors.errors),
+             + "\n".join(f"- **{e.path or 'config'}** ({tab_of(e.path)}): {e.message}"
+                         for e in errors.errors),
              icon=":material/block:")
+
+
+def tab_of(path: str | None) -> str:
+    """The form tab that holds the control of a config path (only the open tab is drawn)."""
+    head = (path or "").split(".", 1)[0].split("[", 1)[0]
+    if head in ("data", "tasks"):
+        return FORM_TABS[0]
+    return FORM_TABS[1] if head == "model" else FORM_TABS[2]
 
 
 def run_buttons() -> None:
