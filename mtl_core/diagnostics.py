@@ -31,7 +31,9 @@ class JacobianStrategy:
     grad_methods.py) the vmapped backward won for small MLPs at 4 and 8 tasks but lost for a
     CNN trunk at 8 tasks (batched convolution backward is slow on CPU); at 2 tasks they were
     close. So the first calls time both, alternating (the first call of each is a warm-up), and
-    the faster one is kept. Timing a CUDA call needs a synchronize: only during those first
+    the faster one is kept. `jacobian` uses it on accelerators only: a timed choice is not
+    reproducible (see `jacobian`), and on a CPU the loop won every case measured since.
+    Timing a CUDA call needs a synchronize: only during those first
     2 + 2*trials calls.
     """
 
@@ -109,8 +111,16 @@ _STRATEGIES: dict[tuple, JacobianStrategy] = {}
 
 
 def jacobian(outputs: Tensor, inputs: list[Tensor], retain_graph: bool = False) -> Tensor:
-    """The (T, N) Jacobian of `outputs` on `inputs` (see `JacobianStrategy.__call__`),
-    computed the way `JacobianStrategy` found faster for these shapes."""
+    """The (T, N) Jacobian of `outputs` on `inputs` (see `JacobianStrategy.__call__`).
+
+    On a CPU always the looped backward: the vmapped one rounds differently, and a loss-level
+    method's update on a logging step is built from these rows, so a choice by timing made a
+    run's numbers depend on the process's earlier runs and on the machine's load (the same
+    config gave a different test MSE in the next run). The loop is also the faster one on CPU
+    in every case measured (bench/RESULTS.md, MLP and CNN, 2 to 8 tasks). On an accelerator,
+    whose kernels are not bit-for-bit reproducible anyway, `JacobianStrategy` times both."""
+    if outputs.device.type == "cpu":
+        return _looped_jacobian(outputs, inputs, retain_graph)
     key = (outputs.device.type, outputs.shape[0], tuple(tuple(x.shape) for x in inputs))
     strategy = _STRATEGIES.get(key)
     if strategy is None:

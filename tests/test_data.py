@@ -119,6 +119,14 @@ def test_every_suite_is_registered_with_described_params():
         entry.params()  # defaults alone must be valid
 
 
+def test_every_suite_but_csv_says_its_shapes_without_its_data():
+    """mtl_core.limits sizes the model at submit from `describe` (the CLI, the pages): a
+    suite without it is refused there ("cannot say its shapes without its data"). Only a
+    csv table's shapes depend on the file (mtl_core.preflight reads it)."""
+    missing = [n for n in SUITES.names() if n != "csv" and "describe" not in SUITES.get(n).extra]
+    assert missing == []
+
+
 @pytest.mark.parametrize("suite", ALL_SUITES)
 def test_load_suite_end_to_end_is_deterministic(suite, mnist_root, csv_path):
     write_fake_mnist(mnist_root, n_train=50, n_test=20, fashion=True)

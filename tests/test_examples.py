@@ -37,3 +37,15 @@ def test_example_runs_shortened(path, tmp_path, monkeypatch):
     result = train(parse_config(doc), MemorySink())
     assert result.status == "finished"
     assert set(result.summary["test"]) == set(parse_config(doc).task_weights())
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_passes_the_submit_checks_without_data(path, tmp_path, monkeypatch):
+    """What `python -m mtl_core train <example>` checks before queueing (mtl_core.preflight),
+    with an empty data folder: the MNIST suites are sized from their describe hooks."""
+    from mtl_core.preflight import check_submit
+
+    monkeypatch.chdir(Path(__file__).parents[1])  # csv paths are relative to the repo root
+    monkeypatch.setenv("MTL_DATA_DIR", str(tmp_path / "data"))
+    check_submit(load_config(path).model_copy(update={"device": "cpu"}))
+    assert not (tmp_path / "data").exists()

@@ -138,3 +138,21 @@ def test_distance_scale_stretches_only_the_distance_target():
 def test_distance_scale_must_be_positive():
     with pytest.raises(Exception, match="greater than 0"):
         parse_config({"data": {"suite": "toy_2d", "params": {"distance_scale": 0}}})
+
+
+# --- submit-time checks (the CLI's and the pages' mtl_core.preflight.check_submit) ----------
+
+
+@pytest.mark.parametrize("lesson, variant", PRESETS,
+                         ids=[f"{lesson.id}-{i}" for lesson, i in PRESETS])
+def test_every_preset_passes_the_submit_checks_without_its_data(lesson, variant, isolated_dirs):
+    """What `python -m mtl_core train <preset>` and "Run this lesson" check before queueing:
+    no data is read (MTL_DATA_DIR is an empty folder here), the model is sized from the
+    suite's describe hook."""
+    from mtl_core.limits import count_parameters
+    from mtl_core.preflight import check_submit
+
+    cfg = load_preset(lesson, variant).model_copy(update={"device": "cpu"})
+    check_submit(cfg)
+    assert sum(count_parameters(cfg).values()) > 0
+    assert not (isolated_dirs.parent / "data").exists()  # nothing read, nothing downloaded

@@ -355,3 +355,27 @@ def test_a_scenes_run_in_the_store_exports_and_compares_with_its_metrics(isolate
     comp = compare_run(run_id, isolated_dirs)  # no baselines yet: says so, picks the metrics
     assert [r.metric for r in comp.rows] == ["miou", "abs_rel"]
     assert comp.delta_m is None and "no finished baseline" in (comp.note or "")
+
+
+# ---------------------------------------------------------------- describe (no data)
+
+
+@pytest.mark.parametrize("suite, params", [
+    ("digit_boxes", {"canvas": 40, "max_size": 24}),
+    ("scenes", {"size": 24, "count": True, "max_shapes": 4}),
+    ("scenes", {"size": 20}),
+])
+def test_describe_says_what_the_builder_builds(suite, params, tmp_path):
+    """The shapes mtl_core.limits sizes a model from at submit (no MNIST read, no scene
+    generated) are those of the data the run will train on."""
+    entry = SUITES.get(suite)
+    if suite == "digit_boxes":
+        write_fake_mnist(tmp_path, n_train=30, n_test=10)
+        params = {**params, "n_train": 0, "n_test": 0, "download": False}
+    else:
+        params = {**params, "n_samples": 10, "n_test": 10}
+    p = entry.params(**params)
+    tasks, shapes = entry.extra["describe"](p)
+    built = entry.build(p, seed=0, data_dir=tmp_path)
+    assert tasks == built.tasks and shapes == built.input_shapes
+    assert [t.name for t in tasks] == entry.extra["task_names"](p)

@@ -103,10 +103,25 @@ def _place(images: Tensor, params: DigitBoxesParams, g: torch.Generator
     return canvas, boxes
 
 
+def _digit_boxes_tasks() -> list[TaskSpec]:
+    return [
+        TaskSpec("digit", "classification", num_classes=10, class_names=DIGIT_NAMES,
+                 description="which digit (the first one)"),
+        TaskSpec("box", "box", description="where it is: its box [x0, y0, x1, y1] / canvas"),
+    ]
+
+
+def _digit_boxes_shapes(params: DigitBoxesParams
+                        ) -> tuple[list[TaskSpec], dict[str, tuple[int, ...]]]:
+    """What the params promise, without MNIST: sizes the model at submit (mtl_core.limits)."""
+    return _digit_boxes_tasks(), {"x": (1, params.canvas, params.canvas)}
+
+
 @SUITES.register(
     "digit_boxes",
     "A handwritten digit somewhere on a larger canvas: say which digit it is and draw its box.",
     params=DigitBoxesParams, task_names=lambda p: ["digit", "box"], input_kind="image",
+    reads_files=True, describe=_digit_boxes_shapes,
 )
 def build_digit_boxes(params: DigitBoxesParams, *, seed: int, data_dir: Path) -> SuiteData:
     (train_x, train_y), (test_x, test_y) = _load(params, data_dir, seed)
@@ -116,16 +131,11 @@ def build_digit_boxes(params: DigitBoxesParams, *, seed: int, data_dir: Path) ->
         canvas, boxes = _place(images, params, g)
         return Split({"x": _normalize(canvas, "MNIST")}, {"digit": labels, "box": boxes})
 
-    tasks = [
-        TaskSpec("digit", "classification", num_classes=10, class_names=DIGIT_NAMES,
-                 description="which digit (the first one)"),
-        TaskSpec("box", "box", description="where it is: its box [x0, y0, x1, y1] / canvas"),
-    ]
+    tasks, input_shapes = _digit_boxes_shapes(params)
     train = split(train_x, train_y)
-    side = params.canvas
     return SuiteData(
         suite="digit_boxes", tasks=tasks, train=train, val=train, test=split(test_x, test_y),
-        input_shapes={"x": (1, side, side)}, input_kind="image",
+        input_shapes=input_shapes, input_kind="image",
     )
 
 
@@ -187,24 +197,9 @@ def make_scenes(n: int, params: ScenesParams, g: torch.Generator
     return image, classes, depth_map, counts
 
 
-@SUITES.register(
-    "scenes",
-    "Generated scenes of overlapping shapes: label every pixel (which shape) and say how far "
-    "away it is.",
-    params=ScenesParams,
-    task_names=lambda p: ["segmentation", "depth"] + (["count"] if p.count else []),
-    input_kind="image",
-)
-def build_scenes(params: ScenesParams, *, seed: int, data_dir: Path) -> SuiteData:
-    g = torch.Generator().manual_seed(seed)
-
-    def split(n: int) -> Split:
-        image, classes, depth, counts = make_scenes(n, params, g)
-        targets = {"segmentation": classes, "depth": depth}
-        if params.count:
-            targets["count"] = counts
-        return Split({"x": (image - 0.25) / 0.25}, targets)
-
+def _scenes_shapes(params: ScenesParams) -> tuple[list[TaskSpec], dict[str, tuple[int, ...]]]:
+    """Task specs (with the dense tasks' out_size) and input shapes, without generating a
+    scene: sizes the model at submit (mtl_core.limits) and draws the Train page's diagram."""
     size = (params.size, params.size)
     tasks = [
         TaskSpec("segmentation", "dense_classification", num_classes=len(SHAPE_NAMES),
@@ -218,8 +213,30 @@ def build_scenes(params: ScenesParams, *, seed: int, data_dir: Path) -> SuiteDat
         tasks.append(TaskSpec("count", "classification", num_classes=params.max_shapes + 1,
                               class_names=[str(i) for i in range(params.max_shapes + 1)],
                               description="how many shapes"))
+    return tasks, {"x": (3, params.size, params.size)}
+
+
+@SUITES.register(
+    "scenes",
+    "Generated scenes of overlapping shapes: label every pixel (which shape) and say how far "
+    "away it is.",
+    params=ScenesParams,
+    task_names=lambda p: ["segmentation", "depth"] + (["count"] if p.count else []),
+    input_kind="image", describe=_scenes_shapes,
+)
+def build_scenes(params: ScenesParams, *, seed: int, data_dir: Path) -> SuiteData:
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        image, classes, depth, counts = make_scenes(n, params, g)
+        targets = {"segmentation": classes, "depth": depth}
+        if params.count:
+            targets["count"] = counts
+        return Split({"x": (image - 0.25) / 0.25}, targets)
+
+    tasks, input_shapes = _scenes_shapes(params)
     train = split(params.n_samples)
     return SuiteData(
         suite="scenes", tasks=tasks, train=train, val=train, test=split(params.n_test),
-        input_shapes={"x": (3, params.size, params.size)}, input_kind="image",
+        input_shapes=input_shapes, input_kind="image",
     )
