@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torchjd.aggregation import CAGrad, NashMTL, PCGrad
+from torchjd.aggregation import MGDA, CAGrad, NashMTL, PCGrad
 
 from mtl_core.weighting.gramian_solvers import (
+    MGDASolver,
     NashMTLSolver,
     PCGradSolver,
     _cagrad_objective,
@@ -265,19 +266,44 @@ def test_pcgrad_two_conflicting_tasks_by_hand():
                                             dtype=torch.float64))
 
 
+# MGDA
+
+
+@pytest.mark.parametrize("n_tasks", [2, 3, 4, 6])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("epsilon,max_iters", [(0.001, 100), (1e-6, 1000), (0.1, 3)])
+def test_mgda_gives_torchjds_weights(n_tasks, kind, epsilon, max_iters):
+    # The same Frank-Wolfe iterations: the same vertex each step, so the same weights up to
+    # the dot products' rounding (summed exactly here, in torch's order there).
+    for seed in range(3):
+        j = jacobian(kind, n_tasks, seed)
+        gramian = j @ j.T
+        expected = MGDA(epsilon=epsilon, max_iters=max_iters).gramian_weighting(gramian)
+        ours = MGDASolver(epsilon=epsilon, max_iters=max_iters).gramian_weights(gramian)
+        torch.testing.assert_close(ours, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_mgda_two_tasks_by_hand():
+    # g1 = (1, 0), g2 = (0, 2): the smallest vector of their hull, α1·g1 + α2·g2 = (0.8, 0.4)
+    # with α = (0.8, 0.2), is orthogonal to g1 − g2 = (1, −2).
+    gramian = torch.tensor([[1.0, 0.0], [0.0, 4.0]], dtype=torch.float64)
+    alpha = MGDASolver(epsilon=1e-12, max_iters=1000).gramian_weights(gramian)
+    torch.testing.assert_close(alpha, torch.tensor([0.8, 0.2], dtype=torch.float64))
+
+
 # --------------------------------------------------------------------------------------------
 # Through the trainer's method objects
 
 
 def test_geometry_paths_of_our_solvers_never_import_torchjd():
-    # The page's paths go through the trainer's method objects; these three no longer use
+    # The page's paths go through the trainer's method objects; these four no longer use
     # torchjd (importing it, and cvxpy with it, costs ~2 s), so it is never imported. Each
     # path ends without an error or a solver warning.
     code = (
         "import sys\n"
         "from mtl_core.geometry import get_problem, run_path, PathSettings\n"
         "p = get_problem('cagrad_toy')\n"
-        "for name in ('cagrad', 'nash_mtl', 'pcgrad'):\n"
+        "for name in ('cagrad', 'nash_mtl', 'pcgrad', 'mgda'):\n"
         "    path = run_path(p, name, p.starts[0], PathSettings(steps=20, lr=p.lr))\n"
         "    assert path.error is None and path.note == '', (path.error, path.note)\n"
         "print('cvxpy' in sys.modules, 'torchjd' in sys.modules)\n")
