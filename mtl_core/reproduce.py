@@ -357,7 +357,8 @@ CHECKS: dict[str, PaperCheck] = {c.name: c for c in [
         "A LeNet-style shared encoder with two heads reaches about 96 / 95 % on MultiMNIST "
         "with equal loss weights.",
         f"{SENER_PUBLISHED[0]} / {SENER_PUBLISHED[1]} % (uniform scaling, 100 epochs)",
-        "Sener & Koltun, NeurIPS 2018, Table 2 (MultiMNIST, uniform scaling)", _sener),
+        "Sener & Koltun, NeurIPS 2018, the MultiMNIST results table (uniform scaling)",
+        _sener),
     PaperCheck(
         "chen2018_gradnorm_toy", "GradNorm balances the gradients of tasks on different scales",
         "With equal weights the large-scale task's gradient dominates the shared layers; "
