@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated runs dir and data dir per test, and a tiny-config factory."""
+"""Shared fixtures: an isolated runs dir and data dir per test, its run store, and a tiny-config
+factory."""
 from __future__ import annotations
 
 import copy
@@ -52,6 +53,14 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MTL_MAX_JOBS", os.environ.get("MTL_TEST_MAX_JOBS", "2"))
     monkeypatch.setenv("MTL_WARM_UP", "0")  # no idle pre-started workers outliving a test
     return runs
+
+
+@pytest.fixture
+def store(isolated_dirs: Path) -> Any:
+    """The test's own run store (in the isolated runs dir)."""
+    from mtl_core.store import RunStore
+
+    return RunStore(isolated_dirs)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from test_app_teach import app, dispatched, store  # noqa: F401 - fixtures
+from test_app_teach import app, dispatched  # noqa: F401 - fixtures
 
 from mtl_core.baselines import baseline_configs
 from mtl_core.lessons import get_lesson, load_preset

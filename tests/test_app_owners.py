@@ -26,10 +26,6 @@ def config(name: str) -> ExperimentConfig:
     return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"}})
 
 
-@pytest.fixture
-def store(isolated_dirs: Path) -> RunStore:
-    return RunStore(isolated_dirs)
-
 
 SIDEBAR_SCRIPT = """
 from ui.identity import identity_sidebar

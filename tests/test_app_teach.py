@@ -73,10 +73,6 @@ def dispatched(monkeypatch: pytest.MonkeyPatch) -> list:
     return calls
 
 
-@pytest.fixture
-def store(isolated_dirs: Path) -> RunStore:
-    return RunStore(isolated_dirs)
-
 
 def page(path: str, **state: Any) -> AppTest:
     at = AppTest.from_file(path, default_timeout=TIMEOUT)

@@ -110,10 +110,6 @@ SUITES = {
 }
 
 
-@pytest.fixture
-def store(isolated_dirs: Path) -> RunStore:
-    return RunStore(isolated_dirs)
-
 
 @pytest.fixture
 def runs(store: RunStore) -> dict[str, str]:

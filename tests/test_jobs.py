@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import wait_until
 
 from mtl_core import jobs
 from mtl_core import worker as worker_module
@@ -33,19 +34,10 @@ def unchecked(document: dict[str, Any]) -> ExperimentConfig:
     return ExperimentConfig.model_validate(document)
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 120.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or condition}")
+def wait_for(condition: Callable[[], Any], timeout: float = 120.0,
+             what: str = "the condition") -> Any:
+    return wait_until(condition, timeout, what, interval=0.1)
 
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
 
 
 @pytest.fixture

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
+from store_support import config
 
 from mtl_core import jobs
-from mtl_core.config import ExperimentConfig
 from mtl_core.fair_queue import fair_order
 from mtl_core.owners import (
     OPERATOR,
@@ -29,14 +28,6 @@ CAROL = Actor(browser_owner_id("c" * 40), "Carol")
 TEACHER = Actor(browser_owner_id("t" * 40), "Ms T", teacher=True)
 
 
-def config(name: str = "t") -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"},
-                                            "optim": {"epochs": 1}})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
 
 
 def test_every_run_records_its_owner_in_the_index_and_its_folder(store: RunStore) -> None:

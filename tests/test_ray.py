@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import wait_until
 from ray_support import LocalCluster, free_port, ray_env
 
 from mtl_core import cli, jobs
@@ -66,14 +67,9 @@ def on_ray(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> LocalClust
     return cluster
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 180.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what or condition}")
+def wait_for(condition: Callable[[], Any], timeout: float = 180.0,
+             what: str = "the condition") -> Any:
+    return wait_until(condition, timeout, what)
 
 
 def _status(store: RunStore, run_id: str, *statuses: str) -> bool:

@@ -11,23 +11,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from store_support import config
 
 from mtl_core import store as store_module
-from mtl_core.config import ExperimentConfig
 from mtl_core.store import METRIC_COLUMNS, RunStore, default_runs_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def config(name: str = "t") -> ExperimentConfig:
-    # model_validate only (no registry checks): the store does not care what the run trains.
-    return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"},
-                                            "optim": {"epochs": 1}})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
 
 
 def test_wal_mode_and_layout(store: RunStore) -> None:

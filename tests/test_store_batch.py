@@ -7,23 +7,14 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from store_support import config
 
 from mtl_core import store as store_module
-from mtl_core.config import ExperimentConfig, parse_config
+from mtl_core.config import parse_config
 from mtl_core.sink import MemorySink
 from mtl_core.stacked_sweep import PointSink
 from mtl_core.store import RunStore
 from mtl_core.trainer import train
-
-
-def config(name: str = "t") -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"},
-                                            "optim": {"epochs": 1}})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
 
 
 class Counter:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 from browser_support import wait_until
+from store_support import config
 
 from mtl_core import jobs
-from mtl_core.config import ExperimentConfig
 from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import METRIC_COLUMNS, RunStore
 
@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ALICE = Actor(browser_owner_id("a" * 40), "Alice")
 
 
-def config(name: str = "t") -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"name": name, "data": {"suite": "toy_2d"},
-                                            "optim": {"epochs": 1}})
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
 
 
 def fill(store: RunStore) -> dict[str, Any]:
