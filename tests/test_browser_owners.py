@@ -81,6 +81,12 @@ def open_runs(page: Any, server: AppServer, run_id: str) -> None:
     settle(page)
 
 
+def enter_key(page: Any, box: Any, text: str) -> None:
+    box.fill(text)
+    box.press("Enter")
+    settle(page)
+
+
 def test_a_starts_b_cannot_stop_or_delete_the_teacher_can(server: AppServer,
                                                           browser: Any) -> None:
     store = RunStore(server.runs_dir)
@@ -124,10 +130,12 @@ def test_a_starts_b_cannot_stop_or_delete_the_teacher_can(server: AppServer,
         sidebar = b.locator('[data-testid="stSidebar"]')
         sidebar.get_by_text("Teacher", exact=True).click()
         key_box = element(b, "identity-teacher_key").locator("input")
-        key_box.fill("a wrong key")
+        # Enter commits the key in a rerun of its own; a click straight after fill() can
+        # land while that rerun replaces the button, and the click is lost (seen in CI).
+        enter_key(b, key_box, "a wrong key")
         button(b, "identity-unlock").click()
         b.get_by_text("That is not the teacher key.").wait_for()
-        key_box.fill(TEACHER_KEY)
+        enter_key(b, key_box, TEACHER_KEY)
         button(b, "identity-unlock").click()
         wait_until(lambda: sidebar.get_by_text("Teacher: class limits").count() > 0, 30,
                    "the teacher's box")
