@@ -47,7 +47,7 @@ from mtl_core.data import SuiteData, load_suite
 from mtl_core.data.base import Split
 from mtl_core.metrics import task_loss
 from mtl_core.models import MTLModel, build_model
-from mtl_core.models.stacked import fold, stacked_task_loss
+from mtl_core.models.stacked import LeafLayout, fold, leaf_layouts, stacked_task_loss
 from mtl_core.sink import Batch, MetricRow, Sink, SnapshotEntry, replica_kind
 from mtl_core.trainer import (
     CHECKPOINT_EVERY_S,
@@ -201,25 +201,28 @@ class StackedModel:
         """None when the model has a layer `fold` cannot stack."""
         names = [n for n, _ in models[0].named_parameters()]
         per_replica = [[dict(m.named_parameters())[n] for m in models] for n in names]
-        leaves = [torch.nn.Parameter(torch.stack([v.detach() for v in views]))
-                  for views in per_replica]
+        by_name = leaf_layouts(models[0])
+        layouts = [by_name[n] for n in names]
+        leaves = [torch.nn.Parameter(layout.stack([v.detach() for v in views]))
+                  for layout, views in zip(layouts, per_replica, strict=True)]
         buffer_names = [n for n, _ in models[0].named_buffers()]
         buffers = [torch.stack([m.get_buffer(n) for m in models]) for n in buffer_names]
         template = fold(models[0], dict(zip(names, leaves, strict=True)),
                         dict(zip(buffer_names, buffers, strict=True)), len(models))
         if template is None:
             return None
-        return cls(models, specs, template, per_replica, leaves, buffer_names, buffers)
+        return cls(models, specs, template, per_replica, leaves, layouts, buffer_names,
+                   buffers)
 
     def __init__(self, models: list[MTLModel], specs: list, template: MTLModel,
                  per_replica: list[list[torch.nn.Parameter]],
-                 leaves: list[torch.nn.Parameter], buffer_names: list[str],
-                 buffers: list[Tensor]) -> None:
+                 leaves: list[torch.nn.Parameter], layouts: list[LeafLayout],
+                 buffer_names: list[str], buffers: list[Tensor]) -> None:
         self.template, self.specs, self.replicas = template, specs, len(models)
-        self.per_replica, self.params = per_replica, leaves
-        for leaf, views in zip(leaves, per_replica, strict=True):
+        self.per_replica, self.params, self.layouts = per_replica, leaves, layouts
+        for leaf, layout, views in zip(leaves, layouts, per_replica, strict=True):
             for r, v in enumerate(views):
-                v.data = leaf.data[r]
+                v.data = layout.view(leaf.data, r)
         self.index = {id(v): j for j, views in enumerate(per_replica) for v in views}
         for name, stacked in zip(buffer_names, buffers, strict=True):
             owner, _, leaf_name = name.rpartition(".")
@@ -253,12 +256,13 @@ class StackedModel:
 
     def collect_grads(self) -> None:
         """Add the gradients written on the replicas' views to the stacked leaves."""
-        for leaf, views in zip(self.params, self.per_replica, strict=True):
+        for leaf, layout, views in zip(self.params, self.layouts, self.per_replica,
+                                       strict=True):
             grads = [v.grad for v in views]
             if all(g is None for g in grads):
                 continue
             stacked = torch.stack([leaf.new_zeros(leaf.shape[1:]) if g is None
-                                   else g.reshape(leaf.shape[1:]) for g in grads])
+                                   else layout.to_slice(g, leaf.shape[1:]) for g in grads])
             leaf.grad = stacked if leaf.grad is None else leaf.grad.add_(stacked)
             for v in views:
                 v.grad = None
@@ -274,8 +278,10 @@ class StackedModel:
             return [raw.new_zeros((n_tasks, sum(p.numel() for p in ps))) for ps in per_replica]
         leaves = [self.params[j] for j in order]
         matrix = diagnostics.jacobian(raw.sum(0), leaves, retain_graph=True)
-        blocks = [b.reshape(n_tasks, n_replicas, -1)
-                  for b in matrix.split([leaf.numel() for leaf in leaves], dim=1)]
+        blocks = [self.layouts[j].replica_order(b.reshape(n_tasks, n_replicas, -1),
+                                                self.params[j].shape[1:])
+                  for j, b in zip(order, matrix.split([leaf.numel() for leaf in leaves],
+                                                      dim=1), strict=True)]
         return [torch.cat([b[:, r] for b in blocks], dim=1) for r in range(n_replicas)]
 
 
