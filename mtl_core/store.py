@@ -70,6 +70,8 @@ from mtl_core.owners import OPERATOR, OPERATOR_ID, Actor, Limits, check_limit, e
 from mtl_core.run_files import (
     append,
     file_lock,
+    item_line,
+    metric_item,
     metric_line,
     metric_row,
     snapshot_line,
@@ -580,17 +582,45 @@ class RunStore:
                              "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
         conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset + end, run_id))
 
+    def _index_appended(self, conn: sqlite3.Connection, run_id: str, kind: str,
+                        done: _Appended) -> bool:
+        """Index lines appended at [done.start, done.end) if the index holds the file exactly
+        up to done.start; False (nothing done) otherwise."""
+        row = conn.execute(f"SELECT {kind}_offset FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or int(row[0]) != done.start:
+            return False
+        batch, pos = [], done.start
+        for line, rest in done.items:
+            batch.append((run_id, pos + 1, *rest))  # a line's id: 1 + its byte offset
+            pos += len(line)
+        if kind == "metrics":
+            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
+                             "task, name, value, replica, time) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        else:
+            conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
+                             "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
+        conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (done.end, run_id))
+        return True
+
     def _sync(self, run_id: str, kind: str) -> None:
         self._sync_all([(run_id, kind)])
 
     @_recovering
     def _sync_all(self, files: list[tuple[str, str]],
-                  progress: Mapping[str, tuple[int, int, float]] | None = None) -> None:
+                  progress: Mapping[str, tuple[int, int, float]] | None = None,
+                  appended: Mapping[tuple[str, str], _Appended] | None = None) -> None:
         """Ingest the (run_id, "metrics" | "snapshots") files and set the runs' progress, in
-        one transaction."""
+        one transaction. A file this writer has just appended to (`appended`) whose index
+        offset is where its lines start gets their rows as they are, without reading and
+        parsing them back (a stacked sweep's evaluation: ~3 MB of JSON); any other file, or
+        one where lines of another writer or an earlier failed batch come first, is read
+        from its offset, as always."""
         with self._write() as conn:
             for run_id, kind in files:
-                self._ingest(conn, run_id, kind)
+                done = appended.get((run_id, kind)) if appended else None
+                if done is None or not self._index_appended(conn, run_id, kind, done):
+                    self._ingest(conn, run_id, kind)
             for run_id, (step, total_steps, epoch) in (progress or {}).items():
                 self._progress(conn, run_id, step, total_steps, epoch)
 
@@ -971,7 +1001,8 @@ class RunStore:
         `snapshots` items are (run_id, step, kind, payload); `progress` values
         (step, total_steps, epoch)."""
         now = time.time()
-        files: dict[tuple[str, str], list[bytes]] = {}
+        # (run_id, kind) -> its new lines, each with the index row it makes (id left out)
+        files: dict[tuple[str, str], list[tuple[bytes, tuple[Any, ...]]]] = {}
         snapshots = list(snapshots)
         for run_id in [*(metrics or {}), *(item[0] for item in snapshots), *(progress or {})]:
             if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
@@ -982,18 +1013,24 @@ class RunStore:
             if lines:
                 files.setdefault((run_id, "metrics"), []).extend(lines)
         for run_id, step, kind, payload in snapshots:
+            line = snapshot_line(step, kind, payload, now)
+            doc = {"step": step, "kind": kind, "payload": payload, "time": now}
             files.setdefault((run_id, "snapshots"), []).append(
-                snapshot_line(step, kind, payload, now))
-        written = []
-        for (run_id, kind), lines in files.items():
+                (line, snapshot_row(run_id, 0, doc, line)[2:]))
+        written: list[tuple[str, str]] = []
+        appended: dict[tuple[str, str], _Appended] = {}
+        for (run_id, kind), items in files.items():
             folder = self.run_dir(run_id)
             if not folder.is_dir():
                 continue  # the run was deleted: nothing to keep its lines for
-            append(folder / (METRICS_FILE if kind == "metrics" else SNAPSHOTS_FILE),
-                   b"".join(lines))
+            data = b"".join(line for line, _ in items)
+            start = append(folder / (METRICS_FILE if kind == "metrics" else SNAPSHOTS_FILE),
+                           data)
             written.append((run_id, kind))
+            if start is not None:
+                appended[(run_id, kind)] = _Appended(start, start + len(data), items)
         if written or progress:
-            self._sync_all(written, progress or {})
+            self._sync_all(written, progress or {}, appended=appended)
 
     @_recovering
     def metrics(self, run_id: str, after_id: int = 0) -> pd.DataFrame:
@@ -1206,7 +1243,20 @@ class StoreSink:
         self.store.save_checkpoint(self.run_id, state, name)
 
 
-def _metric_line(row: MetricRow | tuple[Any, ...], when: float) -> bytes:
+@dataclass(frozen=True)
+class _Appended:
+    """Lines one add_many appended to a file at [start, end), each with its index row but for
+    the run id and the line id."""
+
+    start: int
+    end: int
+    items: list[tuple[bytes, tuple[Any, ...]]]
+
+
+def _metric_line(row: MetricRow | tuple[Any, ...], when: float
+                 ) -> tuple[bytes, tuple[Any, ...]]:
+    """A metric row's line and its index row (without run id and line id), the row as
+    `metric_row` reads it back from the line."""
     if len(row) == 6:
         step, epoch, split, task, name, value = row
         replica = 0
@@ -1214,7 +1264,8 @@ def _metric_line(row: MetricRow | tuple[Any, ...], when: float) -> bytes:
         step, epoch, split, task, name, value, replica = row
     else:
         raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
-    return metric_line(step, epoch, split, task, name, value, replica, when)
+    item = metric_item(step, epoch, split, task, name, value, replica, when)
+    return item_line(item), metric_row("", 0, item)[2:]
 
 
 def _to_column(name: str, value: Any) -> Any:
