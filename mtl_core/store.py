@@ -33,8 +33,10 @@ rebuilt meanwhile, loses nothing: the next ingest (by any writer, by a reader th
 file ahead of the index, or by a rebuild) picks the lines up, and never twice.
 
 Concurrency model: every call opens its own short-lived connection, so a `RunStore` can be
-shared by threads (Streamlit) and processes (workers). WAL mode lets readers run while a worker
-writes; writers take the lock up front (`BEGIN IMMEDIATE`) and wait up to `BUSY_TIMEOUT_S`.
+shared by threads (Streamlit) and processes (workers); one idle read-only connection per index
+and process (mtl_core.index_keeper) keeps their closes from checkpointing the WAL each time.
+WAL mode lets readers run while a worker writes; writers take the lock up front
+(`BEGIN IMMEDIATE`) and wait up to `BUSY_TIMEOUT_S`.
 run.json is written while the index's write lock is held, so two writers never interleave.
 Rebuilding the index takes an exclusive lock file (`.index.lock`), builds a new database beside
 it and moves it into place; a process that finds the index broken waits for that lock and
@@ -66,6 +68,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtl_core.fair_queue import count_by_owner, fair_order, last_served, queued_rows
+from mtl_core.index_keeper import keep_open
 from mtl_core.owners import OPERATOR, OPERATOR_ID, Actor, Limits, check_limit, env_limits, require
 from mtl_core.run_files import (
     append,
@@ -337,6 +340,7 @@ class RunStore:
         """A fresh connection per call: never shared across threads or processes."""
         if not self.db_path.exists():  # sqlite would create an empty file: rebuild instead
             raise IndexMissing(f"{self.db_path} is missing")
+        keep_open(self.db_path)  # so that closing this connection does not checkpoint
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
