@@ -19,6 +19,7 @@ on any carried point acts on the whole stacked run. MTL_STACK_SWEEPS=0 turns sta
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from mtl_core.config import MAX_REPLICAS, ExperimentConfig, parse_config
 from mtl_core.fair_queue import CARRIED_PREFIX
 from mtl_core.sink import Control, MetricRow, Sink, SnapshotEntry, replica_kind
-from mtl_core.store import RunInfo, RunStore
+from mtl_core.store import HEARTBEAT_EVERY_S, RunInfo, RunStore
 
 if TYPE_CHECKING:
     from mtl_core.trainer import TrainResult
@@ -121,6 +122,7 @@ class PointSink:
         # snapshots of every point, are then one store transaction (`RunStore.add_many`).
         self.store = _shared_store(sinks)
         self.run_ids: list[str] = [getattr(s, "run_id", "") for s in sinks]
+        self.beat_at = -math.inf  # the carried points' last heartbeat (the first poll beats)
 
     def _split(self, slot: int) -> tuple[Sink, int]:
         return self.sinks[slot // self.k], slot % self.k
@@ -191,7 +193,19 @@ class PointSink:
             sink.status(status, carried or message)  # a carried point keeps its marker
 
     def control(self) -> Control | None:
-        for sink in self.sinks:  # a request on any point acts on the stacked run
+        """A request on any point acts on the stacked run. The carrier's sink is polled as a
+        run's own; the carried points, in one store, together: one read, and every
+        HEARTBEAT_EVERY_S one heartbeat write for all of them (not one of each per point)."""
+        request = self.sinks[0].control()
+        if request is not None or len(self.sinks) == 1:
+            return request
+        if self.store is not None:
+            now = time.monotonic()
+            beat = now - self.beat_at >= HEARTBEAT_EVERY_S
+            if beat:
+                self.beat_at = now
+            return self.store.poll_controls(self.run_ids[1:], beat)  # type: ignore[return-value]
+        for sink in self.sinks[1:]:
             request = sink.control()
             if request is not None:
                 return request
@@ -275,9 +289,9 @@ def train_carried(store: RunStore, cfg: ExperimentConfig, run_id: str, carried: 
     from mtl_core.trainer import resolve_device
 
     device = str(resolve_device(cfg.device))
-    for other in carried:  # the device the carrier's row shows, on every point
-        store.set_status(other, "running", f"{CARRIED_PREFIX}{run_id}", expect=["running"],
-                         device=device)
+    # the device the carrier's row shows, on every point (one transaction for all)
+    store.set_statuses([(other, "running", f"{CARRIED_PREFIX}{run_id}", ["running"],
+                         {"device": device}) for other in carried])
     ids = [run_id, *carried]
     configs = [cfg] + [parse_config(store.get_run(i).config) for i in carried]
     sinks: list[Sink] = [sink] + [store.sink(i) for i in carried]

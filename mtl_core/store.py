@@ -6,6 +6,8 @@ Layout of a runs directory (layout version 2):
                                  whenever it is missing, corrupt or of an older layout), and the
                                  transient controls and workers tables
     limits.json                  class-wide quotas set by the teacher (mtl_core.owners.Limits)
+    queued.stamp                 replaced (a new file) whenever runs are queued: idle workers
+                                 watch it (a stat) to claim at once, between their index polls
     workers.log                  stdout/stderr of the worker processes
     <run_id>/run.json            {"layout": 2, "id", "name", "owner", "owner_name", "status",
                                  "config", "created_at", "started_at", "ended_at", "step",
@@ -102,6 +104,7 @@ RUN_JSON = "run.json"
 METRICS_FILE = "metrics.jsonl"
 SNAPSHOTS_FILE = "snapshots.jsonl"
 LIMITS_FILE = "limits.json"
+QUEUE_STAMP = "queued.stamp"
 LOCK_FILE = ".index.lock"
 BUSY_TIMEOUT_S = 5.0
 HEARTBEAT_EVERY_S = 2.0  # the sink refreshes heartbeat_at at least this often while polled
@@ -723,6 +726,24 @@ class RunStore:
                 conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(cols)}) "
                              f"VALUES ({', '.join('?' * len(cols))})",
                              [_to_column(c, doc[c]) for c in cols])
+        if any(doc["status"] == "queued" for doc in docs):
+            self._stamp_queue()
+
+    def _stamp_queue(self) -> None:
+        """Tell idle workers that runs were queued (after the commit: they claim at once)."""
+        try:
+            write_bytes_atomic(self.runs_dir / QUEUE_STAMP, repr(time.time()).encode())
+        except OSError:
+            pass  # only a wake-up: the workers' own polls still find the runs
+
+    def queue_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever runs are queued (a stat, no index read): (inode, mtime) of
+        queued.stamp, None before the first queued run."""
+        try:
+            st = os.stat(self.runs_dir / QUEUE_STAMP)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     @_recovering
     def check_queue_room(self, owner: Actor, adding: int = 1) -> None:
@@ -773,41 +794,33 @@ class RunStore:
         is changed (so a late writer cannot overwrite a terminal status). Returns whether the
         run was changed; KeyError if it does not exist.
         """
-        _check_status(status)
-        unknown = set(fields) - set(_RUN_FIELDS)
-        if unknown:
-            raise TypeError(f"set_status: unknown fields {sorted(unknown)}; "
-                            f"allowed: {', '.join(_RUN_FIELDS)}")
-        fields = dict(fields)
-        if "summary" in fields:
-            fields["summary"] = json.dumps(fields["summary"] or {})
-        now = time.time()
-        sets = ["status = ?", "message = ?"]
-        args: list[Any] = [status, message]
-        for key, value in fields.items():
-            sets.append(f"{key} = ?")
-            args.append(value)
-        if status in ACTIVE_STATUSES and "started_at" not in fields:
-            sets.append("started_at = COALESCE(started_at, ?)")
-            args.append(now)
-        if status in TERMINAL_STATUSES and "ended_at" not in fields:
-            sets.append("ended_at = ?")
-            args.append(now)
-        where, where_args = "id = ?", [run_id]
-        if expect is not None:
-            wanted = list(expect)
-            where += f" AND status IN ({','.join('?' * len(wanted))})"
-            where_args += wanted
+        update = _status_update(run_id, status, message, expect, fields)
         with self._write() as conn:
-            changed = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE {where}",
-                                   args + where_args).rowcount == 1
-            if not changed and conn.execute("SELECT 1 FROM runs WHERE id = ?",
-                                            (run_id,)).fetchone() is None:
-                raise KeyError(f"unknown run {run_id!r}")
-            if changed:
-                if status in TERMINAL_STATUSES:
-                    conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
-                self._save_run_json(conn, run_id)
+            return self._apply_status(conn, update)
+
+    @_recovering
+    def set_statuses(self, updates: Iterable[StatusUpdate]) -> list[bool]:
+        """Several runs' `set_status`, each with its own status, message, `expect` and
+        fields, in one transaction (a stacked sweep's points as it starts and as it ends);
+        whether each run was changed. Every update is checked before anything is written
+        (ValueError, TypeError: nothing changed); a run that does not exist is not changed
+        (False), and the others still are."""
+        checked = [_status_update(*u) for u in updates]
+        with self._write() as conn:
+            return [self._apply_status(conn, u, missing_ok=True) for u in checked]
+
+    def _apply_status(self, conn: sqlite3.Connection, update: _StatusSQL,
+                      missing_ok: bool = False) -> bool:
+        run_id, status, sets, args, where, where_args = update
+        changed = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE {where}",
+                               args + where_args).rowcount == 1
+        if not changed and not missing_ok and conn.execute(
+                "SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        if changed:
+            if status in TERMINAL_STATUSES:
+                conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
+            self._save_run_json(conn, run_id)
         return changed
 
     @_recovering
@@ -1105,6 +1118,33 @@ class RunStore:
                 return str(row["action"])
         return None
 
+    @_recovering
+    def poll_controls(self, run_ids: list[str], heartbeat: bool) -> str | None:
+        """Several runs polled as one (a stacked sweep's carried points, which share one
+        trainer): with `heartbeat`, every one's heartbeat refreshed in one transaction, and
+        "stop" when any of them is no longer running/paused (as `StoreSink.control` answers
+        for its run); then the oldest pending request of any of them, popped (one read when
+        there is none)."""
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return None
+        marks = ",".join("?" * len(wanted))
+        if heartbeat:
+            with self._write() as conn:
+                live = conn.execute(f"UPDATE runs SET heartbeat_at = ? WHERE id IN ({marks}) "
+                                    "AND status IN ('running', 'paused')",
+                                    (time.time(), *wanted)).rowcount
+            if live != len(wanted):
+                return "stop"
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT id, action FROM controls WHERE run_id IN ({marks}) "
+                                "ORDER BY id LIMIT 1", wanted).fetchall()
+            # Only the reader whose DELETE removed the row gets it.
+            if rows and conn.execute("DELETE FROM controls WHERE id = ?",
+                                     (rows[0]["id"],)).rowcount == 1:
+                return str(rows[0]["action"])
+        return None
+
     # -- progress ------------------------------------------------------------------------------
 
     @_recovering
@@ -1270,6 +1310,43 @@ def _metric_line(row: MetricRow | tuple[Any, ...], when: float
         raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
     item = metric_item(step, epoch, split, task, name, value, replica, when)
     return item_line(item), metric_row("", 0, item)[2:]
+
+
+# set_statuses' items: (run_id, status, message, expect, fields)
+StatusUpdate = tuple[str, str, str | None, Iterable[str] | None, Mapping[str, Any]]
+# (run_id, status, SET clauses, their args, WHERE clause, its args)
+_StatusSQL = tuple[str, str, list[str], list[Any], str, list[Any]]
+
+
+def _status_update(run_id: str, status: str, message: str | None,
+                   expect: Iterable[str] | None, fields: Mapping[str, Any]) -> _StatusSQL:
+    """The UPDATE of `set_status` (ValueError/TypeError for a bad status or field)."""
+    _check_status(status)
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise TypeError(f"set_status: unknown fields {sorted(unknown)}; "
+                        f"allowed: {', '.join(_RUN_FIELDS)}")
+    fields = dict(fields)
+    if "summary" in fields:
+        fields["summary"] = json.dumps(fields["summary"] or {})
+    now = time.time()
+    sets = ["status = ?", "message = ?"]
+    args: list[Any] = [status, message]
+    for key, value in fields.items():
+        sets.append(f"{key} = ?")
+        args.append(value)
+    if status in ACTIVE_STATUSES and "started_at" not in fields:
+        sets.append("started_at = COALESCE(started_at, ?)")
+        args.append(now)
+    if status in TERMINAL_STATUSES and "ended_at" not in fields:
+        sets.append("ended_at = ?")
+        args.append(now)
+    where, where_args = "id = ?", [run_id]
+    if expect is not None:
+        wanted = list(expect)
+        where += f" AND status IN ({','.join('?' * len(wanted))})"
+        where_args += wanted
+    return run_id, status, sets, args, where, where_args
 
 
 def _to_column(name: str, value: Any) -> Any:

@@ -28,9 +28,10 @@ from typing import Any
 
 from mtl_core import budget, stacked_sweep
 from mtl_core.jobs import active_count, max_concurrent, warm_until
-from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
+from mtl_core.store import ACTIVE_STATUSES, RunStore, StatusUpdate, StoreSink
 
-POLL_S = 0.25  # how often an idle worker looks for a queued run
+POLL_S = 0.25  # how often an idle worker looks for a queued run in the index
+WAKE_S = 0.02  # how often it looks at the store's queue stamp (a stat) in between
 SEEN_EVERY_S = 5.0  # how often it refreshes its row (jobs.IDLE_WORKER_STALE_S is 60 s)
 TrainFn = Callable[..., Any]  # trainer.train(cfg, sink) -> TrainResult
 
@@ -95,6 +96,7 @@ class Worker:
                 return 0
             idle_since = last_seen = time.monotonic()
             while not self.terminating:
+                stamp = self.store.queue_stamp()  # before the claim: nothing queued is missed
                 claimed = self.store.claim_run(self.pid, max_active=max_jobs)
                 if claimed is not None:
                     self.run_one(claimed)
@@ -107,12 +109,25 @@ class Worker:
                 if now - last_seen >= SEEN_EVERY_S:  # tells dispatch this worker still waits
                     self.store.worker_seen(self.pid)
                     last_seen = now
-                time.sleep(POLL_S)
+                self._wait(stamp)
             return 0
         except Terminated:
             return 0
         finally:
             self.store.remove_worker(self.pid)
+
+    def _wait(self, stamp: tuple[int, int] | None) -> None:
+        """Sleep POLL_S, or less: until the store's queue stamp is no longer `stamp` (runs
+        were queued). A stat every WAKE_S costs next to nothing; an index poll costs a
+        connection. A slot freed by a run's end is still found at the next poll."""
+        deadline = time.monotonic() + POLL_S
+        while not self.terminating:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(WAKE_S, left))
+            if self.store.queue_stamp() != stamp:
+                return
 
     def _budgeted(self, sink: StoreSink, cfg: Any) -> BudgetedSink:
         if self.max_jobs is None:
@@ -160,13 +175,13 @@ class Worker:
         if status == "stopped" and self.terminating:
             message = "worker terminated (SIGTERM)" + (f"; {message}" if message else "")
         # expect=active: a run already ended elsewhere (e.g. reconciled) keeps its status.
-        self.store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
+        # A stacked sweep's points end together, each with its own result, in one transaction.
+        ends: list[StatusUpdate] = [(run_id, status, message, ACTIVE_STATUSES, fields)]
         for other, res in carried.items():  # None: the stacked run failed before its end
-            if res is None:
-                self.store.set_status(other, status, message, expect=ACTIVE_STATUSES)
-            else:
-                self.store.set_status(other, res.status, res.message, expect=ACTIVE_STATUSES,
-                                      step=res.steps, summary=res.summary)
+            ends.append((other, status, message, ACTIVE_STATUSES, {}) if res is None else
+                        (other, res.status, res.message, ACTIVE_STATUSES,
+                         {"step": res.steps, "summary": res.summary}))
+        self.store.set_statuses(ends)
         self.store.worker_seen(self.pid)
         self._say(f"run {run_id}: {status}" + (f" ({message})" if message else ""))
         return status
