@@ -23,6 +23,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mtl_core.config import MAX_REPLICAS, ExperimentConfig, parse_config
@@ -60,26 +61,47 @@ def stack_key(config: dict[str, Any]) -> str | None:
     if (config.get("weighting") or {}).get("method") != "static":
         return None
     rest = {k: v for k, v in config.items() if k != "name"}
-    rest["tasks"] = [{k: v for k, v in t.items() if k != "weight"} for t in config["tasks"]]
+    rest["tasks"] = [{k: v for k, v in t.items() if k != "weight"}
+                     for t in config.get("tasks") or []]
     return repr(sorted(rest.items()))
+
+
+def pick_carried(run: RunInfo, queued: Callable[[], list[RunInfo]]) -> tuple[list[str], str]:
+    """The queued points (of `queued()`, oldest first) of the same sweep as `run` that stack
+    with it, in sweep order, as many as one stacked run holds, and the message they get
+    while carried: `RunStore.claim_with`'s `carry`, so a worker claims a sweep's first point
+    and the others in one transaction."""
+    sweep_id = sweep_id_of(run.name)
+    key = None if sweep_id is None else stack_key(run.config)
+    if key is None or not stacking_enabled():
+        return [], ""
+    k = max(1, int(run.config.get("replicas") or 1))
+    wanted = [other.id for other in queued()
+              if other.id != run.id and other.status == "queued" and other.owner == run.owner
+              and sweep_id_of(other.name) == sweep_id
+              and stack_key(other.config) == key][:MAX_STACK_SLOTS // k - 1]
+    return wanted, f"{CARRIED_PREFIX}{run.id}"
 
 
 def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
     """Claim for worker `pid` (already holding `run_id`) the queued points of the same sweep
-    that stack with it; their ids in sweep order ([] when none)."""
+    that stack with it; their ids in sweep order ([] when none). (A worker polling the
+    queue claims them with the first point instead: `claim_with(carry=pick_carried)`.)"""
     run = store.get_run(run_id)
-    sweep_id, key = sweep_id_of(run.name), stack_key(run.config)
-    if sweep_id is None or key is None or not stacking_enabled():
-        return []
-    k = max(1, int(run.config.get("replicas") or 1))
-    wanted = [other.id for other in sweep_runs(store, sweep_id)
-              if other.id != run_id and other.status == "queued" and other.owner == run.owner
-              and stack_key(other.config) == key][:MAX_STACK_SLOTS // k - 1]
+    wanted, message = pick_carried(run, lambda: sweep_runs(store, sweep_id_of(run.name) or ""))
     # One transaction, as soon as possible: a point another idle worker claimed meanwhile
     # trains on its own (correct, but it takes a worker slot and half the cores).
-    taken = store.claim_runs(pid, wanted, f"{CARRIED_PREFIX}{run_id}") if wanted else []
+    taken = store.claim_runs(pid, wanted, message) if wanted else []
+    return keep_room(store, run, taken)
+
+
+def keep_room(store: RunStore, run: RunInfo, taken: list[str]) -> list[str]:
+    """Of the points `taken` with `run`, those its stacked model has room for (the parameter
+    limit over every copy); the others go back to the queue, as they were."""
+    if not taken:
+        return []
     room = max(0, _room(run.config))  # after the claim: it builds the model on the meta device
-    for extra in taken[room:]:  # back to the queue, as it was
+    for extra in taken[room:]:
         store.set_status(extra, "queued", None, expect=["running"], pid=None, started_at=None,
                          heartbeat_at=None)
     return taken[:room]

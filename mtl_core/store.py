@@ -263,6 +263,11 @@ class RunInfo:
         return str(self.config.get("weighting", {}).get("method", ""))
 
 
+# claim_with's `carry`: (the run just claimed, a function giving the queued runs, oldest
+# first) -> (the ids to claim with it, the message they get)
+Carry = Callable[[RunInfo, Callable[[], list[RunInfo]]], tuple[list[str], str]]
+
+
 @dataclass(frozen=True)
 class QueuePlace:
     """Where a queued run stands: `position` (1 = next) among `queued`, `active` of
@@ -862,7 +867,6 @@ class RunStore:
         require(actor, run_id, run.owner, run.owner_name, action)
         return run
 
-    @_recovering
     def claim_run(self, pid: int, run_id: str | None = None,
                   max_active: int | None = None) -> str | None:
         """Atomically turn a queued run into `running` for the worker `pid`.
@@ -873,6 +877,17 @@ class RunStore:
         running or paused (the concurrency limit is enforced here, at the one place every
         worker goes through). Returns the run id, or None if there is nothing to take.
         """
+        claimed = self.claim_with(pid, run_id, max_active)
+        return None if claimed is None else claimed[0]
+
+    @_recovering
+    def claim_with(self, pid: int, run_id: str | None = None, max_active: int | None = None,
+                   carry: Carry | None = None) -> tuple[str, list[str]] | None:
+        """`claim_run`, and in the same transaction the queued runs that `carry(run, queued)`
+        picks to train with it (a stacked sweep's points: mtl_core.stacked_sweep), each
+        `running` for `pid` with the message it gives: (run id, the ids carried with it).
+        One transaction, so two idle workers woken by the same submit cannot split a sweep
+        between them."""
         now = time.time()
         if run_id is None and not self._has_queued():
             return None  # idle workers poll often: no write lock when there is nothing to take
@@ -896,23 +911,42 @@ class RunStore:
             conn.execute("UPDATE workers SET run_id = ?, seen_at = ? WHERE pid = ?",
                          (run_id, now, pid))
             self._save_run_json(conn, run_id)
-        return run_id
+            carried: list[str] = []
+            if carry is not None:
+                run = _run_from_row(conn.execute("SELECT * FROM runs WHERE id = ?",
+                                                 (run_id,)).fetchone())
+
+                def queued() -> list[RunInfo]:
+                    return [_run_from_row(r) for r in conn.execute(
+                        "SELECT * FROM runs WHERE status = 'queued' "
+                        "ORDER BY created_at, rowid").fetchall()]
+
+                try:
+                    wanted, message = carry(run, queued)
+                except Exception:  # noqa: BLE001 - e.g. an odd config: the run trains alone
+                    wanted, message = [], ""
+                carried = self._claim_each(conn, pid, wanted, message, now)
+        return run_id, carried
 
     @_recovering
     def claim_runs(self, pid: int, run_ids: Iterable[str], message: str) -> list[str]:
         """Turn those of `run_ids` still queued into `running` for worker `pid` with
         `message`, in one transaction (a stacked sweep's carrier takes its points at once,
         mtl_core.stacked_sweep); the ids it took, in order."""
-        now, taken = time.time(), []
         with self._write() as conn:
-            for run_id in run_ids:
-                if conn.execute(
-                        "UPDATE runs SET status = 'running', message = ?, pid = ?, "
-                        "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
-                        (message, pid, now, now, run_id)).rowcount:
-                    taken.append(run_id)
-            for run_id in taken:
-                self._save_run_json(conn, run_id)
+            return self._claim_each(conn, pid, run_ids, message, time.time())
+
+    def _claim_each(self, conn: sqlite3.Connection, pid: int, run_ids: Iterable[str],
+                    message: str, now: float) -> list[str]:
+        taken = []
+        for run_id in run_ids:
+            if conn.execute(
+                    "UPDATE runs SET status = 'running', message = ?, pid = ?, "
+                    "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                    (message, pid, now, now, run_id)).rowcount:
+                taken.append(run_id)
+        for run_id in taken:
+            self._save_run_json(conn, run_id)
         return taken
 
     @_recovering

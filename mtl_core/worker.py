@@ -97,9 +97,11 @@ class Worker:
             idle_since = last_seen = time.monotonic()
             while not self.terminating:
                 stamp = self.store.queue_stamp()  # before the claim: nothing queued is missed
-                claimed = self.store.claim_run(self.pid, max_active=max_jobs)
+                claimed = self.store.claim_with(
+                    self.pid, max_active=max_jobs,
+                    carry=stacked_sweep.pick_carried if self.stacks else None)
                 if claimed is not None:
-                    self.run_one(claimed)
+                    self.run_one(*claimed)
                     idle_since = time.monotonic()
                     continue
                 now = time.monotonic()
@@ -138,18 +140,23 @@ class Worker:
         threads.apply(force=True)
         return BudgetedSink(sink, threads)
 
-    def run_one(self, run_id: str) -> str:
-        """Train one claimed run and set its terminal status; returns that status."""
+    def run_one(self, run_id: str, taken: list[str] | None = None) -> str:
+        """Train one claimed run and set its terminal status; returns that status. `taken`:
+        the sweep points claimed with it (`claim_with`); None: claim them now."""
         from mtl_core.config import parse_config
 
         self._say(f"run {run_id}: started")
         self.sink = self.store.sink(run_id)
         status, message, fields = "failed", None, {}
-        carried: dict[str, Any] = {}  # sweep points trained in this run's stacked model
+        # sweep points trained in this run's stacked model (if it fails, they fail with it)
+        carried: dict[str, Any] = dict.fromkeys(taken or [])
         try:
-            if self.stacks:  # first: the sooner it claims them, the fewer another worker takes
+            if self.stacks and taken is None:  # first: the sooner, the fewer another takes
                 carried = dict.fromkeys(stacked_sweep.claim_carried(self.store, self.pid,
                                                                     run_id))
+            elif carried:  # those the stacked model has no room for go back to the queue
+                carried = dict.fromkeys(stacked_sweep.keep_room(
+                    self.store, self.store.get_run(run_id), list(carried)))
             cfg = parse_config(self.store.get_run(run_id).config)
             device = str(self.resolve_device(cfg.device))
             self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)

@@ -12,7 +12,7 @@ from store_support import config
 
 from mtl_core import jobs, stacked_sweep, worker
 from mtl_core.fair_queue import CARRIED_PREFIX
-from mtl_core.stacked_sweep import PointSink, claim_carried
+from mtl_core.stacked_sweep import PointSink, claim_carried, pick_carried
 from mtl_core.store import RunStore
 from mtl_core.sweep import submit_sweep
 from mtl_core.trainer import TrainResult
@@ -65,7 +65,28 @@ def test_statuses_written_together_give_each_run_its_own(store):
     assert store.get_run(ids[3]).status == "queued"  # checked first: nothing written
 
 
-def test_the_carrier_claims_its_points_in_one_transaction(tiny_doc, monkeypatch):
+def test_a_worker_claims_a_sweeps_first_point_and_the_others_in_one_transaction(
+        tiny_doc, monkeypatch):
+    monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)
+    alone = RunStore().create_run(config("older, not of the sweep"))
+    sub = submit_sweep(sweep_doc(tiny_doc), 5)
+    store = RunStore()
+    counter = Transactions(monkeypatch)
+    assert store.claim_with(7001, max_active=2, carry=pick_carried) == (alone, [])
+    # the second idle worker woken by the same submit: it takes the whole sweep at once,
+    # so a third one finds nothing of it left to split it with
+    assert store.claim_with(7002, max_active=3, carry=pick_carried) == \
+        (sub.run_ids[0], sub.run_ids[1:])
+    assert counter.count == 2
+    assert store.claim_run(7003, max_active=3) is None
+    for run_id in sub.run_ids[1:]:
+        run = store.get_run(run_id)
+        assert (run.status, run.pid, run.message) == \
+            ("running", 7002, f"{CARRIED_PREFIX}{sub.run_ids[0]}")
+    assert jobs.active_count(store) == 2  # the carried points take no slot
+
+
+def test_claim_carried_takes_the_points_left_in_one_transaction(tiny_doc, monkeypatch):
     monkeypatch.setattr(jobs, "dispatch", lambda *a, **k: None)
     sub = submit_sweep(sweep_doc(tiny_doc), 5)
     store = RunStore()
@@ -100,10 +121,11 @@ def test_a_stacked_sweep_starts_and_ends_its_points_in_one_transaction_each(
     monkeypatch.setattr(stacked_sweep, "train_points", fake_train_points)
     w = worker.Worker(store, announce=False)
     before = counter.count
-    assert store.claim_run(w.pid, sub.run_ids[0]) == sub.run_ids[0]
-    assert w.run_one(sub.run_ids[0]) == "finished"
-    # claim (1) + carried claim (1) + the carrier running (1) + the carried running (1)
-    assert marks["start"] - before == 4
+    claimed = store.claim_with(w.pid, carry=pick_carried)
+    assert claimed == (sub.run_ids[0], sub.run_ids[1:])
+    assert w.run_one(*claimed) == "finished"
+    # the claim of every point (1) + the carrier running (1) + the carried running (1)
+    assert marks["start"] - before == 3
     # after training: every point's final status (1), then the worker's row (1)
     assert counter.count - marks["end"] == 2
     for run_id, result in zip(sub.run_ids, results, strict=True):
