@@ -31,6 +31,16 @@ _lock = threading.Lock()
 # db path -> (pid, (st_dev, st_ino), connection), least recently used first
 # (None: it could not be opened; tried again once the file at the path changes)
 _kept: OrderedDict[str, tuple[int, tuple[int, int], sqlite3.Connection | None]] = OrderedDict()
+# a parent process's keepers found after a fork: referenced, so never closed from here
+_inherited: list[sqlite3.Connection | None] = []
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread of the parent may have held it
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def keep_open(db_path: Path) -> None:
@@ -48,13 +58,11 @@ def keep_open(db_path: Path) -> None:
             return
         if held is not None:
             del _kept[key]
-            if held[0] == pid:  # a connection of a parent process is not ours to close
-                _close(held[2])
+            _drop(held[0], held[2])
         _kept[key] = (pid, identity, _open(key))
         while len(_kept) > MAX_KEPT:
             _, (owner, _, old) = _kept.popitem(last=False)
-            if owner == pid:
-                _close(old)
+            _drop(owner, old)
 
 
 def kept() -> list[str]:
@@ -74,6 +82,14 @@ def _open(path: str) -> sqlite3.Connection | None:
         return conn
     except (sqlite3.Error, OSError, ValueError):
         return None
+
+
+def _drop(owner: int, conn: sqlite3.Connection | None) -> None:
+    """Close a keeper of this process; keep one inherited through a fork referenced."""
+    if owner == os.getpid():
+        _close(conn)
+    else:
+        _inherited.append(conn)
 
 
 def _close(conn: sqlite3.Connection | None) -> None:
