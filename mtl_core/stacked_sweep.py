@@ -1,9 +1,10 @@
 """A weight sweep's grid points trained as one stacked run (issue 12, item 4).
 
 The sweep's runs are queued as before, one run per point (`mtl_core.sweep`). When a worker
-claims one of them (the *carrier*), it also claims every other still-queued point of the same
-sweep that can share its stacked model (`stack_key`: the same config but for the name and the
-task weights, static weighting, the same owner), up to MAX_STACK_SLOTS slots, and trains them
+claims one of them (the *carrier*), it also claims, in the same transaction (`pick_carried`),
+every other still-queued point of the same sweep that can share its stacked model (`stack_key`:
+the same config but for the name and the task weights, static weighting, the same owner), up
+to MAX_STACK_SLOTS slots, and trains them
 all with `replicas.train_slots`: slot (point p, seed j) has seed `seed + j` and point p's
 weights, its loss is Σ_i w_{p,i} L_{p,i}. `PointSink` sends slot (p, j)'s rows, snapshots and
 checkpoints to point p's own run as replica j, so every point's run folder, status and summary
