@@ -6,7 +6,9 @@ writes). Each round times, interleaved, in a fresh store each: one run (`jobs.su
 sweep stacked (`submit_sweep`, MTL_STACK_SWEEPS=1) and the sweep as separate runs
 (MTL_STACK_SWEEPS=0), both with MTL_MAX_JOBS workers. Also, in this process (one torch
 thread, training only): `stacked_sweep.train_points` of the N points against one `train`.
-Reported: medians over rounds, and each ratio against the one run of the same round.
+Reported: medians over rounds, and each ratio against the one run of the same round, and
+per round where the one run's and the stacked sweep's time went (submit → claim → first row
+→ last row → ended → seen here, from the store's timestamps).
 
     python bench/sweep_stacked.py [--rounds 3] [--grid 11] [--epochs 10] [--max-jobs 2]
 
@@ -16,6 +18,8 @@ The config is the Train page's default model (synthetic_mmoe, MLP 16-64-64, head
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import signal
 import statistics
@@ -42,9 +46,15 @@ def base(epochs: int):
 
 
 def end_workers(runs_dir: Path) -> None:
-    for pid, _, _ in RunStore(runs_dir).workers():
-        if jobs.pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
+    """SIGTERM the store's workers and wait until they are gone: a worker's exit (torch's
+    teardown) costs CPU, which the in-process timings right after would otherwise share."""
+    pids = [pid for pid, _, _ in RunStore(runs_dir).workers() if jobs.pid_alive(pid)]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(jobs.pid_alive(pid) for pid in pids):
+        jobs._reap_children()
+        time.sleep(0.05)
 
 
 def warm_workers(runs_dir: Path, n: int) -> None:
@@ -63,8 +73,26 @@ def warm_workers(runs_dir: Path, n: int) -> None:
     raise RuntimeError("workers did not start within 120 s")
 
 
-def one_run(cfg, runs_dir: Path) -> float:
-    start = time.perf_counter()
+def phases(store: RunStore, run_ids: list[str], start: float, seen: float) -> str:
+    """Where the time went, from the store's own timestamps (epoch seconds after the submit):
+    claim (started_at), first and last metric row written, ended (ended_at), seen by this
+    process; the spread over the points where there are several."""
+    runs = [store.get_run(i) for i in run_ids]
+    rows = [(store.run_dir(i) / "metrics.jsonl").read_bytes().splitlines() for i in run_ids]
+    first = [json.loads(r[0])[-1] for r in rows if r]
+    last = [json.loads(r[-1])[-1] for r in rows if r]
+
+    def span(values: list[float]) -> str:
+        lo, hi = min(values) - start, max(values) - start
+        return f"{lo:.2f}" if hi - lo < 0.005 else f"{lo:.2f}–{hi:.2f}"
+
+    return (f"claim +{span([r.started_at for r in runs])}, first row +{span(first)}, "
+            f"last row +{span(last)}, ended +{span([r.ended_at for r in runs])}, "
+            f"seen +{seen - start:.2f}")
+
+
+def one_run(cfg, runs_dir: Path) -> tuple[float, str]:
+    start, wall = time.perf_counter(), time.time()
     run_id = jobs.submit(cfg, runs_dir)
     store = RunStore(runs_dir)
     while (run := store.get_run(run_id)).status in LIVE_STATUSES:
@@ -72,22 +100,23 @@ def one_run(cfg, runs_dir: Path) -> float:
     elapsed = time.perf_counter() - start
     if run.status != "finished":
         raise RuntimeError(f"one run: {run.status} {run.message}")
-    return elapsed
+    return elapsed, phases(store, [run_id], wall, wall + elapsed)
 
 
-def sweep(cfg, grid: int, runs_dir: Path, stack: bool) -> float:
+def sweep(cfg, grid: int, runs_dir: Path, stack: bool) -> tuple[float, str]:
     os.environ["MTL_STACK_SWEEPS"] = "1" if stack else "0"  # the spawned workers inherit it
-    start = time.perf_counter()
+    start, wall = time.perf_counter(), time.time()
     sub = submit_sweep(cfg, grid, runs_dir)
     counts = wait_for_sweep(sub.sweep_id, runs_dir, poll_s=0.05)
     elapsed = time.perf_counter() - start
     if counts != {"finished": len(sub.run_ids)}:
         raise RuntimeError(f"sweep (stack={stack}): {counts}")
+    store = RunStore(runs_dir)
     if stack:  # every point carried by one worker, or the figure is not what it says
-        pids = {r.pid for r in RunStore(runs_dir).list_runs()}
+        pids = {r.pid for r in store.list_runs()}
         if len(pids) != 1:
             print(f"  note: the stacked sweep ran in {len(pids)} workers", flush=True)
-    return elapsed
+    return elapsed, phases(store, sub.run_ids, wall, wall + elapsed)
 
 
 def in_process(cfg, grid: int) -> tuple[float, float]:
@@ -117,6 +146,11 @@ def main() -> None:
           f"{args.epochs} epochs, MTL_MAX_JOBS={args.max_jobs}, "
           f"{'warm' if args.warm else 'cold'} workers", flush=True)
     train(base(1), MemorySink())  # warm-up of this process
+    train_points(sweep_configs(base(1), 2), [MemorySink(), MemorySink()])
+    # As a worker does (worker.preload): the imported modules' objects out of the garbage
+    # collector, or its full collections make this process's in-process timings slower
+    # than a worker's (the one run here took 1.0–1.5 s against 0.5 s in a worker).
+    gc.freeze()
     ones, stacked, separate, ip_ratio = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -127,9 +161,9 @@ def main() -> None:
                     if args.warm:
                         os.environ["MTL_STACK_SWEEPS"] = "0" if key == "separate" else "1"
                         warm_workers(d, 1 if key == "one" else args.max_jobs)
-                one = one_run(cfg, dirs["one"])
-                st = sweep(cfg, args.grid, dirs["stacked"], stack=True)
-                sep = sweep(cfg, args.grid, dirs["separate"], stack=False)
+                one, one_phases = one_run(cfg, dirs["one"])
+                st, st_phases = sweep(cfg, args.grid, dirs["stacked"], stack=True)
+                sep, _ = sweep(cfg, args.grid, dirs["separate"], stack=False)
             finally:
                 for d in dirs.values():
                     if (d / "runs.db").exists():
@@ -142,6 +176,7 @@ def main() -> None:
             print(f"  round {r}: one {one:.2f} s, stacked {st:.2f} s, separate {sep:.2f} s; "
                   f"in-process one {ip_one:.2f} s, stacked {ip_stacked:.2f} s; load "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
+            print(f"    one run: {one_phases}\n    stacked: {st_phases}", flush=True)
     med = statistics.median
     print("| end to end | one run (s) | stacked sweep ÷ one | separate sweep ÷ one "
           "| stacked ÷ separate | training only: stacked ÷ one |")

@@ -21,13 +21,17 @@ def write_json_atomic(path: Path, doc: Any) -> None:
     os.replace(tmp, path)
 
 
-def append(path: Path, data: bytes) -> None:
-    """Append in one O_APPEND write, so lines of concurrent appenders never interleave."""
+def append(path: Path, data: bytes) -> int | None:
+    """Append in one O_APPEND write, so lines of concurrent appenders never interleave.
+    Returns the file offset where `data` starts when it went out in that one write (the
+    writer then knows its lines' ids without reading them back), else None."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        view = memoryview(data)
+        view, writes = memoryview(data), 0
         while view:
             view = view[os.write(fd, view):]
+            writes += 1
+        return os.lseek(fd, 0, os.SEEK_CUR) - len(data) if writes == 1 else None
     finally:
         os.close(fd)
 
@@ -49,10 +53,19 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def metric_line(step: Any, epoch: Any, split: Any, task: Any, name: Any, value: Any,
-                 replica: Any, when: float) -> bytes:
-    item = [int(step), float(epoch), str(split), str(task), str(name), real(value),
+def metric_item(step: Any, epoch: Any, split: Any, task: Any, name: Any, value: Any,
+                replica: Any, when: float) -> list[Any]:
+    """A metric row as its line holds it (JSON round-trips it exactly)."""
+    return [int(step), float(epoch), str(split), str(task), str(name), real(value),
             int(replica), float(when)]
+
+
+def metric_line(step: Any, epoch: Any, split: Any, task: Any, name: Any, value: Any,
+                replica: Any, when: float) -> bytes:
+    return item_line(metric_item(step, epoch, split, task, name, value, replica, when))
+
+
+def item_line(item: list[Any]) -> bytes:
     return json.dumps(item, separators=(",", ":")).encode() + b"\n"
 
 

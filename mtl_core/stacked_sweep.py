@@ -1,9 +1,10 @@
 """A weight sweep's grid points trained as one stacked run (issue 12, item 4).
 
 The sweep's runs are queued as before, one run per point (`mtl_core.sweep`). When a worker
-claims one of them (the *carrier*), it also claims every other still-queued point of the same
-sweep that can share its stacked model (`stack_key`: the same config but for the name and the
-task weights, static weighting, the same owner), up to MAX_STACK_SLOTS slots, and trains them
+claims one of them (the *carrier*), it also claims, in the same transaction (`pick_carried`),
+every other still-queued point of the same sweep that can share its stacked model (`stack_key`:
+the same config but for the name and the task weights, static weighting, the same owner), up
+to MAX_STACK_SLOTS slots, and trains them
 all with `replicas.train_slots`: slot (point p, seed j) has seed `seed + j` and point p's
 weights, its loss is Σ_i w_{p,i} L_{p,i}. `PointSink` sends slot (p, j)'s rows, snapshots and
 checkpoints to point p's own run as replica j, so every point's run folder, status and summary
@@ -19,15 +20,17 @@ on any carried point acts on the whole stacked run. MTL_STACK_SWEEPS=0 turns sta
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mtl_core.config import MAX_REPLICAS, ExperimentConfig, parse_config
 from mtl_core.fair_queue import CARRIED_PREFIX
 from mtl_core.sink import Control, MetricRow, Sink, SnapshotEntry, replica_kind
-from mtl_core.store import RunInfo, RunStore
+from mtl_core.store import HEARTBEAT_EVERY_S, RunInfo, RunStore
 
 if TYPE_CHECKING:
     from mtl_core.trainer import TrainResult
@@ -59,26 +62,47 @@ def stack_key(config: dict[str, Any]) -> str | None:
     if (config.get("weighting") or {}).get("method") != "static":
         return None
     rest = {k: v for k, v in config.items() if k != "name"}
-    rest["tasks"] = [{k: v for k, v in t.items() if k != "weight"} for t in config["tasks"]]
+    rest["tasks"] = [{k: v for k, v in t.items() if k != "weight"}
+                     for t in config.get("tasks") or []]
     return repr(sorted(rest.items()))
+
+
+def pick_carried(run: RunInfo, queued: Callable[[], list[RunInfo]]) -> tuple[list[str], str]:
+    """The queued points (of `queued()`, oldest first) of the same sweep as `run` that stack
+    with it, in sweep order, as many as one stacked run holds, and the message they get
+    while carried: `RunStore.claim_with`'s `carry`, so a worker claims a sweep's first point
+    and the others in one transaction."""
+    sweep_id = sweep_id_of(run.name)
+    key = None if sweep_id is None else stack_key(run.config)
+    if key is None or not stacking_enabled():
+        return [], ""
+    k = max(1, int(run.config.get("replicas") or 1))
+    wanted = [other.id for other in queued()
+              if other.id != run.id and other.status == "queued" and other.owner == run.owner
+              and sweep_id_of(other.name) == sweep_id
+              and stack_key(other.config) == key][:MAX_STACK_SLOTS // k - 1]
+    return wanted, f"{CARRIED_PREFIX}{run.id}"
 
 
 def claim_carried(store: RunStore, pid: int, run_id: str) -> list[str]:
     """Claim for worker `pid` (already holding `run_id`) the queued points of the same sweep
-    that stack with it; their ids in sweep order ([] when none)."""
+    that stack with it; their ids in sweep order ([] when none). (A worker polling the
+    queue claims them with the first point instead: `claim_with(carry=pick_carried)`.)"""
     run = store.get_run(run_id)
-    sweep_id, key = sweep_id_of(run.name), stack_key(run.config)
-    if sweep_id is None or key is None or not stacking_enabled():
-        return []
-    k = max(1, int(run.config.get("replicas") or 1))
-    wanted = [other.id for other in sweep_runs(store, sweep_id)
-              if other.id != run_id and other.status == "queued" and other.owner == run.owner
-              and stack_key(other.config) == key][:MAX_STACK_SLOTS // k - 1]
+    wanted, message = pick_carried(run, lambda: sweep_runs(store, sweep_id_of(run.name) or ""))
     # One transaction, as soon as possible: a point another idle worker claimed meanwhile
     # trains on its own (correct, but it takes a worker slot and half the cores).
-    taken = store.claim_runs(pid, wanted, f"{CARRIED_PREFIX}{run_id}") if wanted else []
+    taken = store.claim_runs(pid, wanted, message) if wanted else []
+    return keep_room(store, run, taken)
+
+
+def keep_room(store: RunStore, run: RunInfo, taken: list[str]) -> list[str]:
+    """Of the points `taken` with `run`, those its stacked model has room for (the parameter
+    limit over every copy); the others go back to the queue, as they were."""
+    if not taken:
+        return []
     room = max(0, _room(run.config))  # after the claim: it builds the model on the meta device
-    for extra in taken[room:]:  # back to the queue, as it was
+    for extra in taken[room:]:
         store.set_status(extra, "queued", None, expect=["running"], pid=None, started_at=None,
                          heartbeat_at=None)
     return taken[:room]
@@ -121,6 +145,7 @@ class PointSink:
         # snapshots of every point, are then one store transaction (`RunStore.add_many`).
         self.store = _shared_store(sinks)
         self.run_ids: list[str] = [getattr(s, "run_id", "") for s in sinks]
+        self.beat_at = -math.inf  # the carried points' last heartbeat (the first poll beats)
 
     def _split(self, slot: int) -> tuple[Sink, int]:
         return self.sinks[slot // self.k], slot % self.k
@@ -191,7 +216,19 @@ class PointSink:
             sink.status(status, carried or message)  # a carried point keeps its marker
 
     def control(self) -> Control | None:
-        for sink in self.sinks:  # a request on any point acts on the stacked run
+        """A request on any point acts on the stacked run. The carrier's sink is polled as a
+        run's own; the carried points, in one store, together: one read, and every
+        HEARTBEAT_EVERY_S one heartbeat write for all of them (not one of each per point)."""
+        request = self.sinks[0].control()
+        if request is not None or len(self.sinks) == 1:
+            return request
+        if self.store is not None:
+            now = time.monotonic()
+            beat = now - self.beat_at >= HEARTBEAT_EVERY_S
+            if beat:
+                self.beat_at = now
+            return self.store.poll_controls(self.run_ids[1:], beat)  # type: ignore[return-value]
+        for sink in self.sinks[1:]:
             request = sink.control()
             if request is not None:
                 return request
@@ -275,9 +312,9 @@ def train_carried(store: RunStore, cfg: ExperimentConfig, run_id: str, carried: 
     from mtl_core.trainer import resolve_device
 
     device = str(resolve_device(cfg.device))
-    for other in carried:  # the device the carrier's row shows, on every point
-        store.set_status(other, "running", f"{CARRIED_PREFIX}{run_id}", expect=["running"],
-                         device=device)
+    # the device the carrier's row shows, on every point (one transaction for all)
+    store.set_statuses([(other, "running", f"{CARRIED_PREFIX}{run_id}", ["running"],
+                         {"device": device}) for other in carried])
     ids = [run_id, *carried]
     configs = [cfg] + [parse_config(store.get_run(i).config) for i in carried]
     sinks: list[Sink] = [sink] + [store.sink(i) for i in carried]

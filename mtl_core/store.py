@@ -6,6 +6,8 @@ Layout of a runs directory (layout version 2):
                                  whenever it is missing, corrupt or of an older layout), and the
                                  transient controls and workers tables
     limits.json                  class-wide quotas set by the teacher (mtl_core.owners.Limits)
+    queued.stamp                 replaced (a new file) whenever runs are queued: idle workers
+                                 watch it (a stat) to claim at once, between their index polls
     workers.log                  stdout/stderr of the worker processes
     <run_id>/run.json            {"layout": 2, "id", "name", "owner", "owner_name", "status",
                                  "config", "created_at", "started_at", "ended_at", "step",
@@ -33,8 +35,10 @@ rebuilt meanwhile, loses nothing: the next ingest (by any writer, by a reader th
 file ahead of the index, or by a rebuild) picks the lines up, and never twice.
 
 Concurrency model: every call opens its own short-lived connection, so a `RunStore` can be
-shared by threads (Streamlit) and processes (workers). WAL mode lets readers run while a worker
-writes; writers take the lock up front (`BEGIN IMMEDIATE`) and wait up to `BUSY_TIMEOUT_S`.
+shared by threads (Streamlit) and processes (workers); one idle read-only connection per index
+and process (mtl_core.index_keeper) keeps their closes from checkpointing the WAL each time.
+WAL mode lets readers run while a worker writes; writers take the lock up front
+(`BEGIN IMMEDIATE`) and wait up to `BUSY_TIMEOUT_S`.
 run.json is written while the index's write lock is held, so two writers never interleave.
 Rebuilding the index takes an exclusive lock file (`.index.lock`), builds a new database beside
 it and moves it into place; a process that finds the index broken waits for that lock and
@@ -66,10 +70,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mtl_core.fair_queue import count_by_owner, fair_order, last_served, queued_rows
+from mtl_core.index_keeper import keep_open
 from mtl_core.owners import OPERATOR, OPERATOR_ID, Actor, Limits, check_limit, env_limits, require
 from mtl_core.run_files import (
     append,
     file_lock,
+    item_line,
+    metric_item,
     metric_line,
     metric_row,
     snapshot_line,
@@ -97,6 +104,7 @@ RUN_JSON = "run.json"
 METRICS_FILE = "metrics.jsonl"
 SNAPSHOTS_FILE = "snapshots.jsonl"
 LIMITS_FILE = "limits.json"
+QUEUE_STAMP = "queued.stamp"
 LOCK_FILE = ".index.lock"
 BUSY_TIMEOUT_S = 5.0
 HEARTBEAT_EVERY_S = 2.0  # the sink refreshes heartbeat_at at least this often while polled
@@ -255,6 +263,11 @@ class RunInfo:
         return str(self.config.get("weighting", {}).get("method", ""))
 
 
+# claim_with's `carry`: (the run just claimed, a function giving the queued runs, oldest
+# first) -> (the ids to claim with it, the message they get)
+Carry = Callable[[RunInfo, Callable[[], list[RunInfo]]], tuple[list[str], str]]
+
+
 @dataclass(frozen=True)
 class QueuePlace:
     """Where a queued run stands: `position` (1 = next) among `queued`, `active` of
@@ -335,6 +348,7 @@ class RunStore:
         """A fresh connection per call: never shared across threads or processes."""
         if not self.db_path.exists():  # sqlite would create an empty file: rebuild instead
             raise IndexMissing(f"{self.db_path} is missing")
+        keep_open(self.db_path)  # so that closing this connection does not checkpoint
         conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
@@ -580,17 +594,45 @@ class RunStore:
                              "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
         conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset + end, run_id))
 
+    def _index_appended(self, conn: sqlite3.Connection, run_id: str, kind: str,
+                        done: _Appended) -> bool:
+        """Index lines appended at [done.start, done.end) if the index holds the file exactly
+        up to done.start; False (nothing done) otherwise."""
+        row = conn.execute(f"SELECT {kind}_offset FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None or int(row[0]) != done.start:
+            return False
+        batch, pos = [], done.start
+        for line, rest in done.items:
+            batch.append((run_id, pos + 1, *rest))  # a line's id: 1 + its byte offset
+            pos += len(line)
+        if kind == "metrics":
+            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
+                             "task, name, value, replica, time) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+        else:
+            conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
+                             "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
+        conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (done.end, run_id))
+        return True
+
     def _sync(self, run_id: str, kind: str) -> None:
         self._sync_all([(run_id, kind)])
 
     @_recovering
     def _sync_all(self, files: list[tuple[str, str]],
-                  progress: Mapping[str, tuple[int, int, float]] | None = None) -> None:
+                  progress: Mapping[str, tuple[int, int, float]] | None = None,
+                  appended: Mapping[tuple[str, str], _Appended] | None = None) -> None:
         """Ingest the (run_id, "metrics" | "snapshots") files and set the runs' progress, in
-        one transaction."""
+        one transaction. A file this writer has just appended to (`appended`) whose index
+        offset is where its lines start gets their rows as they are, without reading and
+        parsing them back (a stacked sweep's evaluation: ~3 MB of JSON); any other file, or
+        one where lines of another writer or an earlier failed batch come first, is read
+        from its offset, as always."""
         with self._write() as conn:
             for run_id, kind in files:
-                self._ingest(conn, run_id, kind)
+                done = appended.get((run_id, kind)) if appended else None
+                if done is None or not self._index_appended(conn, run_id, kind, done):
+                    self._ingest(conn, run_id, kind)
             for run_id, (step, total_steps, epoch) in (progress or {}).items():
                 self._progress(conn, run_id, step, total_steps, epoch)
 
@@ -689,6 +731,24 @@ class RunStore:
                 conn.execute(f"INSERT OR IGNORE INTO runs ({', '.join(cols)}) "
                              f"VALUES ({', '.join('?' * len(cols))})",
                              [_to_column(c, doc[c]) for c in cols])
+        if any(doc["status"] == "queued" for doc in docs):
+            self._stamp_queue()
+
+    def _stamp_queue(self) -> None:
+        """Tell idle workers that runs were queued (after the commit: they claim at once)."""
+        try:
+            write_bytes_atomic(self.runs_dir / QUEUE_STAMP, repr(time.time()).encode())
+        except OSError:
+            pass  # only a wake-up: the workers' own polls still find the runs
+
+    def queue_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever runs are queued (a stat, no index read): (inode, mtime) of
+        queued.stamp, None before the first queued run."""
+        try:
+            st = os.stat(self.runs_dir / QUEUE_STAMP)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     @_recovering
     def check_queue_room(self, owner: Actor, adding: int = 1) -> None:
@@ -739,41 +799,33 @@ class RunStore:
         is changed (so a late writer cannot overwrite a terminal status). Returns whether the
         run was changed; KeyError if it does not exist.
         """
-        _check_status(status)
-        unknown = set(fields) - set(_RUN_FIELDS)
-        if unknown:
-            raise TypeError(f"set_status: unknown fields {sorted(unknown)}; "
-                            f"allowed: {', '.join(_RUN_FIELDS)}")
-        fields = dict(fields)
-        if "summary" in fields:
-            fields["summary"] = json.dumps(fields["summary"] or {})
-        now = time.time()
-        sets = ["status = ?", "message = ?"]
-        args: list[Any] = [status, message]
-        for key, value in fields.items():
-            sets.append(f"{key} = ?")
-            args.append(value)
-        if status in ACTIVE_STATUSES and "started_at" not in fields:
-            sets.append("started_at = COALESCE(started_at, ?)")
-            args.append(now)
-        if status in TERMINAL_STATUSES and "ended_at" not in fields:
-            sets.append("ended_at = ?")
-            args.append(now)
-        where, where_args = "id = ?", [run_id]
-        if expect is not None:
-            wanted = list(expect)
-            where += f" AND status IN ({','.join('?' * len(wanted))})"
-            where_args += wanted
+        update = _status_update(run_id, status, message, expect, fields)
         with self._write() as conn:
-            changed = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE {where}",
-                                   args + where_args).rowcount == 1
-            if not changed and conn.execute("SELECT 1 FROM runs WHERE id = ?",
-                                            (run_id,)).fetchone() is None:
-                raise KeyError(f"unknown run {run_id!r}")
-            if changed:
-                if status in TERMINAL_STATUSES:
-                    conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
-                self._save_run_json(conn, run_id)
+            return self._apply_status(conn, update)
+
+    @_recovering
+    def set_statuses(self, updates: Iterable[StatusUpdate]) -> list[bool]:
+        """Several runs' `set_status`, each with its own status, message, `expect` and
+        fields, in one transaction (a stacked sweep's points as it starts and as it ends);
+        whether each run was changed. Every update is checked before anything is written
+        (ValueError, TypeError: nothing changed); a run that does not exist is not changed
+        (False), and the others still are."""
+        checked = [_status_update(*u) for u in updates]
+        with self._write() as conn:
+            return [self._apply_status(conn, u, missing_ok=True) for u in checked]
+
+    def _apply_status(self, conn: sqlite3.Connection, update: _StatusSQL,
+                      missing_ok: bool = False) -> bool:
+        run_id, status, sets, args, where, where_args = update
+        changed = conn.execute(f"UPDATE runs SET {', '.join(sets)} WHERE {where}",
+                               args + where_args).rowcount == 1
+        if not changed and not missing_ok and conn.execute(
+                "SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            raise KeyError(f"unknown run {run_id!r}")
+        if changed:
+            if status in TERMINAL_STATUSES:
+                conn.execute("DELETE FROM controls WHERE run_id = ?", (run_id,))
+            self._save_run_json(conn, run_id)
         return changed
 
     @_recovering
@@ -815,7 +867,6 @@ class RunStore:
         require(actor, run_id, run.owner, run.owner_name, action)
         return run
 
-    @_recovering
     def claim_run(self, pid: int, run_id: str | None = None,
                   max_active: int | None = None) -> str | None:
         """Atomically turn a queued run into `running` for the worker `pid`.
@@ -826,6 +877,17 @@ class RunStore:
         running or paused (the concurrency limit is enforced here, at the one place every
         worker goes through). Returns the run id, or None if there is nothing to take.
         """
+        claimed = self.claim_with(pid, run_id, max_active)
+        return None if claimed is None else claimed[0]
+
+    @_recovering
+    def claim_with(self, pid: int, run_id: str | None = None, max_active: int | None = None,
+                   carry: Carry | None = None) -> tuple[str, list[str]] | None:
+        """`claim_run`, and in the same transaction the queued runs that `carry(run, queued)`
+        picks to train with it (a stacked sweep's points: mtl_core.stacked_sweep), each
+        `running` for `pid` with the message it gives: (run id, the ids carried with it).
+        One transaction, so two idle workers woken by the same submit cannot split a sweep
+        between them."""
         now = time.time()
         if run_id is None and not self._has_queued():
             return None  # idle workers poll often: no write lock when there is nothing to take
@@ -849,23 +911,42 @@ class RunStore:
             conn.execute("UPDATE workers SET run_id = ?, seen_at = ? WHERE pid = ?",
                          (run_id, now, pid))
             self._save_run_json(conn, run_id)
-        return run_id
+            carried: list[str] = []
+            if carry is not None:
+                run = _run_from_row(conn.execute("SELECT * FROM runs WHERE id = ?",
+                                                 (run_id,)).fetchone())
+
+                def queued() -> list[RunInfo]:
+                    return [_run_from_row(r) for r in conn.execute(
+                        "SELECT * FROM runs WHERE status = 'queued' "
+                        "ORDER BY created_at, rowid").fetchall()]
+
+                try:
+                    wanted, message = carry(run, queued)
+                except Exception:  # noqa: BLE001 - e.g. an odd config: the run trains alone
+                    wanted, message = [], ""
+                carried = self._claim_each(conn, pid, wanted, message, now)
+        return run_id, carried
 
     @_recovering
     def claim_runs(self, pid: int, run_ids: Iterable[str], message: str) -> list[str]:
         """Turn those of `run_ids` still queued into `running` for worker `pid` with
         `message`, in one transaction (a stacked sweep's carrier takes its points at once,
         mtl_core.stacked_sweep); the ids it took, in order."""
-        now, taken = time.time(), []
         with self._write() as conn:
-            for run_id in run_ids:
-                if conn.execute(
-                        "UPDATE runs SET status = 'running', message = ?, pid = ?, "
-                        "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
-                        (message, pid, now, now, run_id)).rowcount:
-                    taken.append(run_id)
-            for run_id in taken:
-                self._save_run_json(conn, run_id)
+            return self._claim_each(conn, pid, run_ids, message, time.time())
+
+    def _claim_each(self, conn: sqlite3.Connection, pid: int, run_ids: Iterable[str],
+                    message: str, now: float) -> list[str]:
+        taken = []
+        for run_id in run_ids:
+            if conn.execute(
+                    "UPDATE runs SET status = 'running', message = ?, pid = ?, "
+                    "started_at = ?, heartbeat_at = ? WHERE id = ? AND status = 'queued'",
+                    (message, pid, now, now, run_id)).rowcount:
+                taken.append(run_id)
+        for run_id in taken:
+            self._save_run_json(conn, run_id)
         return taken
 
     @_recovering
@@ -971,7 +1052,8 @@ class RunStore:
         `snapshots` items are (run_id, step, kind, payload); `progress` values
         (step, total_steps, epoch)."""
         now = time.time()
-        files: dict[tuple[str, str], list[bytes]] = {}
+        # (run_id, kind) -> its new lines, each with the index row it makes (id left out)
+        files: dict[tuple[str, str], list[tuple[bytes, tuple[Any, ...]]]] = {}
         snapshots = list(snapshots)
         for run_id in [*(metrics or {}), *(item[0] for item in snapshots), *(progress or {})]:
             if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
@@ -982,18 +1064,24 @@ class RunStore:
             if lines:
                 files.setdefault((run_id, "metrics"), []).extend(lines)
         for run_id, step, kind, payload in snapshots:
+            line = snapshot_line(step, kind, payload, now)
+            doc = {"step": step, "kind": kind, "payload": payload, "time": now}
             files.setdefault((run_id, "snapshots"), []).append(
-                snapshot_line(step, kind, payload, now))
-        written = []
-        for (run_id, kind), lines in files.items():
+                (line, snapshot_row(run_id, 0, doc, line)[2:]))
+        written: list[tuple[str, str]] = []
+        appended: dict[tuple[str, str], _Appended] = {}
+        for (run_id, kind), items in files.items():
             folder = self.run_dir(run_id)
             if not folder.is_dir():
                 continue  # the run was deleted: nothing to keep its lines for
-            append(folder / (METRICS_FILE if kind == "metrics" else SNAPSHOTS_FILE),
-                   b"".join(lines))
+            data = b"".join(line for line, _ in items)
+            start = append(folder / (METRICS_FILE if kind == "metrics" else SNAPSHOTS_FILE),
+                           data)
             written.append((run_id, kind))
+            if start is not None:
+                appended[(run_id, kind)] = _Appended(start, start + len(data), items)
         if written or progress:
-            self._sync_all(written, progress or {})
+            self._sync_all(written, progress or {}, appended=appended)
 
     @_recovering
     def metrics(self, run_id: str, after_id: int = 0) -> pd.DataFrame:
@@ -1062,6 +1150,33 @@ class RunStore:
             # Only the reader whose DELETE removed the row gets it.
             if conn.execute("DELETE FROM controls WHERE id = ?", (row["id"],)).rowcount == 1:
                 return str(row["action"])
+        return None
+
+    @_recovering
+    def poll_controls(self, run_ids: list[str], heartbeat: bool) -> str | None:
+        """Several runs polled as one (a stacked sweep's carried points, which share one
+        trainer): with `heartbeat`, every one's heartbeat refreshed in one transaction, and
+        "stop" when any of them is no longer running/paused (as `StoreSink.control` answers
+        for its run); then the oldest pending request of any of them, popped (one read when
+        there is none)."""
+        wanted = list(dict.fromkeys(run_ids))
+        if not wanted:
+            return None
+        marks = ",".join("?" * len(wanted))
+        if heartbeat:
+            with self._write() as conn:
+                live = conn.execute(f"UPDATE runs SET heartbeat_at = ? WHERE id IN ({marks}) "
+                                    "AND status IN ('running', 'paused')",
+                                    (time.time(), *wanted)).rowcount
+            if live != len(wanted):
+                return "stop"
+        with self._connect() as conn:
+            rows = conn.execute(f"SELECT id, action FROM controls WHERE run_id IN ({marks}) "
+                                "ORDER BY id LIMIT 1", wanted).fetchall()
+            # Only the reader whose DELETE removed the row gets it.
+            if rows and conn.execute("DELETE FROM controls WHERE id = ?",
+                                     (rows[0]["id"],)).rowcount == 1:
+                return str(rows[0]["action"])
         return None
 
     # -- progress ------------------------------------------------------------------------------
@@ -1206,7 +1321,20 @@ class StoreSink:
         self.store.save_checkpoint(self.run_id, state, name)
 
 
-def _metric_line(row: MetricRow | tuple[Any, ...], when: float) -> bytes:
+@dataclass(frozen=True)
+class _Appended:
+    """Lines one add_many appended to a file at [start, end), each with its index row but for
+    the run id and the line id."""
+
+    start: int
+    end: int
+    items: list[tuple[bytes, tuple[Any, ...]]]
+
+
+def _metric_line(row: MetricRow | tuple[Any, ...], when: float
+                 ) -> tuple[bytes, tuple[Any, ...]]:
+    """A metric row's line and its index row (without run id and line id), the row as
+    `metric_row` reads it back from the line."""
     if len(row) == 6:
         step, epoch, split, task, name, value = row
         replica = 0
@@ -1214,7 +1342,45 @@ def _metric_line(row: MetricRow | tuple[Any, ...], when: float) -> bytes:
         step, epoch, split, task, name, value, replica = row
     else:
         raise ValueError(f"a metric row has 6 or 7 elements (got {len(row)}: {row!r})")
-    return metric_line(step, epoch, split, task, name, value, replica, when)
+    item = metric_item(step, epoch, split, task, name, value, replica, when)
+    return item_line(item), metric_row("", 0, item)[2:]
+
+
+# set_statuses' items: (run_id, status, message, expect, fields)
+StatusUpdate = tuple[str, str, str | None, Iterable[str] | None, Mapping[str, Any]]
+# (run_id, status, SET clauses, their args, WHERE clause, its args)
+_StatusSQL = tuple[str, str, list[str], list[Any], str, list[Any]]
+
+
+def _status_update(run_id: str, status: str, message: str | None,
+                   expect: Iterable[str] | None, fields: Mapping[str, Any]) -> _StatusSQL:
+    """The UPDATE of `set_status` (ValueError/TypeError for a bad status or field)."""
+    _check_status(status)
+    unknown = set(fields) - set(_RUN_FIELDS)
+    if unknown:
+        raise TypeError(f"set_status: unknown fields {sorted(unknown)}; "
+                        f"allowed: {', '.join(_RUN_FIELDS)}")
+    fields = dict(fields)
+    if "summary" in fields:
+        fields["summary"] = json.dumps(fields["summary"] or {})
+    now = time.time()
+    sets = ["status = ?", "message = ?"]
+    args: list[Any] = [status, message]
+    for key, value in fields.items():
+        sets.append(f"{key} = ?")
+        args.append(value)
+    if status in ACTIVE_STATUSES and "started_at" not in fields:
+        sets.append("started_at = COALESCE(started_at, ?)")
+        args.append(now)
+    if status in TERMINAL_STATUSES and "ended_at" not in fields:
+        sets.append("ended_at = ?")
+        args.append(now)
+    where, where_args = "id = ?", [run_id]
+    if expect is not None:
+        wanted = list(expect)
+        where += f" AND status IN ({','.join('?' * len(wanted))})"
+        where_args += wanted
+    return run_id, status, sets, args, where, where_args
 
 
 def _to_column(name: str, value: Any) -> Any:

@@ -28,9 +28,10 @@ from typing import Any
 
 from mtl_core import budget, stacked_sweep
 from mtl_core.jobs import active_count, max_concurrent, warm_until
-from mtl_core.store import ACTIVE_STATUSES, RunStore, StoreSink
+from mtl_core.store import ACTIVE_STATUSES, RunStore, StatusUpdate, StoreSink
 
-POLL_S = 0.25  # how often an idle worker looks for a queued run
+POLL_S = 0.25  # how often an idle worker looks for a queued run in the index
+WAKE_S = 0.02  # how often it looks at the store's queue stamp (a stat) in between
 SEEN_EVERY_S = 5.0  # how often it refreshes its row (jobs.IDLE_WORKER_STALE_S is 60 s)
 TrainFn = Callable[..., Any]  # trainer.train(cfg, sink) -> TrainResult
 
@@ -95,9 +96,12 @@ class Worker:
                 return 0
             idle_since = last_seen = time.monotonic()
             while not self.terminating:
-                claimed = self.store.claim_run(self.pid, max_active=max_jobs)
+                stamp = self.store.queue_stamp()  # before the claim: nothing queued is missed
+                claimed = self.store.claim_with(
+                    self.pid, max_active=max_jobs,
+                    carry=stacked_sweep.pick_carried if self.stacks else None)
                 if claimed is not None:
-                    self.run_one(claimed)
+                    self.run_one(*claimed)
                     idle_since = time.monotonic()
                     continue
                 now = time.monotonic()
@@ -107,12 +111,25 @@ class Worker:
                 if now - last_seen >= SEEN_EVERY_S:  # tells dispatch this worker still waits
                     self.store.worker_seen(self.pid)
                     last_seen = now
-                time.sleep(POLL_S)
+                self._wait(stamp)
             return 0
         except Terminated:
             return 0
         finally:
             self.store.remove_worker(self.pid)
+
+    def _wait(self, stamp: tuple[int, int] | None) -> None:
+        """Sleep POLL_S, or less: until the store's queue stamp is no longer `stamp` (runs
+        were queued). A stat every WAKE_S costs next to nothing; an index poll costs a
+        connection. A slot freed by a run's end is still found at the next poll."""
+        deadline = time.monotonic() + POLL_S
+        while not self.terminating:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(WAKE_S, left))
+            if self.store.queue_stamp() != stamp:
+                return
 
     def _budgeted(self, sink: StoreSink, cfg: Any) -> BudgetedSink:
         if self.max_jobs is None:
@@ -123,18 +140,23 @@ class Worker:
         threads.apply(force=True)
         return BudgetedSink(sink, threads)
 
-    def run_one(self, run_id: str) -> str:
-        """Train one claimed run and set its terminal status; returns that status."""
+    def run_one(self, run_id: str, taken: list[str] | None = None) -> str:
+        """Train one claimed run and set its terminal status; returns that status. `taken`:
+        the sweep points claimed with it (`claim_with`); None: claim them now."""
         from mtl_core.config import parse_config
 
         self._say(f"run {run_id}: started")
         self.sink = self.store.sink(run_id)
         status, message, fields = "failed", None, {}
-        carried: dict[str, Any] = {}  # sweep points trained in this run's stacked model
+        # sweep points trained in this run's stacked model (if it fails, they fail with it)
+        carried: dict[str, Any] = dict.fromkeys(taken or [])
         try:
-            if self.stacks:  # first: the sooner it claims them, the fewer another worker takes
+            if self.stacks and taken is None:  # first: the sooner, the fewer another takes
                 carried = dict.fromkeys(stacked_sweep.claim_carried(self.store, self.pid,
                                                                     run_id))
+            elif carried:  # those the stacked model has no room for go back to the queue
+                carried = dict.fromkeys(stacked_sweep.keep_room(
+                    self.store, self.store.get_run(run_id), list(carried)))
             cfg = parse_config(self.store.get_run(run_id).config)
             device = str(self.resolve_device(cfg.device))
             self.store.set_status(run_id, "running", device=device, expect=ACTIVE_STATUSES)
@@ -160,13 +182,13 @@ class Worker:
         if status == "stopped" and self.terminating:
             message = "worker terminated (SIGTERM)" + (f"; {message}" if message else "")
         # expect=active: a run already ended elsewhere (e.g. reconciled) keeps its status.
-        self.store.set_status(run_id, status, message, expect=ACTIVE_STATUSES, **fields)
+        # A stacked sweep's points end together, each with its own result, in one transaction.
+        ends: list[StatusUpdate] = [(run_id, status, message, ACTIVE_STATUSES, fields)]
         for other, res in carried.items():  # None: the stacked run failed before its end
-            if res is None:
-                self.store.set_status(other, status, message, expect=ACTIVE_STATUSES)
-            else:
-                self.store.set_status(other, res.status, res.message, expect=ACTIVE_STATUSES,
-                                      step=res.steps, summary=res.summary)
+            ends.append((other, status, message, ACTIVE_STATUSES, {}) if res is None else
+                        (other, res.status, res.message, ACTIVE_STATUSES,
+                         {"step": res.steps, "summary": res.summary}))
+        self.store.set_statuses(ends)
         self.store.worker_seen(self.pid)
         self._say(f"run {run_id}: {status}" + (f" ({message})" if message else ""))
         return status

@@ -102,7 +102,7 @@ def test_a_batch_whose_transaction_fails_is_picked_up_by_the_next_write(store, m
     run_id = store.create_run(config())
     original = RunStore._sync_all
 
-    def locked(self, files, progress=None):
+    def locked(self, files, progress=None, appended=None):
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(RunStore, "_sync_all", locked)
@@ -223,3 +223,56 @@ def test_a_run_ended_early_keeps_each_seeds_last_evaluation(tiny_doc):
         if r:  # held back in between: fewer than one per evaluation
             evaluations = {row[0] for row in sink.rows if row[2] == "val" and row[6] == r}
             assert len(predictions(sink, kind)) < len(evaluations)
+
+
+def _index_rows(store: RunStore, run_id: str) -> tuple[list, list]:
+    with store._connect() as conn:
+        metrics = [tuple(r) for r in conn.execute(
+            "SELECT * FROM metrics WHERE run_id = ? ORDER BY id", (run_id,))]
+        snapshots = [tuple(r) for r in conn.execute(
+            "SELECT * FROM snapshots WHERE run_id = ? ORDER BY id", (run_id,))]
+    return metrics, snapshots
+
+
+def test_a_writers_own_lines_are_indexed_without_reading_them_back_as_a_rebuild_would(
+        store, monkeypatch):
+    run_id = store.create_run(config())
+    ingested: list[tuple[str, str]] = []
+    ingest = RunStore._ingest
+
+    def recording(self, conn, rid, kind):
+        ingested.append((rid, kind))
+        return ingest(self, conn, rid, kind)
+
+    monkeypatch.setattr(RunStore, "_ingest", recording)
+    for step in (1, 2):
+        store.add_many(
+            metrics={run_id: [(step, 0.5, "val", "x", "loss", 0.1 * step, 1),
+                              (step, 0.5, "train", "x", "loss", float("nan")),
+                              (step, 0.5, "train", "y", "loss", float("inf"), 0)]},
+            snapshots=[(run_id, step, "scatter", {"x": {"true": [1.5, -2.0], "pred": [1e-7]}}),
+                       (run_id, step, "predictions/r1", {"outputs": {"x": [0.25]}})])
+    assert ingested == []  # the index rows came from the batch itself
+    written = _index_rows(store, run_id)
+    assert len(written[0]) == 6 and len(written[1]) == 4
+    monkeypatch.setattr(RunStore, "_ingest", ingest)
+    rebuilt = _rebuilt(store)  # the folder's lines, read and parsed
+    rebuilt.get_run(run_id)
+    assert _index_rows(rebuilt, run_id) == written  # same ids, values, payload text
+
+
+def test_lines_of_an_earlier_writer_are_indexed_before_a_batch_and_none_twice(store):
+    run_id = store.create_run(config())
+    store.add_metrics(run_id, [(1, 0.0, "val", "x", "loss", 1.0)])
+    folder = store.run_dir(run_id)
+    # a writer that died between its append and its index transaction
+    store_module.append(folder / "metrics.jsonl",
+                        store_module.metric_line(2, 0.0, "val", "x", "loss", 2.0, 0, 1.0))
+    store.add_metrics(run_id, [(3, 0.0, "val", "x", "loss", 3.0)])
+    store.add_metrics(run_id, [(4, 0.0, "val", "x", "loss", 4.0)])
+    rows = store.metrics(run_id)
+    assert rows["step"].tolist() == [1, 2, 3, 4] and rows["value"].tolist() == [1, 2, 3, 4]
+    offsets = [0]  # a line's id is 1 + its byte offset in the file
+    for line in (folder / "metrics.jsonl").read_bytes().splitlines(keepends=True)[:-1]:
+        offsets.append(offsets[-1] + len(line))
+    assert rows["id"].tolist() == [o + 1 for o in offsets]
