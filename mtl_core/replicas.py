@@ -30,6 +30,7 @@ evaluation); the others go on. Early stopping is per replica too.
 """
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 import time
@@ -146,11 +147,20 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
     (point, seed) pairs), each built exactly as `trainer.train` builds the run of its seed
     with its weights."""
     replicas = []
+    # A sweep's points share their seeds: each seed's data and initial model are built once
+    # (its later slots get their own copies) and the random state they leave is restored.
+    built: dict[int, tuple[SuiteData, MTLModel, list[Tensor]]] = {}
     for index, (seed, weights) in enumerate(slots or default_slots(cfg)):
-        torch.manual_seed(seed)
-        data = load_suite(cfg.data, seed, names, device=device)
-        torch.manual_seed(seed)
-        model = build_model(cfg.model, data).to(device)
+        if seed in built:
+            first_data, first_model, state = built[seed]
+            data, model = copy.copy(first_data), copy.deepcopy(first_model)
+            _set_rng_state(state, device)
+        else:
+            torch.manual_seed(seed)
+            data = load_suite(cfg.data, seed, names, device=device)
+            torch.manual_seed(seed)
+            model = build_model(cfg.model, data).to(device)
+            built[seed] = (copy.copy(data), copy.deepcopy(model), _rng_state(device))
         method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         reuse = shared + model.all_task_parameters()

@@ -73,6 +73,30 @@ def test_replica_initial_weights_are_those_of_its_seed(tiny_doc):
                            reps[1].model.shared[0][0].net[0].weight)
 
 
+def test_slots_of_one_seed_build_its_data_once_and_start_equal(tiny_doc, monkeypatch):
+    """A sweep's points share a seed: its data is built once, every slot still gets its own
+    model and splits, equal to the slot built alone, and the random state after building."""
+    cfg = parse_config(tiny_doc({"seed": 3, "model": {"architecture": "mmoe"}}))
+    names = [t.name for t in cfg.tasks or []]
+    calls = []
+    real_load = R.load_suite
+    monkeypatch.setattr(R, "load_suite", lambda *a, **k: calls.append(a[1]) or real_load(*a, **k))
+    slots = [(3, [1.0, 1.0]), (3, [0.5, 1.5]), (4, [1.0, 1.0]), (3, [2.0, 0.1])]
+    reps = R.build_replicas(cfg, torch.device("cpu"), names, 4, slots)
+    assert calls == [3, 4]
+    alone = R.build_replicas(cfg, torch.device("cpu"), names, 4, [(3, [2.0, 0.1])])[0]
+    last = reps[3]
+    assert last.model is not reps[0].model and last.data is not reps[0].data
+    for (name, p), (_, q) in zip(last.model.named_parameters(), alone.model.named_parameters(),
+                                 strict=True):
+        assert torch.equal(p, q), name
+    assert torch.equal(last.rng_state[0], alone.rng_state[0])
+    assert last.weight_values == [2.0, 0.1]
+    with torch.no_grad():  # the copies are independent: training one moves no other
+        next(reps[1].model.parameters()).add_(1.0)
+    assert torch.equal(next(reps[0].model.parameters()), next(alone.model.parameters()))
+
+
 @pytest.mark.parametrize("architecture", ["hard_sharing", "mmoe", "cross_stitch", "mtan",
                                           "single_task"])
 def test_each_replica_equals_the_run_of_its_seed(tiny_doc, architecture):
