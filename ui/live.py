@@ -172,9 +172,11 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
     with tabs[3]:
         if opened[3]:
             _architecture_tab(store, run_id, tasks)
-    st.markdown("**Latest numbers**")
     # Formatted as text: 4 significant digits read well on a projector, and "–" beats "None".
-    st.dataframe(latest_text(df, tasks), width="stretch", key="live_latest")
+    # A Markdown table, not st.dataframe: the data grid's code and canvas cost the browser
+    # more on each refresh than the run's own curves, on the cores the run trains on.
+    with st.container(key="live_latest"):
+        st.markdown("**Latest numbers**\n\n" + markdown_table(latest_text(df, tasks)))
 
 
 def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
@@ -194,6 +196,19 @@ def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
 
     return pd.DataFrame({c: [cell(t, c) for t in table.index] for c in table.columns},
                         index=table.index)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """`table` (text cells) as a Markdown table, its index as the first column."""
+    def cell(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    head = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cell(h) for h in head) + " |",
+             "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in [index, *row]) + " |"
+              for index, row in zip(table.index, table.itertuples(index=False), strict=True)]
+    return "\n".join(lines)
 
 
 def _band_control(df: pd.DataFrame) -> str:

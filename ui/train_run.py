@@ -369,13 +369,15 @@ def diagram_panel(diagram: Diagram) -> None:
 
 
 def live_area() -> None:
+    from ui.chart_warmup import warm_charts
     from ui.live import live_panel
 
     run_id = current_run_id()
-    if not run_id:
+    if run_id:
+        live_panel(get_store(), run_id)
+    else:
         st.caption("Press **Start** to train; the live curves of the run appear here.")
-        return
-    live_panel(get_store(), run_id)
+    warm_charts()  # last: the browser loads the charts' code while the user reads the form
 
 
 def show_errors_for(errors: ConfigError | None, path: str) -> None:
