@@ -34,8 +34,8 @@ from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_con
 from mtl_core.models.base import Block
 from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import RunStore
+from ui import chart_warmup, share
 from ui import config_form as form
-from ui import share
 from ui import train_run as run
 from ui.diagram import branch_points, build_diagram, dot_for_blocks
 from ui.train_run import YAML_PANEL_KEY
@@ -314,6 +314,15 @@ def test_app_renders_the_train_page_with_an_empty_store(app, warm_calls):
                                                                     "Share link"]
     _same(config_shown(at), {})  # opened, it shows the default config
     assert at.session_state[YAML_PANEL_KEY] and len(at.code) == 1
+
+
+def test_the_train_page_has_the_browser_load_the_chart_code_once_per_session(app):
+    chunk = chart_warmup.plotly_chunk()
+    at = app.run()
+    scripts = [h.proto.body for h in at.get("html") if chunk in h.proto.body]
+    assert len(scripts) == 1 and "import(" in scripts[0]
+    at.run()  # the page load that ran it keeps the module: no second script
+    assert not [h for h in at.get("html") if chunk in h.proto.body]
 
 
 def test_widget_changes_yield_the_expected_config(app):
