@@ -19,9 +19,9 @@ def test_the_chunk_is_the_module_streamlits_own_loader_imports():
     assert len(main) == 1
 
 
-def test_the_script_imports_that_chunk_once_per_page_load_after_the_script_run():
-    script = chart_warmup.warmup_script("PlotlyChart.abc.js")
+def test_the_script_imports_that_chunk_once_per_page_load_once_the_page_is_drawn():
+    script = chart_warmup.warmup_script("PlotlyChart.abc.js", ".st-key-go button")
     assert script.startswith("<script>") and script.endswith("</script>")
-    assert 'const chunk = "PlotlyChart.abc.js";' in script
+    assert 'const chunk = "PlotlyChart.abc.js", after = ".st-key-go button";' in script
     assert "window.__mtlChartsWarm" in script and '"notRunning"' in script
     assert "import(new URL(chunk, base).href)" in script

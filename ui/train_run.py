@@ -377,7 +377,8 @@ def live_area() -> None:
         live_panel(get_store(), run_id)
     else:
         st.caption("Press **Start** to train; the live curves of the run appear here.")
-    warm_charts()  # last: the browser loads the charts' code while the user reads the form
+    # Last: the browser loads the charts' code while the user reads the form.
+    warm_charts(after=".st-key-train-start button")
 
 
 def show_errors_for(errors: ConfigError | None, path: str) -> None:
