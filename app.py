@@ -108,7 +108,7 @@ def _recovery_notice(store) -> None:
 def _sidebar() -> None:
     from mtl_core.data import data_dir
     from mtl_core.jobs import budget_text
-    from ui.live import LIVE_REFRESH_S
+    from ui.live import STATUS_REFRESH_S
     from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices
 
     store = get_store()
@@ -127,9 +127,9 @@ def _sidebar() -> None:
             run_id = None
     st.markdown("**Current run**")
     live = run_id is not None and by_id[run_id].is_live
-    # Refreshed on its own while the run is live (the page around it is not), on the live
-    # panel's cadence so its step counter keeps up with the panel's.
-    st.fragment(run_every=LIVE_REFRESH_S if live else None)(_current_run)(run_id)
+    # Refreshed on its own while the run is live (the page around it is not); the live panel
+    # beside it shows every step at its own, faster pace.
+    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_current_run)(run_id)
     if class_mode():  # lean: the class needs its current run, not the machine's details
         st.divider()
         st.caption(":material/school: Class mode")

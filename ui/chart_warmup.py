@@ -37,7 +37,8 @@ _SCRIPT = """<script>(() => {
   const load = () => {
     const main = document.querySelector('script[type="module"][src*="/static/js/index."]');
     const base = main ? main.src : new URL("static/js/", document.baseURI).href;
-    import(new URL(chunk, base).href).catch(() => {});
+    import(new URL(chunk, base).href).then(() => { window.__mtlChartsLoaded = true; },
+                                          () => {});
   };
   const wait = () => drawn() ? setTimeout(load, 200) : setTimeout(wait, 100);
   setTimeout(wait, 100);

@@ -48,7 +48,6 @@ _YAML_ERROR = "_yaml_error"
 _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
 _NOTICE = "_train_notice"
 _WARMED = "_worker_warmed"
-CONTROLS_REFRESH_S = 1.0
 TRAIN_PAGE = "pages/train.py"
 CLASS_MODE_KEY = "class_mode"  # bool: class mode is on for this session
 LESSON_KNOBS_KEY = "lesson_knobs"  # config paths a loaded lesson focuses on (lessons page)
@@ -279,7 +278,9 @@ def run_buttons() -> None:
         except KeyError:
             info = None
     live = info is not None and info.is_live
-    st.fragment(run_every=CONTROLS_REFRESH_S if live else None)(_run_buttons)(run_id)
+    from ui.live import STATUS_REFRESH_S
+
+    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_run_buttons)(run_id)
 
 
 def _run_buttons(run_id: str | None) -> None:
