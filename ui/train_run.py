@@ -243,9 +243,10 @@ def start_button(cfg: ExperimentConfig | None) -> None:
         run_id = submit_run(cfg)
         if run_id is None:
             return
+        # No rerun: Stop/Pause, the live panel and the sidebar (app.py draws it after the
+        # page) are drawn below in this same script run, for the new current run.
         set_current_run(run_id)
-        st.session_state[_NOTICE] = f"Run {run_id} queued."
-        st.rerun()  # the sidebar and the live panel follow the new current run
+        st.toast(f"Run {run_id} queued.", icon=":material/check_circle:")
 
 
 def problems(errors: ConfigError | None) -> None:
