@@ -43,6 +43,7 @@ RECONCILE_EVERY_S = 10.0  # dead workers are found within this, without a query 
 PICKER_RUNS = 50
 PICK_KEY = "sidebar.run_pick"
 RECOVERY_NOTICE_S = 3600.0  # a rebuild of the index is mentioned for this long
+_MISSING_RUN = "_missing_run"  # the current run the store no longer has (said once)
 
 
 def _reconcile() -> None:
@@ -108,7 +109,7 @@ def _recovery_notice(store) -> None:
 def _sidebar() -> None:
     from mtl_core.data import data_dir
     from mtl_core.jobs import budget_text
-    from ui.live import LIVE_REFRESH_S
+    from ui.live import STATUS_REFRESH_S
     from ui.train_run import LEAVE_CLASS_MODE, TRAIN_PAGE, class_mode, devices
 
     store = get_store()
@@ -117,19 +118,21 @@ def _sidebar() -> None:
     run_id = current_run_id()
     runs = store.list_runs()[:PICKER_RUNS]
     by_id = {r.id: r for r in runs}
-    if run_id and run_id not in by_id:
+    missing = st.session_state.pop(_MISSING_RUN, None)
+    if missing:
+        st.warning(f"Run `{missing}` was not found in {runs_dir()}.")
+    if run_id and run_id not in by_id:  # deleted while the page ran
         try:
             by_id[run_id] = store.get_run(run_id)
             runs.append(by_id[run_id])
         except KeyError:
-            st.warning(f"Run `{run_id}` was not found in {runs_dir()}.")
             set_current_run(None)
             run_id = None
     st.markdown("**Current run**")
     live = run_id is not None and by_id[run_id].is_live
-    # Refreshed on its own while the run is live (the page around it is not), on the live
-    # panel's cadence so its step counter keeps up with the panel's.
-    st.fragment(run_every=LIVE_REFRESH_S if live else None)(_current_run)(run_id)
+    # Refreshed on its own while the run is live (the page around it is not); the live panel
+    # beside it shows every step at its own, faster pace.
+    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_current_run)(run_id)
     if class_mode():  # lean: the class needs its current run, not the machine's details
         st.divider()
         st.caption(":material/school: Class mode")
@@ -151,15 +154,34 @@ def _sidebar() -> None:
                f"Runs: `{runs_dir().resolve()}`  \nData: `{data_dir()}`")
 
 
+def _forget_missing_run() -> None:
+    """A current run that is not in the store (deleted, a stale link) is dropped before the
+    page runs; the sidebar says so."""
+    run_id = current_run_id()
+    if not run_id:
+        return
+    try:
+        get_store().get_run(run_id)
+    except KeyError:
+        st.session_state[_MISSING_RUN] = run_id
+        set_current_run(None)
+
+
 def _full_page(page) -> None:
     from ui.train_run import follow_url  # imported by now (ui.preload)
 
     follow_url()
     _reconcile()
+    _forget_missing_run()
     with st.sidebar:
         st.divider()
-        _sidebar()
+        sidebar = st.container()
     page.run()
+    # Filled after the page: what its script run changed (a run just queued with Start, a run
+    # deleted) shows in this same run; Start needs no second script run for the browser to
+    # draw while the run trains.
+    with sidebar:
+        _sidebar()
 
 
 def main() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 from streamlit.testing.v1 import AppTest
 
@@ -115,3 +117,14 @@ def form_keys(at: AppTest) -> list[str]:
         keys += [k for k in widget_keys(open_form_tab(at, tab).main) if k not in keys]
     open_form_tab(at, was)
     return keys
+
+
+def latest_numbers(at: AppTest) -> pd.DataFrame:
+    """The live panel's "Latest numbers" (a Markdown table) read back as text cells, indexed
+    by task."""
+    text = next(m.value for m in at.markdown if m.value.startswith("**Latest numbers**"))
+    rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in text.splitlines() if line.startswith("|")]
+    head, body = rows[0], rows[2:]  # rows[1] is the |---| rule
+    return pd.DataFrame([r[1:] for r in body], columns=head[1:],
+                        index=pd.Index([r[0] for r in body], name=head[0] or None))

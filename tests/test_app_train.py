@@ -34,8 +34,8 @@ from mtl_core.config import ConfigError, ExperimentConfig, FieldError, parse_con
 from mtl_core.models.base import Block
 from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import RunStore
+from ui import chart_warmup, share
 from ui import config_form as form
-from ui import share
 from ui import train_run as run
 from ui.diagram import branch_points, build_diagram, dot_for_blocks
 from ui.train_run import YAML_PANEL_KEY
@@ -316,6 +316,15 @@ def test_app_renders_the_train_page_with_an_empty_store(app, warm_calls):
     assert at.session_state[YAML_PANEL_KEY] and len(at.code) == 1
 
 
+def test_the_train_page_has_the_browser_load_the_chart_code_once_per_session(app):
+    chunk = chart_warmup.plotly_chunk()
+    at = app.run()
+    scripts = [h.proto.body for h in at.get("html") if chunk in h.proto.body]
+    assert len(scripts) == 1 and "import(" in scripts[0]
+    at.run()  # the page load that ran it keeps the module: no second script
+    assert not [h for h in at.get("html") if chunk in h.proto.body]
+
+
 def test_widget_changes_yield_the_expected_config(app):
     at = app.run()
     form_widget(at, "selectbox", "cfg.data.suite").set_value("toy_2d").run()
@@ -382,6 +391,37 @@ def test_yaml_upload_fills_every_widget_and_start_queues_a_run(app):
         while RunStore(os.environ["MTL_RUNS_DIR"]).get_run(runs[0].id).is_live:
             assert time.time() < deadline, "the run did not stop"
             time.sleep(0.5)
+
+
+def test_start_draws_the_new_run_everywhere_in_the_same_script_run(app, monkeypatch):
+    # One script run for the click: the browser draws the page once while the run starts.
+    monkeypatch.setattr(jobs, "submit", lambda cfg, runs_dir, owner: RunStore(
+        runs_dir).create_run(cfg, status="queued", owner=owner))  # queued, never trained
+    page_runs = []
+    real = run.prepare_form_state
+    monkeypatch.setattr(run, "prepare_form_state", lambda: (page_runs.append(1), real()))
+    at = app.run()
+    page_runs.clear()
+    _start(at).click().run()
+    assert not at.exception and len(page_runs) == 1
+    run_id = RunStore(os.environ["MTL_RUNS_DIR"]).list_runs()[0].id
+    assert at.session_state["run_id"] == run_id and at.query_params["run"] == run_id
+    assert any(f"Run {run_id} queued." in t.value for t in at.toast)
+    assert run_id in " ".join(c.value for c in at.sidebar.caption)  # drawn after the page
+    assert any("Queued" in i.value and run_id in i.value for i in at.main.info)
+    assert not at.button(key="train.stop").disabled
+
+
+def test_a_current_run_the_store_lacks_is_dropped_before_the_page_and_said_once(app):
+    app.query_params["run"] = "nope"
+    at = app.run()
+    assert not at.exception
+    assert [w.value for w in at.sidebar.warning] == [
+        f"Run `nope` was not found in {os.environ['MTL_RUNS_DIR']}."]
+    assert at.session_state["run_id"] is None and "run" not in at.query_params
+    assert any("Press **Start**" in c.value for c in at.main.caption)
+    at.run()
+    assert not at.sidebar.warning
 
 
 def test_a_bad_yaml_upload_changes_nothing_and_says_why(app):

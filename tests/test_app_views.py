@@ -10,13 +10,14 @@ import re
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from app_support import plotly_figures
+from app_support import latest_numbers, plotly_figures
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig, WeightingConfig
 from mtl_core.store import RunStore
-from ui.live import RUN_EVERY_KEY
+from ui.live import RUN_EVERY_KEY, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS_PAGE = str(ROOT / "pages" / "runs.py")
@@ -280,8 +281,16 @@ def test_live_panel_of_a_finished_run_does_not_poll(runs):
     at = live_app(runs["regression"])
     assert at.session_state[RUN_EVERY_KEY] is None
     assert any("Finished" in s.value for s in at.success)
-    latest = at.dataframe[0].value
+    latest = latest_numbers(at)
     assert latest.loc["t1", "val R²"] == "0.8" and latest.loc["total", "val R²"] == "–"
+    assert not at.dataframe  # plain Markdown: no data grid for the browser to build
+
+
+def test_latest_numbers_table_keeps_a_pipe_in_a_cell_inside_its_cell():
+    table = pd.DataFrame({"train loss": ["0.5", "a|b"]},
+                         index=pd.Index(["t1", "t2"], name="task"))
+    assert markdown_table(table).splitlines() == [
+        "| task | train loss |", "|---|---|", "| t1 | 0.5 |", "| t2 | a\\|b |"]
 
 
 def test_live_panel_widgets_shape_the_charts(runs):
@@ -309,12 +318,13 @@ def test_live_panel_weights_and_conflict_tab(store):
     assert [b["name"] for b in gates["data"]] == ["circle", "xor"]
 
 
-def test_live_panel_of_a_run_without_points_draws_its_loss_chart_empty(store):
-    # Drawn before the first point, so the browser has loaded Plotly when points arrive.
+def test_live_panel_of_a_run_without_points_says_when_they_come_and_draws_no_chart(store):
+    # No empty chart for the browser to draw and throw away while the run starts (the Train
+    # page has the browser load the charts' code beforehand: ui.chart_warmup).
     rid = store.create_run(ExperimentConfig(name="s", data=DataConfig(suite="toy_2d")))
     at = live_app(rid)
-    assert plotly_figures(at)["live_loss"]["data"] == []
-    assert any("No metrics yet" in c.value for c in at.caption)
+    assert not plotly_figures(at)
+    assert any("No metrics yet" in c.value and "every 20 steps" in c.value for c in at.caption)
     assert at.session_state[RUN_EVERY_KEY] == 1.0
 
 

@@ -212,6 +212,9 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
 
     # The page pre-started a worker (torch imported) that waits for this run.
     waiting = wait_until(app.worker_pids, 60, "a pre-started worker")
+    # And the browser loaded the charts' code while the form was filled (ui.chart_warmup).
+    wait_until(lambda: page.evaluate("window.__mtlChartsLoaded === true"), 60,
+               "the chart code to be loaded before Start")
     button(page, "train-start").click()
     page.wait_for_url(lambda url: "run" in parse_qs(urlparse(url).query), timeout=60_000)
     run_id = parse_qs(urlparse(page.url).query)["run"][0]
@@ -235,6 +238,9 @@ def test_new_user_trains_watches_stops_and_finds_the_run_again(app: AppServer,
         return len(seen) >= 3
 
     element(page, "live_loss").wait_for(timeout=120_000)
+    # The live chart used the module loaded beforehand: Plotly's code was fetched once.
+    assert page.evaluate("performance.getEntriesByType('resource')"
+                         ".filter(e => e.name.includes('/PlotlyChart.')).length") == 1
     scroll_to_top_of(alert(page, run_id))
     screenshot(page, "e2e_2_first_points")
     wait_until(grown_twice, 120, "three successive states of the loss chart", interval=0.1)

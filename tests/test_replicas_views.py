@@ -178,6 +178,7 @@ def test_sweep_front_uses_the_means_with_error_bars(isolated_dirs):
 def test_live_panel_of_a_stacked_run_draws_bands_and_mean_sd(isolated_dirs):
     import time
 
+    from app_support import latest_numbers
     from test_app_views import live_app, plotly_figures
 
     from mtl_core.config import ExperimentConfig
@@ -199,7 +200,7 @@ def test_live_panel_of_a_stacked_run_draws_bands_and_mean_sd(isolated_dirs):
     assert len(bands) == 2  # task1 and total
     mean = next(t for t in loss["data"] if t["name"] == "task1 · train")
     assert mean["y"][0] == pytest.approx(2.0)  # (1 + 2 + 3) / 3 at step 1, before smoothing
-    latest = at.dataframe[0].value
+    latest = latest_numbers(at)
     assert latest.loc["task1", "train loss"] == "0.2 ± 0.1"
     at.session_state["live_band"] = "lines"
     at.run()

@@ -24,6 +24,10 @@ from ui import charts
 from ui.run_table import format_duration, latest_table
 
 LIVE_REFRESH_S = 1.0
+# The run's status beside the panel (the sidebar's current run, Stop/Pause) refreshes on its
+# own at half that pace: each refresh is one more page update for the browser to draw while
+# the run trains, and a status changes far less often than the curves.
+STATUS_REFRESH_S = 2.0
 RUN_EVERY_KEY = "_live_run_every"  # what the last full run chose (read by tests and pages)
 _METRICS_CACHE = "_metrics_cache"
 _CACHED_RUNS = 4  # frames kept per session (a class flips between a few runs)
@@ -149,11 +153,10 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
     df = cached_metrics(store, run_id)
     tasks = run_tasks(info, df)
     if df.empty:
+        # No empty chart: the Train page has the browser load the charts' code beforehand
+        # (ui.chart_warmup), and an empty one only cost the browser a plot to throw away.
         st.caption("No metrics yet — the first point appears after the first training step, "
                    f"then one every {info.config.get('log_every', 20)} steps.")
-        if info.is_live:  # drawn empty now, so the browser has loaded Plotly when points come
-            _chart(charts.loss_figure(df, tasks + ["total"], ["train"],
-                                      colors=charts.task_colors(tasks + ["total"])), "live_loss")
         return
     shown, log_y, smoothing, splits = _controls(run_id, tasks)
     band = _band_control(df)
@@ -172,9 +175,11 @@ def _panel(store: RunStore, run_id: str, was_live: bool) -> None:
     with tabs[3]:
         if opened[3]:
             _architecture_tab(store, run_id, tasks)
-    st.markdown("**Latest numbers**")
     # Formatted as text: 4 significant digits read well on a projector, and "–" beats "None".
-    st.dataframe(latest_text(df, tasks), width="stretch", key="live_latest")
+    # A Markdown table, not st.dataframe: the data grid's code and canvas cost the browser
+    # more on each refresh than the run's own curves, on the cores the run trains on.
+    with st.container(key="live_latest"):
+        st.markdown("**Latest numbers**\n\n" + markdown_table(latest_text(df, tasks)))
 
 
 def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
@@ -194,6 +199,19 @@ def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
 
     return pd.DataFrame({c: [cell(t, c) for t in table.index] for c in table.columns},
                         index=table.index)
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """`table` (text cells) as a Markdown table, its index as the first column."""
+    def cell(value: object) -> str:
+        return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+    head = [table.index.name or ""] + [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(cell(h) for h in head) + " |",
+             "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(v) for v in [index, *row]) + " |"
+              for index, row in zip(table.index, table.itertuples(index=False), strict=True)]
+    return "\n".join(lines)
 
 
 def _band_control(df: pd.DataFrame) -> str:

@@ -48,7 +48,6 @@ _YAML_ERROR = "_yaml_error"
 _FORM_SUITE = "_form_suite"  # the suite the task rows were made for
 _NOTICE = "_train_notice"
 _WARMED = "_worker_warmed"
-CONTROLS_REFRESH_S = 1.0
 TRAIN_PAGE = "pages/train.py"
 CLASS_MODE_KEY = "class_mode"  # bool: class mode is on for this session
 LESSON_KNOBS_KEY = "lesson_knobs"  # config paths a loaded lesson focuses on (lessons page)
@@ -244,9 +243,10 @@ def start_button(cfg: ExperimentConfig | None) -> None:
         run_id = submit_run(cfg)
         if run_id is None:
             return
+        # No rerun: Stop/Pause, the live panel and the sidebar (app.py draws it after the
+        # page) are drawn below in this same script run, for the new current run.
         set_current_run(run_id)
-        st.session_state[_NOTICE] = f"Run {run_id} queued."
-        st.rerun()  # the sidebar and the live panel follow the new current run
+        st.toast(f"Run {run_id} queued.", icon=":material/check_circle:")
 
 
 def problems(errors: ConfigError | None) -> None:
@@ -279,7 +279,9 @@ def run_buttons() -> None:
         except KeyError:
             info = None
     live = info is not None and info.is_live
-    st.fragment(run_every=CONTROLS_REFRESH_S if live else None)(_run_buttons)(run_id)
+    from ui.live import STATUS_REFRESH_S
+
+    st.fragment(run_every=STATUS_REFRESH_S if live else None)(_run_buttons)(run_id)
 
 
 def _run_buttons(run_id: str | None) -> None:
@@ -369,13 +371,16 @@ def diagram_panel(diagram: Diagram) -> None:
 
 
 def live_area() -> None:
+    from ui.chart_warmup import warm_charts
     from ui.live import live_panel
 
     run_id = current_run_id()
-    if not run_id:
+    if run_id:
+        live_panel(get_store(), run_id)
+    else:
         st.caption("Press **Start** to train; the live curves of the run appear here.")
-        return
-    live_panel(get_store(), run_id)
+    # Last: the browser loads the charts' code while the user reads the form.
+    warm_charts(after=".st-key-train-start button")
 
 
 def show_errors_for(errors: ConfigError | None, path: str) -> None:
