@@ -139,6 +139,7 @@ def test_run_this_lesson_trains_its_presets_and_shows_the_comparison_and_verdict
     settle(page)
     page.get_by_text(lesson.title).first.click()
     page.get_by_text(lesson.question).first.wait_for()
+    settle(page)  # the card's rerun ends before the click (a click during it can be lost)
     before = {r.id for r in RunStore(app.runs_dir).list_runs()}
     element(page, f"lesson_run_{lesson.id}").locator("button").first.click()
 
