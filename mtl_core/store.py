@@ -585,14 +585,7 @@ class RunStore:
                              else snapshot_row(run_id, line_id, item, line))
             except (ValueError, TypeError, KeyError, IndexError):
                 continue  # a damaged line (e.g. cut by a crash) is skipped, not fatal
-        if kind == "metrics":
-            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
-                             "task, name, value, replica, time) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-        else:
-            conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
-                             "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
-        conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset + end, run_id))
+        _insert_rows(conn, run_id, kind, batch, offset + end)
 
     def _index_appended(self, conn: sqlite3.Connection, run_id: str, kind: str,
                         done: _Appended) -> bool:
@@ -605,14 +598,7 @@ class RunStore:
         for line, rest in done.items:
             batch.append((run_id, pos + 1, *rest))  # a line's id: 1 + its byte offset
             pos += len(line)
-        if kind == "metrics":
-            conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
-                             "task, name, value, replica, time) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
-        else:
-            conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
-                             "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
-        conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (done.end, run_id))
+        _insert_rows(conn, run_id, kind, batch, done.end)
         return True
 
     def _sync(self, run_id: str, kind: str) -> None:
@@ -1393,3 +1379,16 @@ def _to_column(name: str, value: Any) -> Any:
 def _check_status(status: str) -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"unknown run status {status!r}; use one of: {', '.join(RUN_STATUSES)}")
+
+
+def _insert_rows(conn: sqlite3.Connection, run_id: str, kind: str, batch: list[tuple],
+                 offset: int) -> None:
+    """Index rows of a run's metrics or snapshots file and the offset indexed up to."""
+    if kind == "metrics":
+        conn.executemany("INSERT OR IGNORE INTO metrics (run_id, id, step, epoch, split, "
+                         "task, name, value, replica, time) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", batch)
+    else:
+        conn.executemany("INSERT OR IGNORE INTO snapshots (run_id, id, step, kind, payload, "
+                         "time) VALUES (?, ?, ?, ?, ?, ?)", batch)
+    conn.execute(f"UPDATE runs SET {kind}_offset = ? WHERE id = ?", (offset, run_id))
