@@ -1127,10 +1127,15 @@ class RunStore:
     @_recovering
     def take_control(self, run_id: str) -> str | None:
         """Pop the oldest pending request (each is returned exactly once)."""
+        return self._pop_control([run_id])
+
+    def _pop_control(self, run_ids: list[str]) -> str | None:
+        """Pop the oldest pending request of any of `run_ids`."""
+        marks = ",".join("?" * len(run_ids))
         with self._connect() as conn:
             # A plain read first: the common "nothing pending" case takes no write lock.
-            row = conn.execute("SELECT id, action FROM controls WHERE run_id = ? "
-                               "ORDER BY id LIMIT 1", (run_id,)).fetchone()
+            row = conn.execute(f"SELECT id, action FROM controls WHERE run_id IN ({marks}) "
+                               "ORDER BY id LIMIT 1", run_ids).fetchone()
             if row is None:
                 return None
             # Only the reader whose DELETE removed the row gets it.
@@ -1156,14 +1161,7 @@ class RunStore:
                                     (time.time(), *wanted)).rowcount
             if live != len(wanted):
                 return "stop"
-        with self._connect() as conn:
-            rows = conn.execute(f"SELECT id, action FROM controls WHERE run_id IN ({marks}) "
-                                "ORDER BY id LIMIT 1", wanted).fetchall()
-            # Only the reader whose DELETE removed the row gets it.
-            if rows and conn.execute("DELETE FROM controls WHERE id = ?",
-                                     (rows[0]["id"],)).rowcount == 1:
-                return str(rows[0]["action"])
-        return None
+        return self._pop_control(wanted)
 
     # -- progress ------------------------------------------------------------------------------
 
