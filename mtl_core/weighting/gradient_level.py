@@ -1,6 +1,6 @@
 """Gradient-combination methods: PCGrad, MGDA, CAGrad, IMTL-G, Nash-MTL, UPGrad, Aligned-MTL,
-GradDrop, GradVac and DualProj, on top of torchjd's aggregators (PCGrad, CAGrad and Nash-MTL:
-the same weightings computed by our own small solvers, in `gramian_solvers`).
+GradDrop, GradVac and DualProj, on top of torchjd's aggregators (PCGrad, MGDA, CAGrad and
+Nash-MTL: the same weightings computed by our own small solvers, in `gramian_solvers`).
 
 Every method follows the same recipe (torchjd's `mtl_backward` + `jac_to_grad` semantics):
 - task-specific parameters get the plain gradient of their own task loss, untouched by the
@@ -363,13 +363,6 @@ def _read_scales(losses: Tensor, raw: list[Tensor]) -> Tensor | None:
     return torch.tensor(scales, dtype=losses.dtype, device=losses.device)
 
 
-def _psd_factor(gramian: Tensor) -> Tensor:
-    """A T x T matrix L with L L^T = gramian: for weightings that take a matrix but only use
-    its Gramian (torchjd's Nash-MTL was one), so the full Jacobian never leaves the device."""
-    eigenvalues, vectors = torch.linalg.eigh(gramian)
-    return vectors * eigenvalues.clamp_min(0.0).sqrt()
-
-
 class GradientMethod(WeightingMethod):
     """Base of every gradient-level method: subclasses only say which torchjd aggregator to
     build for a set of active tasks."""
@@ -567,11 +560,10 @@ class GradientMethod(WeightingMethod):
             return aggregator.gramian_weights(gramian)
         # Inference mode: the Python loops of PCGrad, MGDA and GradVac run 12-18 % faster on
         # these T x T tensors; the clone makes the result an ordinary tensor again.
+        # Every torchjd aggregator that reaches here (all but GradDrop, which is not
+        # Gramian-based) is a GramianWeightedAggregator.
         with torch.inference_mode():
-            if isinstance(aggregator, _jd().GramianWeightedAggregator):
-                weights = aggregator.gramian_weighting(gramian)
-            else:  # a WeightedAggregator whose weighting only uses the Gramian (none now)
-                weights = aggregator.weighting(_psd_factor(gramian))
+            weights = aggregator.gramian_weighting(gramian)
         return weights.clone()
 
     def _aggregator(self, active: tuple[int, ...]) -> Aggregator:
