@@ -150,7 +150,9 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
     # A sweep's points share their seeds: each seed's data and initial model are built once
     # (its later slots get their own copies) and the random state they leave is restored.
     built: dict[int, tuple[SuiteData, MTLModel, list[Tensor]]] = {}
-    for index, (seed, weights) in enumerate(slots or default_slots(cfg)):
+    slots = slots or default_slots(cfg)
+    seeds = [seed for seed, _ in slots]
+    for index, (seed, weights) in enumerate(slots):
         if seed in built:
             first_data, first_model, state = built[seed]
             data, model = copy.copy(first_data), copy.deepcopy(first_model)
@@ -160,7 +162,8 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
             data = load_suite(cfg.data, seed, names, device=device)
             torch.manual_seed(seed)
             model = build_model(cfg.model, data).to(device)
-            built[seed] = (copy.copy(data), copy.deepcopy(model), _rng_state(device))
+            if seeds.count(seed) > 1:  # kept only for a seed a later slot shares
+                built[seed] = (copy.copy(data), copy.deepcopy(model), _rng_state(device))
         method = build_method(cfg.weighting.method, cfg.weighting.params, names, model)
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         reuse = shared + model.all_task_parameters()
