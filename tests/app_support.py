@@ -123,7 +123,7 @@ def latest_numbers(at: AppTest) -> pd.DataFrame:
     """The live panel's "Latest numbers" (a Markdown table) read back as text cells, indexed
     by task."""
     text = next(m.value for m in at.markdown if m.value.startswith("**Latest numbers**"))
-    rows = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+    rows = [[re.sub(r"\\(.)", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]]
             for line in text.splitlines() if line.startswith("|")]
     head, body = rows[0], rows[2:]  # rows[1] is the |---| rule
     return pd.DataFrame([r[1:] for r in body], columns=head[1:],

@@ -293,6 +293,16 @@ def test_latest_numbers_table_keeps_a_pipe_in_a_cell_inside_its_cell():
         "| task | train loss |", "|---|---|", "| t1 | 0.5 |", "| t2 | a\\|b |"]
 
 
+def test_latest_numbers_table_shows_markdown_in_a_task_name_as_text():
+    """A task name is a CSV header a student chose: it must not become a link, an image,
+    LaTeX or a Streamlit directive in everyone's live panel."""
+    name = "![x](http://e.test/a.png) [y](javascript:z) $x$ :red[r] *b* `c` <i>"
+    table = pd.DataFrame({"train loss": ["0.5"]}, index=pd.Index([name], name="task"))
+    row = markdown_table(table).splitlines()[2]
+    assert row == ("| \\!\\[x\\]\\(http\\://e.test/a.png\\) \\[y\\]\\(javascript\\:z\\) "
+                   "\\$x\\$ \\:red\\[r\\] \\*b\\* \\`c\\` \\<i\\> | 0.5 |")
+
+
 def test_live_panel_widgets_shape_the_charts(runs):
     rid = runs["grid"]
     at = live_app(rid)

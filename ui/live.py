@@ -12,6 +12,7 @@ frame is cached in `st.session_state`, so a refresh costs one small query.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -201,10 +202,17 @@ def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
                         index=table.index)
 
 
+# Characters that start Markdown's inline syntax or Streamlit's own (links, images, emphasis,
+# code, HTML, LaTeX, :color[...] and :icon: directives, the table's pipes): a task name comes
+# from a CSV header a student uploaded, and this table is shown to everyone watching the run.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|~$:#])")
+
+
 def markdown_table(table: pd.DataFrame) -> str:
-    """`table` (text cells) as a Markdown table, its index as the first column."""
+    """`table` (text cells) as a Markdown table, its index as the first column; every cell
+    shows its text as it is (Markdown's special characters escaped)."""
     def cell(value: object) -> str:
-        return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+        return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value).replace("\n", " "))
 
     head = [table.index.name or ""] + [str(c) for c in table.columns]
     lines = ["| " + " | ".join(cell(h) for h in head) + " |",
