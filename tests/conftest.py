@@ -95,3 +95,27 @@ def built(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(torch.nn.Module, "register_parameter", spy)
     return devices
+
+
+# Browser tests (tests/test_browser*.py) share these; other tests never ask for them.
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The Chromium binary; skip without one, except under CI=true (then fail)."""
+    from browser_support import require_chromium
+
+    return require_chromium()
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    """One headless Chromium per test module."""
+    from browser_support import launch_chromium
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = launch_chromium(playwright, chromium)
+        try:
+            yield launched
+        finally:
+            launched.close()
+

@@ -26,10 +26,8 @@ from browser_support import (
     alert,
     button,
     element,
-    launch_chromium,
     nav_link,
     open_page,
-    require_chromium,
     screenshot,
     scroll_to_top_of,
     selectbox_text,
@@ -56,12 +54,6 @@ CLI_CONFIG = {
 
 
 # ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """The Chromium binary; skip without one, except under CI=true (then fail)."""
-    return require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -92,18 +84,6 @@ def app(cli_run: tuple[Path, str]) -> Iterator[AppServer]:
     finally:
         server.stop()  # the server's process group and every worker it started
         assert not server.worker_pids(), "worker processes outlived the server"
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, chromium)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ from browser_support import (
     VIEWPORT,
     AppServer,
     element,
-    launch_chromium,
     open_page,
-    require_chromium,
     screenshot,
     settle,
     train_loss_points,
@@ -34,11 +32,6 @@ LESSON = "relatedness"  # synthetic data (no files needed), a few seconds of tra
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    return require_chromium()
-
-
-@pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[AppServer]:
     runs = tmp_path_factory.mktemp("lessons") / "runs"
     server = AppServer.start(runs, env={"MTL_WARM_UP": "1", "MTL_MAX_JOBS": "1",
@@ -51,18 +44,14 @@ def app(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[App
 
 
 @pytest.fixture
-def page(app: AppServer, chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, chromium)
-        context = browser.new_context(viewport=VIEWPORT)
-        page = context.new_page()
-        page.set_default_timeout(60_000)  # 2 shared cores: a rerun can take seconds
-        try:
-            yield page
-        finally:
-            browser.close()
+def page(app: AppServer, browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(60_000)  # 2 shared cores: a rerun can take seconds
+    try:
+        yield page
+    finally:
+        context.close()
 
 
 def test_open_a_lesson_load_it_start_it_and_watch_it_train(app: AppServer, page: Any) -> None:

@@ -20,8 +20,6 @@ from browser_support import (
     AppServer,
     button,
     element,
-    launch_chromium,
-    require_chromium,
     screenshot,
     settle,
     wait_until,
@@ -32,11 +30,6 @@ from mtl_core.store import RunStore
 
 pytestmark = pytest.mark.browser
 TEACHER_KEY = "class-key-123"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    return require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +47,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, chromium: str) -> Iterator[
     finally:
         app.stop()
         store.set_status(busy, "finished")
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright, chromium)
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def new_page(browser: Any) -> tuple[Any, Any]:
