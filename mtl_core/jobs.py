@@ -229,29 +229,29 @@ def stop(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> 
 def pause(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> str:
     """Ask a running run to pause ("requested"); "already paused" if it is paused and no
     resume is pending. PermissionError unless `actor` may change it."""
-    store = RunStore(runs_dir)
-    run = store.check_actor(run_id, actor, "pause")
-    if run.status == "running" or (run.status == "paused"
-                                   and "resume" in store.pending_controls(run_id)):
-        store.request_control(run_id, "pause")
-        return "requested"
-    if run.status == "paused":
-        return "already paused"
-    raise ValueError(_not_active(run_id, run.status, "paused"))
+    return _request_switch(run_id, runs_dir, actor, "pause", "running", "paused")
 
 
 def resume(run_id: str, runs_dir: Path | None = None, actor: Actor = OPERATOR) -> str:
     """Ask a paused run to go on ("requested"); "already running" if it is running and no
     pause is pending. PermissionError unless `actor` may change it."""
+    return _request_switch(run_id, runs_dir, actor, "resume", "paused", "running")
+
+
+def _request_switch(run_id: str, runs_dir: Path | None, actor: Actor, control: str,
+                    source: str, target: str) -> str:
+    """Request `control` for a run in `source` (or in `target` with the opposite request
+    still pending, which this one overrides)."""
     store = RunStore(runs_dir)
-    run = store.check_actor(run_id, actor, "resume")
-    if run.status == "paused" or (run.status == "running"
-                                  and "pause" in store.pending_controls(run_id)):
-        store.request_control(run_id, "resume")
+    run = store.check_actor(run_id, actor, control)
+    opposite = "resume" if control == "pause" else "pause"
+    if run.status == source or (run.status == target
+                                and opposite in store.pending_controls(run_id)):
+        store.request_control(run_id, control)
         return "requested"
-    if run.status == "running":
-        return "already running"
-    raise ValueError(_not_active(run_id, run.status, "resumed"))
+    if run.status == target:
+        return f"already {target}"
+    raise ValueError(_not_active(run_id, run.status, "paused" if control == "pause" else "resumed"))
 
 
 def reconcile(runs_dir: Path | None = None, stale_after: float = HEARTBEAT_STALE_S) -> list[str]:
