@@ -44,10 +44,7 @@ def landscape(problem: Problem, surf: Surface, shown: str, weights: tuple[float,
     for path in paths:
         pts = _thin(path.points)
         c = colour(methods, path.method)
-        fig.add_trace(go.Scatter(x=pts[:, 0], y=pts[:, 1], mode="lines", name=path.method,
-                                 legendgroup=path.method, showlegend=path.method not in seen,
-                                 line={"color": c, "width": 2}))
-        seen.add(path.method)
+        _method_line(fig, pts, path.method, seen, {"color": c, "width": 2})
         fig.add_trace(go.Scatter(x=[path.start[0], path.end[0]], y=[path.start[1], path.end[1]],
                                  mode="markers", legendgroup=path.method, showlegend=False,
                                  marker={"color": ["black", c], "symbol": ["circle", "x"],
@@ -60,6 +57,14 @@ def landscape(problem: Problem, surf: Surface, shown: str, weights: tuple[float,
                       yaxis={"range": [y0, y1], "title": "x₂", "scaleanchor": "x"},
                       legend={"orientation": "h", "y": -0.12})
     return fig
+
+
+def _method_line(fig: go.Figure, points: np.ndarray, method: str, seen: set[str],
+                 line: dict) -> None:
+    """One method's path as a line; the legend names each method once (`seen`)."""
+    fig.add_trace(go.Scatter(x=points[:, 0], y=points[:, 1], mode="lines", name=method,
+                             legendgroup=method, showlegend=method not in seen, line=line))
+    seen.add(method)
 
 
 def _arrows(fig: go.Figure, problem: Problem, view: PointView, methods: list[str]) -> None:
@@ -95,10 +100,7 @@ def loss_space(problem: Problem, front: np.ndarray, paths: list[Path], methods: 
     for path in paths:
         ls = _thin(path.losses)
         c = colour(methods, path.method)
-        fig.add_trace(go.Scatter(x=ls[:, 0], y=ls[:, 1], mode="lines", name=path.method,
-                                 legendgroup=path.method, showlegend=path.method not in seen,
-                                 line={"color": c}))
-        seen.add(path.method)
+        _method_line(fig, ls, path.method, seen, {"color": c})
         fig.add_trace(go.Scatter(x=[ls[-1, 0]], y=[ls[-1, 1]], mode="markers",
                                  legendgroup=path.method, showlegend=False,
                                  marker={"color": c, "symbol": "x", "size": 10}))
