@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT))
 
 import browser_support as bs  # noqa: E402
-from ui_latency import _cpu_by_role, _end_runs, _open_app  # noqa: E402
+from ui_latency import cpu_by_role, end_runs, open_app  # noqa: E402
 
 
 def _serve(tree: Path, tmp: Path, name: str) -> bs.AppServer:
@@ -47,7 +47,7 @@ def _serve(tree: Path, tmp: Path, name: str) -> bs.AppServer:
 
 
 def _start_cost(browser: Any, server: bs.AppServer) -> dict[str, float]:
-    context, page = _open_app(browser, server)
+    context, page = open_app(browser, server)
     try:
         page.get_by_role("tab", name="Training").click()
         box = bs.element(page, "cfg-optim-epochs").locator("input")
@@ -57,15 +57,15 @@ def _start_cost(browser: Any, server: bs.AppServer) -> dict[str, float]:
         for pid in server.worker_pids():
             bs.wait_idle_process(pid, timeout=60)
         page.wait_for_timeout(1500)
-        before, began = _cpu_by_role(server), time.time()
+        before, began = cpu_by_role(server), time.time()
         bs.button(page, "train-start").click()
         bs.wait_until(lambda: (bs.trace_points(page, "live_loss") or {}).get("task1 · train"),
                       60, "points on the live loss chart", interval=0.02)
-        after, ended = _cpu_by_role(server), time.time()
+        after, ended = cpu_by_role(server), time.time()
         return {**{k: after[k] - before[k] for k in after}, "wall": ended - began}
     finally:
         context.close()
-        _end_runs(server)
+        end_runs(server)
 
 
 def _visit_cost(browser: Any, server: bs.AppServer) -> dict[str, float]:
@@ -73,10 +73,10 @@ def _visit_cost(browser: Any, server: bs.AppServer) -> dict[str, float]:
     try:
         page = context.new_page()
         page.set_default_timeout(120_000)
-        before, began = _cpu_by_role(server), time.perf_counter()
+        before, began = cpu_by_role(server), time.perf_counter()
         page.goto(server.url)
         bs.button(page, "train-start").and_(page.locator("button:enabled")).wait_for()
-        after, ended = _cpu_by_role(server), time.perf_counter()
+        after, ended = cpu_by_role(server), time.perf_counter()
         return {"wall": ended - began, "browser": after["browser"] - before["browser"],
                 "server": after["server"] - before["server"]}
     finally:

@@ -114,7 +114,7 @@ def _first_time(db: Path, table: str, run_id: str, where: str = "") -> float | N
     return row[0] if row else None
 
 
-def _open_app(browser: Any, server: AppServer) -> tuple[Any, Any]:
+def open_app(browser: Any, server: AppServer) -> tuple[Any, Any]:
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(90_000)
@@ -124,7 +124,7 @@ def _open_app(browser: Any, server: AppServer) -> tuple[Any, Any]:
     return context, page
 
 
-def _end_runs(server: AppServer) -> None:
+def end_runs(server: AppServer) -> None:
     store = RunStore(server.runs_dir)
     for run in store.list_runs(["queued", "running", "paused"]):
         try:
@@ -138,7 +138,7 @@ def _end_runs(server: AppServer) -> None:
 def start_latency(browser: Any, server: AppServer, warm: bool) -> dict[str, float | None]:
     """One repeat: fresh workers, fresh session, click Start, time the first point."""
     server.kill_workers()
-    context, page = _open_app(browser, server)
+    context, page = open_app(browser, server)
     try:
         if warm:  # the page pre-starts a worker; a user reads the form while it imports torch
             pid = wait_until(lambda: next(iter(server.worker_pids()), None), 30,
@@ -165,13 +165,13 @@ def start_latency(browser: Any, server: AppServer, warm: bool) -> dict[str, floa
                 "draw": drawn - (written or 0)}
     finally:
         context.close()
-        _end_runs(server)
+        end_runs(server)
 
 
 def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str, float]:
     """Two runs train; timestamps of the live panel's refreshes over `seconds`."""
     server.kill_workers()
-    context, page = _open_app(browser, server)
+    context, page = open_app(browser, server)
     frames: list[float] = []  # the server's deltas carrying the panel's progress text
 
     def on_socket(ws: Any) -> None:
@@ -207,7 +207,7 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
         running = len(store.list_runs(["running"]))
     finally:
         context.close()
-        _end_runs(server)
+        end_runs(server)
     sent = [t for t in frames if start <= t <= end]
     gaps = [b - a for a, b in zip(sent, sent[1:], strict=False)]
 
@@ -284,7 +284,7 @@ def _wait_for_new_run_to_end(store: RunStore, before: set[str]) -> Any:
     return wait_until(ended, 600, "the browser-started run to end", interval=0.05)
 
 
-def _cpu_by_role(server: AppServer) -> dict[str, float]:
+def cpu_by_role(server: AppServer) -> dict[str, float]:
     """CPU seconds used so far by the browser's processes, the server and its workers."""
     totals = {"browser": 0.0, "server": cpu_seconds(server.proc.pid) or 0.0, "workers": 0.0}
     workers = server.worker_pids()
@@ -310,13 +310,13 @@ def browser_run(browser: Any, server: AppServer, tmp: Path, repeats: int) -> dic
     config = tmp / "browser_run.yaml"
     for i in range(repeats):
         for watched in (True, False):
-            context, page = _open_app(browser, server)
+            context, page = open_app(browser, server)
             try:
                 for pid in server.worker_pids():  # a user reads the form while it imports
                     wait_idle_process(pid, timeout=60)
                 store = RunStore(server.runs_dir)
                 before = {r.id for r in store.list_runs()}
-                cpu_before, clicked = _cpu_by_role(server), time.time()
+                cpu_before, clicked = cpu_by_role(server), time.time()
                 button(page, "train-start").click()
                 if not watched:
                     wait_until(lambda s=store, b=before: any(r.id not in b for r in s.list_runs()),
@@ -324,7 +324,7 @@ def browser_run(browser: Any, server: AppServer, tmp: Path, repeats: int) -> dic
                     context.close()
                 run = _wait_for_new_run_to_end(store, before)
                 if watched:
-                    after = _cpu_by_role(server)
+                    after = cpu_by_role(server)
                     cpu.append({k: after[k] - cpu_before[k] for k in after})
                     walls.append(run.ended_at - clicked)
                     browser_s.append(_duration(run))
