@@ -1,0 +1,66 @@
+"""`ui.text.md_text`: user-chosen text (names, notes, task names) shown as text in Markdown."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from ui.text import WORD_JOINER, md_text
+
+
+def visible(markdown: str) -> str:
+    """What a reader sees of `md_text`'s output: escapes resolved, word joiners invisible."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace(WORD_JOINER, "")
+
+
+@pytest.mark.parametrize("char", list("\\`*_{}[]()<>!|~$:#+&^=@"))
+def test_every_special_character_is_backslash_escaped(char: str) -> None:
+    assert md_text(f"a{char}b").replace(WORD_JOINER, "") == f"a\\{char}b"
+
+
+def test_plain_text_is_unchanged() -> None:
+    text = "Run 12 of lesson-3 by Ada Lovelace, 0.5 (weights/loss) 'ok'?"
+    plain = "Run 12 of lesson-3 by Ada Lovelace 05 weights-loss ok"
+    assert md_text(plain) == plain
+    assert visible(md_text(text)) == text
+
+
+def test_newlines_collapse_so_a_name_cannot_start_a_block() -> None:
+    assert md_text("a\n# heading\r\n\n- item") == "a \\# heading  - item"
+    assert "\n" not in md_text("x\u2028y\rz")
+
+
+@pytest.mark.parametrize("name", ["- item", "+ item", "* item", "1. item", "12) item",
+                                  "> quote", "# title", "  - item"])
+def test_a_leading_block_marker_is_escaped(name: str) -> None:
+    out = md_text(name)
+    assert re.match(r"\s*(\\[-+*>#]|\d+\\[.)])", out), out
+    assert visible(out) == name
+
+
+def test_hyphens_inside_a_name_stay() -> None:
+    assert md_text("my-run - 2") == "my-run - 2"
+
+
+@pytest.mark.parametrize("url", ["http://evil.example/t.png", "HTTPS://e.example",
+                                 "www.evil.example", "WWW.e.com", "a@b.com",
+                                 "mailto:a@b.com", "ftp://x.y"])
+def test_bare_urls_and_emails_get_a_word_joiner(url: str) -> None:
+    out = md_text(f"see {url} now")
+    # the autolink patterns no longer match the text Markdown resolves the escapes to
+    resolved = re.sub(r"\\(.)", r"\1", out)
+    assert not re.search(r"(?i)(https?|ftp)://|www\.|@\w", resolved), resolved
+    assert visible(out) == f"see {url} now"
+
+
+def test_the_review_example_is_shown_as_text() -> None:
+    name = "![x](http://h/i.png) **b** $x$ :red[r] :material/star: <b>h</b> &amp; `c`"
+    out = md_text(name)
+    assert visible(out) == name
+    for raw in ("![", "](", "**", "$x$", ":red[", "<b>", " &amp;", "`c`"):
+        assert raw not in out
+
+
+def test_non_strings_are_shown_as_their_text() -> None:
+    assert md_text(3) == "3"
+    assert md_text(None) == "None"

@@ -1,0 +1,44 @@
+"""User-chosen text shown as text wherever a page puts it into Markdown.
+
+Streamlit renders Markdown (plus LaTeX, `:red[...]` / `:material/...:` directives and emoji
+shortcodes) in `st.markdown`, captions, alerts, toasts, headers, widget labels, radio options,
+expander and tab labels and `help=` tooltips. A display name, run or lesson name, a task name
+from an uploaded CSV header or a note is chosen in someone's browser and shown in everyone's:
+`md_text` makes it render as the characters it is, so `![x](http://host/t.png)` cannot make
+every viewer's browser fetch an image. Plain-text places (selectbox and multiselect options,
+data frames, code blocks) need no escaping and must not get it: they would show the backslashes.
+"""
+from __future__ import annotations
+
+import re
+
+# U+2060 WORD JOINER: invisible, and not a word character, so GFM's autolink literals (which
+# Streamlit's renderer matches on the text *after* backslash escapes are resolved, so escaping
+# ':' alone does not stop them) no longer see `scheme://`, `www.` or `user@host`.
+WORD_JOINER = "\u2060"
+
+# Every ASCII character that opens inline Markdown, HTML, an entity, LaTeX or a Streamlit
+# directive. `-`, `.` and the like only matter at the start of a block (handled below).
+_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|~$:#+&^=@])")
+# A list item or heading marker at the start: `- x`, `1. x`, `12) x` (`*`, `+`, `#`, `>` are
+# escaped everywhere already).
+_LEADING_MARKER = re.compile(r"^(\s*)(-|\d+(?=[.)]))([.)]?)")
+_AUTOLINK = re.compile(r"(?i)(://)|(www)(?=\.)|(@)")
+
+
+def _break_autolink(match: re.Match[str]) -> str:
+    if match.group(1):
+        return ":" + WORD_JOINER + "//"
+    return (match.group(2) or match.group(3)) + WORD_JOINER
+
+
+def md_text(value: object) -> str:
+    """`value`'s text, to be put into Markdown and render as exactly that text: on one line
+    (a name cannot start a heading, list or table row), every special character escaped and
+    bare URLs and e-mail addresses not turned into links."""
+    text = " ".join(str(value).splitlines())
+    text = _SPECIAL.sub(r"\\\1", _AUTOLINK.sub(_break_autolink, text))
+    return _LEADING_MARKER.sub(
+        lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) == "-"
+                                else m.group(2) + (f"\\{m.group(3)}" if m.group(3) else "")),
+        text, count=1)
