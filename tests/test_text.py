@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from ui.text import WORD_JOINER, md_text
+from ui.text import WORD_JOINER, md_code, md_lines, md_text
 
 
 def visible(markdown: str) -> str:
@@ -64,3 +64,21 @@ def test_the_review_example_is_shown_as_text() -> None:
 def test_non_strings_are_shown_as_their_text() -> None:
     assert md_text(3) == "3"
     assert md_text(None) == "None"
+
+
+def test_md_code_keeps_a_plain_id_a_code_span() -> None:
+    assert md_code("20261202-abc_1") == "`20261202-abc_1`"
+    assert md_code("![x](http://h/i.png) $x$") == "`![x](http://h/i.png) $x$`"
+
+
+def test_md_code_falls_back_to_text_when_a_backtick_or_newline_would_end_the_span() -> None:
+    assert md_code("a`![x](http://h/i.png)`") == md_text("a`![x](http://h/i.png)`")
+    assert md_code("a\n# b") == "a \\# b"
+
+
+def test_md_lines_keeps_each_line_as_a_line_of_text() -> None:
+    message = "invalid config:\n  - tasks.0.name: got '![x](http://h/i.png)'\n===\n# h"
+    out = md_lines(message)
+    assert out.split("  \n") == [md_text(line) for line in message.splitlines()]
+    assert out.split("  \n")[1].startswith("  \\- tasks")
+    assert out.split("  \n")[2] == "\\=\\=\\="

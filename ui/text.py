@@ -42,3 +42,21 @@ def md_text(value: object) -> str:
         lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) == "-"
                                 else m.group(2) + (f"\\{m.group(3)}" if m.group(3) else "")),
         text, count=1)
+
+
+def md_code(value: object) -> str:
+    """`value` as an inline code span (how run ids are shown) when it can be one: a code span
+    renders its content literally, but a backtick or line break in it would end it, so such a
+    value (an id typed into a URL, say) is shown as `md_text` instead."""
+    text = str(value)
+    if "`" in text or any(c in text for c in "\r\n\u2028\u2029\x0b\x0c\x1c\x1d\x1e\x85"):
+        return md_text(text)
+    return f"`{text}`"
+
+
+def md_lines(value: object) -> str:
+    """Like `md_text`, but each line of `value` stays a line (a hard break between them):
+    for messages of several lines, such as a ConfigError's list of fields, that quote what a
+    browser sent. An escaped line cannot start or end a block (`#`, `>`, `=`, `|`, a list
+    marker and backticks are all escaped), so it stays inside the one paragraph."""
+    return "  \n".join(md_text(line) for line in str(value).splitlines())
