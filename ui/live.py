@@ -82,7 +82,7 @@ def progress_text(info: RunInfo, now: float | None = None) -> str:
 
 def status_line(store: RunStore, info: RunInfo) -> tuple[str, str]:
     """(level, text) describing the run's state; level is an st alert name."""
-    msg = f": {info.message}" if info.message else ""
+    msg = f": {md_text(info.message)}" if info.message else ""  # it may quote user text
     if info.status == "queued":
         running = len(store.list_runs(ACTIVE_STATUSES))
         try:
@@ -233,7 +233,7 @@ def _band_control(df: pd.DataFrame) -> str:
 
 def _header(store: RunStore, info: RunInfo) -> None:
     level, text = status_line(store, info)
-    getattr(st, level)(f"**{info.name}** · `{info.id}` — {text}")
+    getattr(st, level)(f"**{md_text(info.name)}** · `{info.id}` — {text}")
     if info.total_steps:
         st.progress(min(1.0, info.step / info.total_steps), text=progress_text(info))
 
