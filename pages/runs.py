@@ -28,7 +28,7 @@ from ui.baselines_view import baselines_view
 from ui.identity import current_actor
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
 from ui.state import current_run_id, get_store, set_current_run
-from ui.text import md_text
+from ui.text import md_code, md_text
 
 REFRESH_S = 2.0
 TRAIN_PAGE = "pages/train.py"
@@ -62,7 +62,7 @@ def _open(run_id: str) -> None:
     try:  # keep ?run=ID: switch_page clears query params unless given
         st.switch_page(TRAIN_PAGE, query_params={"run": run_id})
     except StreamlitAPIException:
-        st.info(f"Run `{run_id}` is now the current run (the Train page is not available).")
+        st.info(f"Run {md_code(run_id)} is now the current run (the Train page is not available).")
 
 
 def not_yours(run: RunInfo) -> str:

@@ -299,7 +299,7 @@ def test_latest_numbers_table_shows_markdown_in_a_task_name_as_text():
     name = "![x](http://e.test/a.png) [y](javascript:z) $x$ :red[r] *b* `c` <i>"
     table = pd.DataFrame({"train loss": ["0.5"]}, index=pd.Index([name], name="task"))
     row = markdown_table(table).splitlines()[2]
-    assert row == ("| \\!\\[x\\]\\(http\\://e.test/a.png\\) \\[y\\]\\(javascript\\:z\\) "
+    assert row == ("| \\!\\[x\\]\\(http\\:\u2060//e.test/a.png\\) \\[y\\]\\(javascript\\:z\\) "
                    "\\$x\\$ \\:red\\[r\\] \\*b\\* \\`c\\` \\<i\\> | 0.5 |")
 
 

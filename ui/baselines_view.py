@@ -34,7 +34,7 @@ from mtl_core.baselines import (
 from mtl_core.config import ConfigError, parse_config
 from mtl_core.store import RunInfo, RunStore
 from ui.run_table import STATUS_ICONS
-from ui.text import md_text
+from ui.text import md_code, md_text
 
 REFRESH_S = 2.0
 PLOTLY_CONFIG = {"displaylogo": False}
@@ -128,7 +128,7 @@ def baselines_view(store: RunStore, run_id: str, key: str = "bl", poll: bool = T
     try:
         run = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` does not exist (it may have been deleted).")
+        st.warning(f"Run {md_code(run_id)} does not exist (it may have been deleted).")
         return
     live = _anything_live(store, run)
     if poll:
@@ -154,7 +154,7 @@ def _view(store: RunStore, run_id: str, key: str, was_live: bool) -> None:
         run = store.get_run(run_id)
         cfg = parse_config(run.config)
     except KeyError:
-        st.warning(f"Run `{run_id}` was deleted.")
+        st.warning(f"Run {md_code(run_id)} was deleted.")
         return
     except ConfigError as exc:
         st.info(f"No baselines for this run: its config does not validate here ({md_text(exc)}).")

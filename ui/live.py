@@ -22,7 +22,7 @@ from mtl_core.owners import ordinal
 from mtl_core.store import ACTIVE_STATUSES, RunInfo, RunStore
 from ui import charts
 from ui.run_table import format_duration, latest_table
-from ui.text import md_text
+from ui.text import md_code, md_text
 
 LIVE_REFRESH_S = 1.0
 # The run's status beside the panel (the sidebar's current run, Stop/Pause) refreshes on its
@@ -125,7 +125,7 @@ def live_panel(store: RunStore, run_id: str) -> None:
     try:
         info = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` does not exist (it may have been deleted).")
+        st.warning(f"Run {md_code(run_id)} does not exist (it may have been deleted).")
         return
     run_every = LIVE_REFRESH_S if info.is_live else None
     st.session_state[RUN_EVERY_KEY] = run_every
@@ -139,7 +139,7 @@ def fragment_run_info(store: RunStore, run_id: str, was_live: bool) -> RunInfo |
     try:
         info = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` was deleted.")
+        st.warning(f"Run {md_code(run_id)} was deleted.")
         return None
     if was_live and not info.is_live:
         st.rerun()
