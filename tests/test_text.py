@@ -31,15 +31,17 @@ def test_newlines_collapse_so_a_name_cannot_start_a_block() -> None:
 
 
 @pytest.mark.parametrize("name", ["- item", "+ item", "* item", "1. item", "12) item",
-                                  "> quote", "# title", "  - item"])
+                                  "> quote", "# title", "  - item", "-", "1."])
 def test_a_leading_block_marker_is_escaped(name: str) -> None:
     out = md_text(name)
     assert re.match(r"\s*(\\[-+*>#]|\d+\\[.)])", out), out
     assert visible(out) == name
 
 
-def test_hyphens_inside_a_name_stay() -> None:
+def test_hyphens_inside_a_name_and_leading_numbers_stay() -> None:
     assert md_text("my-run - 2") == "my-run - 2"
+    assert [md_text(v) for v in ("-0.5", "0.5", "12", "3x")] == ["-0.5", "0.5", "12", "3x"]
+    assert md_text("---") == "\\---"
 
 
 @pytest.mark.parametrize("url", ["http://evil.example/t.png", "HTTPS://e.example",

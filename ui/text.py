@@ -20,9 +20,9 @@ WORD_JOINER = "\u2060"
 # Every ASCII character that opens inline Markdown, HTML, an entity, LaTeX or a Streamlit
 # directive. `-`, `.` and the like only matter at the start of a block (handled below).
 _SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|~$:#+&^=@])")
-# A list item or heading marker at the start: `- x`, `1. x`, `12) x` (`*`, `+`, `#`, `>` are
-# escaped everywhere already).
-_LEADING_MARKER = re.compile(r"^(\s*)(-|\d+(?=[.)]))([.)]?)")
+# A list item or rule at the start: `- x`, `---`, `1. x`, `12) x` (`*`, `+`, `#`, `>` and `=`
+# are escaped everywhere already); `-0.5` or `0.5` start no block and stay as they are.
+_LEADING_MARKER = re.compile(r"^(\s*)(?:(-)(?=[\s-]|$)|(\d+)([.)])(?=\s|$))")
 _AUTOLINK = re.compile(r"(?i)(://)|(www)(?=\.)|(@)")
 
 
@@ -39,8 +39,7 @@ def md_text(value: object) -> str:
     text = " ".join(str(value).splitlines())
     text = _SPECIAL.sub(r"\\\1", _AUTOLINK.sub(_break_autolink, text))
     return _LEADING_MARKER.sub(
-        lambda m: m.group(1) + (f"\\{m.group(2)}" if m.group(2) == "-"
-                                else m.group(2) + (f"\\{m.group(3)}" if m.group(3) else "")),
+        lambda m: m.group(1) + ("\\-" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"),
         text, count=1)
 
 
