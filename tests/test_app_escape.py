@@ -7,16 +7,16 @@ body: it holds the escaped form (`ui.text.md_text`), never the raw syntax, and w
 sees (escapes resolved, word joiners invisible) is the name itself."""
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
+from app_support import visible
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import DataConfig, ExperimentConfig, TaskConfig, parse_config
 from mtl_core.owners import Actor, browser_owner_id
 from mtl_core.store import RunStore
-from ui.text import WORD_JOINER, md_text
+from ui.text import md_text
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -27,11 +27,6 @@ EVIL = "![x](http://h/i.png) **b** $x$ :red[r]"
 RAW = ("![x](", "(http://", "**b**", "$x$", ":red[")  # Markdown syntax that must not survive
 KINDS = ("markdown", "caption", "info", "warning", "error", "success", "toast", "subheader",
          "header", "title")
-
-
-def visible(body: str) -> str:
-    """What a reader sees of a Markdown body that `md_text` escaped."""
-    return re.sub(r"\\(.)", r"\1", body).replace(WORD_JOINER, "")
 
 
 def bodies(at: AppTest) -> list[str]:
