@@ -12,32 +12,30 @@ from __future__ import annotations
 
 import re
 
-# U+2060 WORD JOINER: invisible, and not a word character, so GFM's autolink literals (which
-# Streamlit's renderer matches on the text *after* backslash escapes are resolved, so escaping
-# ':' alone does not stop them) no longer see `scheme://`, `www.` or `user@host`.
+# U+2060 WORD JOINER: invisible, and neither a word character nor a space. Streamlit's
+# renderer matches GFM autolink literals (`scheme://`, `www.`, `user@host`) and its own
+# `:material/icon:` and `:emoji:` shortcodes on the text *after* backslash escapes are resolved
+# (checked in Chromium: `\:material/star\:` still drew the icon), so escaping alone does not
+# stop them; a word joiner after every `:`, after `www` and after `@` does.
 WORD_JOINER = "\u2060"
 
 # Every ASCII character that opens inline Markdown, HTML, an entity, LaTeX or a Streamlit
-# directive. `-`, `.` and the like only matter at the start of a block (handled below).
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|~$:#+&^=@])")
+# directive (`-`, `.` and the like only matter at the start of a block: handled below); `_`
+# only where it could open or close emphasis, not between two letters or digits
+# (`shared_layers` stays as it is: CommonMark never emphasises inside a word with `_`).
+_SPECIAL = re.compile(r"([\\`*{}\[\]()<>!|~$:#+&^=@]|(?<![^\W_])_|_(?![^\W_]))")
 # A list item or rule at the start: `- x`, `---`, `1. x`, `12) x` (`*`, `+`, `#`, `>` and `=`
 # are escaped everywhere already); `-0.5` or `0.5` start no block and stay as they are.
 _LEADING_MARKER = re.compile(r"^(\s*)(?:(-)(?=[\s-]|$)|(\d+)([.)])(?=\s|$))")
-_AUTOLINK = re.compile(r"(?i)(://)|(www)(?=\.)|(@)")
-
-
-def _break_autolink(match: re.Match[str]) -> str:
-    if match.group(1):
-        return ":" + WORD_JOINER + "//"
-    return (match.group(2) or match.group(3)) + WORD_JOINER
+_JOIN_AFTER = re.compile(r"(?i)(:|www(?=\.)|@)")
 
 
 def md_text(value: object) -> str:
     """`value`'s text, to be put into Markdown and render as exactly that text: on one line
     (a name cannot start a heading, list or table row), every special character escaped and
-    bare URLs and e-mail addresses not turned into links."""
+    bare URLs, e-mail addresses and `:shortcodes:` not turned into links, icons or emoji."""
     text = " ".join(str(value).splitlines())
-    text = _SPECIAL.sub(r"\\\1", _AUTOLINK.sub(_break_autolink, text))
+    text = _SPECIAL.sub(r"\\\1", _JOIN_AFTER.sub(r"\1" + WORD_JOINER, text))
     return _LEADING_MARKER.sub(
         lambda m: m.group(1) + ("\\-" if m.group(2) else f"{m.group(3)}\\{m.group(4)}"),
         text, count=1)
