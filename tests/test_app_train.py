@@ -611,7 +611,7 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
     where = next(i for i, (t, _, v) in enumerate(order) if t == "error" and v == "too deep")
     before = [k for _, k, _ in order[:where] if isinstance(k, str)]
     assert before[-1] == form.head_key("distance") + ".1"
-    assert any("model.heads.per\\_task.distance** (Architecture)" in e.value
+    assert any("model.heads.per_task.distance** (Architecture)" in e.value
                and "to fix before Start" in e.value for e in at.error)
     # Only the open tab draws its controls: a problem in another tab is listed by Start with
     # the tab to open.
@@ -619,7 +619,7 @@ def test_per_task_head_editors_change_the_config_and_the_diagram(app, monkeypatc
         patch.setattr(form, "validate", validate)
         open_form_tab(at, "Training")
     assert not any(e.value == "too deep" for e in at.error)
-    assert any("model.heads.per\\_task.distance** (Architecture)" in e.value for e in at.error)
+    assert any("model.heads.per_task.distance** (Architecture)" in e.value for e in at.error)
 
     form_widget(at, "toggle", form.HEADS_SAME).set_value(True).run()  # back to one head for all
     assert _form_config(at).model.heads.per_task == {}
