@@ -20,6 +20,7 @@ import streamlit as st
 from ui import preload
 from ui.identity import identity_sidebar
 from ui.state import APP_RAN_KEY, current_run_id, get_store, runs_dir, set_current_run
+from ui.text import md_code, md_text
 
 # Only light modules above: the shell (navigation, sidebar, title) draws before torch and the
 # chart code are imported (ui.preload); the functions below import the rest once it is there.
@@ -83,10 +84,11 @@ def _current_run(run_id: str | None) -> None:
     try:
         run = get_store().get_run(run_id)
     except KeyError:
-        st.caption(f"Run `{run_id}` was deleted.")
+        st.caption(f"Run {md_code(run_id)} was deleted.")
         return
     st.badge(run.status, color=BADGE_COLOURS.get(run.status, "gray"))
-    st.caption(f"{run.name} · `{run.id}`  \n{run.suite} · {run.architecture} · {run.method}")
+    st.caption(f"{md_text(run.name)} · `{run.id}`  \n"
+               f"{run.suite} · {run.architecture} · {run.method}")
     if run.total_steps:
         st.progress(min(1.0, run.step / run.total_steps),
                     text=f"step {run.step} / {run.total_steps}")
@@ -120,7 +122,7 @@ def _sidebar() -> None:
     by_id = {r.id: r for r in runs}
     missing = st.session_state.pop(_MISSING_RUN, None)
     if missing:
-        st.warning(f"Run `{missing}` was not found in {runs_dir()}.")
+        st.warning(f"Run {md_code(missing)} was not found in {runs_dir()}.")  # from the URL
     if run_id and run_id not in by_id:  # deleted while the page ran
         try:
             by_id[run_id] = store.get_run(run_id)

@@ -24,6 +24,7 @@ from ui.baselines_view import baselines_view
 from ui.live import cached_metrics
 from ui.run_table import runs_frame
 from ui.state import current_run_id, get_store
+from ui.text import md_code
 
 REFRESH_S = 2.0
 TABLE_KEY = "cmp_table"
@@ -141,7 +142,7 @@ else:
     _picked = _pick_runs(_runs)
     if not _picked:
         current = current_run_id()
-        hint = f" The current run is `{current}`." if current else ""
+        hint = f" The current run is {md_code(current)}." if current else ""
         st.info("Select one or more runs in the table to compare them." + hint)
     else:
         _live = any(r.is_live for r in _picked)

@@ -18,6 +18,7 @@ import streamlit as st
 
 from mtl_core import geometry as geo
 from ui import geometry_charts as gc
+from ui.text import md_text
 
 DEFAULT_METHODS = ["static", "mgda", "pcgrad"]
 SHOWN = {"sum": "weighted sum w₁·f₁ + w₂·f₂", "task1": "task 1 loss f₁", "task2": "task 2 loss f₂"}
@@ -71,7 +72,7 @@ with left:
     extra, extra_error = _parse_start(st.text_input("Extra start (x1, x2)", key="geo_extra",
                                                     placeholder="e.g. 2, -3"))
     if extra_error:
-        st.error(extra_error)
+        st.error(md_text(extra_error))  # it quotes what was typed
     steps = st.number_input("Steps", 1, geo.MAX_STEPS, problem.steps, step=100,
                             key=f"geo_steps_{name}")
     lr = st.number_input("Learning rate (Adam)", 1e-4, 10.0, problem.lr, format="%.4f",

@@ -28,6 +28,7 @@ from ui.baselines_view import baselines_view
 from ui.identity import current_actor
 from ui.run_table import STATUS_ICONS, format_duration, metrics_csv, run_json, runs_frame
 from ui.state import current_run_id, get_store, set_current_run
+from ui.text import md_code, md_text
 
 REFRESH_S = 2.0
 TRAIN_PAGE = "pages/train.py"
@@ -61,11 +62,11 @@ def _open(run_id: str) -> None:
     try:  # keep ?run=ID: switch_page clears query params unless given
         st.switch_page(TRAIN_PAGE, query_params={"run": run_id})
     except StreamlitAPIException:
-        st.info(f"Run `{run_id}` is now the current run (the Train page is not available).")
+        st.info(f"Run {md_code(run_id)} is now the current run (the Train page is not available).")
 
 
 def not_yours(run: RunInfo) -> str:
-    return (f"Started by {run.owner_label}: only they or the teacher can stop, delete or "
+    return (f"Started by {md_text(run.owner_label)}: only they or the teacher can stop, delete or "
             "rename it. You can look at it, open it and export it.")
 
 
@@ -82,7 +83,7 @@ def _actions(store: RunStore, run: RunInfo, actor: Actor) -> None:
             outcome = jobs.stop(run.id, store.runs_dir, actor=actor)
             st.toast("Stopped." if outcome == "stopped" else "Stop requested.")
         except (KeyError, ValueError, PermissionError) as exc:
-            st.error(str(exc))
+            st.error(md_text(exc))
     if c_del.button("Delete", icon="🗑️", key="runs_delete", disabled=run.is_live or not mine,
                     width="stretch", help="Stop a live run before deleting it" if mine
                     else not_yours(run)):
@@ -113,9 +114,9 @@ def _rename(store: RunStore, run: RunInfo, actor: Actor) -> None:
             try:
                 store.rename_run(run.id, name, actor)
             except (KeyError, ValueError, PermissionError) as exc:
-                st.error(str(exc))
+                st.error(md_text(exc))  # it may quote the name
                 return
-            st.toast(f"Renamed to {name.strip()}.")
+            st.toast(f"Renamed to {md_text(name.strip())}.")
             st.rerun()
 
 
@@ -130,8 +131,8 @@ def queue_text(store: RunStore, run: RunInfo) -> str | None:
     if place is None:
         return None
     if place.owner_cap and place.owner_active >= place.owner_cap:
-        why = (f"waiting for one of {run.owner_label}'s runs to end: {place.owner_active} of "
-               f"{place.owner_cap} allowed per person are running")
+        why = (f"waiting for one of {md_text(run.owner_label)}'s runs to end: "
+               f"{place.owner_active} of {place.owner_cap} allowed per person are running")
     elif limit is not None and place.active >= limit:
         why = f"waiting for a free slot: {place.active} of {limit} running"
     else:
@@ -140,7 +141,7 @@ def queue_text(store: RunStore, run: RunInfo) -> str | None:
 
 
 def _confirm_delete(store: RunStore, run: RunInfo, actor: Actor) -> None:
-    st.warning(f"Delete **{run.name}** (`{run.id}`) with all its metrics, predictions and "
+    st.warning(f"Delete **{md_text(run.name)}** (`{run.id}`) with all its metrics, predictions and "
                "checkpoints? This cannot be undone.")
     yes, no, _ = st.columns([1, 1, 4])
     if yes.button("Yes, delete", type="primary", key="runs_delete_yes"):
@@ -148,12 +149,12 @@ def _confirm_delete(store: RunStore, run: RunInfo, actor: Actor) -> None:
         try:
             store.delete_run(run.id, actor)
         except (KeyError, ValueError, PermissionError) as exc:
-            st.error(str(exc))
+            st.error(md_text(exc))
             return
         if current_run_id() == run.id:
             set_current_run(None)
         st.session_state.pop(TARGET_KEY, None)
-        st.toast(f"Deleted {run.name}.")
+        st.toast(f"Deleted {md_text(run.name)}.")
         st.rerun()
     if no.button("Cancel", key="runs_delete_no"):
         st.session_state.pop(CONFIRM_KEY, None)
@@ -161,7 +162,7 @@ def _confirm_delete(store: RunStore, run: RunInfo, actor: Actor) -> None:
 
 
 def _details(store: RunStore, run: RunInfo) -> None:
-    bits = [f"owner **{run.owner_label}**", f"suite **{run.suite}**",
+    bits = [f"owner **{md_text(run.owner_label)}**", f"suite **{run.suite}**",
             f"architecture **{run.architecture}**",
             f"method **{run.method}**", f"duration {format_duration(run.duration)}"]
     if run.device:
@@ -174,7 +175,7 @@ def _details(store: RunStore, run: RunInfo) -> None:
         if text:
             st.info(text, icon=":material/hourglass_top:")
     if run.message:
-        (st.error if run.status in ("failed", "diverged") else st.caption)(run.message)
+        (st.error if run.status in ("failed", "diverged") else st.caption)(md_text(run.message))
 
 
 def _body(store: RunStore, was_live: bool) -> None:

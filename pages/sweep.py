@@ -40,6 +40,7 @@ from ui import config_form as form
 from ui import sweep_charts as sc
 from ui.identity import current_actor
 from ui.state import current_run_id, get_store, runs_dir
+from ui.text import md_lines, md_text
 from ui.train_run import TRAIN_PAGE, request_load
 
 REFRESH_S = 2.0
@@ -76,7 +77,7 @@ def _base_config(store: RunStore) -> ExperimentConfig | None:
         cfg, errors = form.validate(form.config_from_state(st.session_state))
         if errors is not None:
             st.warning("The Build & Train page's settings have problems; fix them there "
-                       f"first:\n{errors}")
+                       f"first:  \n{md_lines(errors)}")
         return cfg
     if source == SOURCES[1]:
         finished = [r for r in store.list_runs(["finished"]) if sweep_id_of(r.name) is None]
@@ -104,7 +105,7 @@ def _parsed(doc: dict[str, Any]) -> ExperimentConfig | None:
     try:
         return parse_config(doc)
     except ConfigError as exc:
-        st.warning(f"That run's config no longer validates: {exc}")
+        st.warning(f"That run's config no longer validates: {md_lines(exc)}")
         return None
 
 
@@ -141,7 +142,7 @@ def _new_sweep(store: RunStore) -> None:
     key = f"sweep_tasks_{cfg.data.suite}_{'_'.join(chosen)}"  # a new base: its own tasks
     if not set(st.session_state.get(key) or []) <= set(options):
         del st.session_state[key]
-    st.caption(f"Base: **{cfg.name}** · {cfg.data.suite} · {cfg.model.architecture} · "
+    st.caption(f"Base: **{md_text(cfg.name)}** · {cfg.data.suite} · {cfg.model.architecture} · "
                f"{cfg.optim.epochs} epochs · seed {cfg.seed}")
     c1, c2, c3 = st.columns([3, 1, 3])
     tasks = c1.multiselect("Tasks (2 or 3)", options, default=chosen[:MAX_TASKS], key=key,
@@ -184,7 +185,7 @@ def _new_sweep(store: RunStore) -> None:
             sweep = submit_sweep(base, n, runs_dir(), extra_methods=extras,
                                  owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
-            st.error(f"Could not start the sweep: {exc}")
+            st.error(f"Could not start the sweep: {md_lines(exc)}")
             return
         st.session_state[PICK_KEY] = sweep.sweep_id
         st.session_state[_NOTICE] = (f"Sweep #{sweep.sweep_id} queued: "
@@ -257,7 +258,7 @@ def _choice(store: RunStore, table: pd.DataFrame) -> None:
         st.info("The choice appears once grid runs have finished.")
         return
     row = chosen.iloc[0]
-    weights = ", ".join(f"w {t} = {row[f'w_{t}']:.3g}" for t in tasks)
+    weights = ", ".join(f"w {md_text(t)} = {row[f'w_{t}']:.3g}" for t in tasks)
     st.success(f"**Chosen by validation: {weights}** (run `{row['run_id']}`).")
     st.markdown("**Only now look at the test set** — it estimates how the chosen weights do "
                 "on data no decision has seen:")
@@ -292,7 +293,7 @@ def _more_methods(store: RunStore, table: pd.DataFrame, sweep_id: str) -> None:
         try:
             ids = add_methods(store, sweep_id, methods, owner=current_actor())
         except (ConfigError, ValueError, OSError) as exc:
-            st.error(f"Could not add them: {exc}")
+            st.error(f"Could not add them: {md_lines(exc)}")
             return
         st.session_state[_NOTICE] = f"Queued {len(ids)} extra point(s) for sweep #{sweep_id}."
         st.rerun()  # the whole page: it polls while the new runs train

@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 from streamlit.testing.v1 import AppTest
 
+from ui.text import WORD_JOINER
 from ui.train_run import FORM_TAB_KEY, FORM_TABS, SHARE_PANEL_KEY, YAML_PANEL_KEY
 
 
@@ -119,11 +120,17 @@ def form_keys(at: AppTest) -> list[str]:
     return keys
 
 
+def visible(body: str) -> str:
+    """What a reader sees of a Markdown body whose user text ui.text escaped: backslash
+    escapes resolved, word joiners (invisible) dropped."""
+    return re.sub(r"\\(.)", r"\1", body).replace(WORD_JOINER, "")
+
+
 def latest_numbers(at: AppTest) -> pd.DataFrame:
-    """The live panel's "Latest numbers" (a Markdown table) read back as text cells, indexed
-    by task."""
+    """The live panel's "Latest numbers" (a Markdown table) read back as the text cells a reader
+    sees (escapes resolved, ui.text's word joiners dropped), indexed by task."""
     text = next(m.value for m in at.markdown if m.value.startswith("**Latest numbers**"))
-    rows = [[re.sub(r"\\(.)", r"\1", c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+    rows = [[visible(c.strip()) for c in re.split(r"(?<!\\)\|", line)[1:-1]]
             for line in text.splitlines() if line.startswith("|")]
     head, body = rows[0], rows[2:]  # rows[1] is the |---| rule
     return pd.DataFrame([r[1:] for r in body], columns=head[1:],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from app_support import visible
 from test_app_teach import app, dispatched  # noqa: F401 - fixtures
 
 from mtl_core.baselines import baseline_configs
@@ -113,7 +114,7 @@ def test_a_lesson_over_the_queue_quota_says_so_next_to_the_button(
 
     store.set_limits(Actor("teacher", "T", teacher=True), max_queued_per_owner=3)
     at = _open(monkeypatch, "relatedness")  # 6 runs
-    errors = " ".join(e.value for e in at.error)
+    errors = " ".join(visible(e.value) for e in at.error)  # the message is escaped Markdown
     assert "Could not start the lesson" in errors and "max_queued_per_owner" in errors
     assert store.list_runs() == [] and not dispatched
     assert "relatedness" not in (at.session_state[RUNS_KEY] if RUNS_KEY in at.session_state

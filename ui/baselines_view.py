@@ -34,6 +34,7 @@ from mtl_core.baselines import (
 from mtl_core.config import ConfigError, parse_config
 from mtl_core.store import RunInfo, RunStore
 from ui.run_table import STATUS_ICONS
+from ui.text import md_code, md_text
 
 REFRESH_S = 2.0
 PLOTLY_CONFIG = {"displaylogo": False}
@@ -127,7 +128,7 @@ def baselines_view(store: RunStore, run_id: str, key: str = "bl", poll: bool = T
     try:
         run = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` does not exist (it may have been deleted).")
+        st.warning(f"Run {md_code(run_id)} does not exist (it may have been deleted).")
         return
     live = _anything_live(store, run)
     if poll:
@@ -153,10 +154,10 @@ def _view(store: RunStore, run_id: str, key: str, was_live: bool) -> None:
         run = store.get_run(run_id)
         cfg = parse_config(run.config)
     except KeyError:
-        st.warning(f"Run `{run_id}` was deleted.")
+        st.warning(f"Run {md_code(run_id)} was deleted.")
         return
     except ConfigError as exc:
-        st.info(f"No baselines for this run: its config does not validate here ({exc}).")
+        st.info(f"No baselines for this run: its config does not validate here ({md_text(exc)}).")
         return
     if was_live and not _anything_live(store, run):
         st.rerun()  # everything ended: a full rerun declares the fragment without polling
@@ -205,10 +206,10 @@ def _submit(store: RunStore, cfg: Any, before: dict[str, str], key: str) -> None
 
         ids = find_or_submit_baselines(cfg, store.runs_dir, owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
-        st.error(f"Could not queue the baselines: {exc}")
+        st.error(f"Could not queue the baselines: {md_text(exc)}")
         return
-    reused = [f"{t} (`{i}`)" for t, i in ids.items() if before.get(t) == i]
-    queued = [f"{t} (`{i}`)" for t, i in ids.items() if before.get(t) != i]
+    reused = [f"{md_text(t)} (`{i}`)" for t, i in ids.items() if before.get(t) == i]
+    queued = [f"{md_text(t)} (`{i}`)" for t, i in ids.items() if before.get(t) != i]
     parts = []
     if queued:
         try:
@@ -239,7 +240,7 @@ def _comparison(comp: Comparison, key: str) -> None:
                   help="Negative is better.")
         st.markdown(f"**Δm = {comp.delta_m:+.2f} %**: {delta_m_verdict(comp.delta_m)}.")
     else:
-        st.info(f"No Δm yet: {comp.note}.")
+        st.info(f"No Δm yet: {md_text(comp.note)}.")  # it names tasks
     if comp.seeds is not None:  # a stacked run against baselines with the same seeds
         st.markdown(f"**Over the seeds:** {comp.seeds.text()}.")
         st.plotly_chart(seeds_figure(comp.seeds), key=f"{key}_seeds", config=PLOTLY_CONFIG)

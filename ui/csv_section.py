@@ -17,6 +17,7 @@ from mtl_core.data import SUITES, TASK_KINDS
 from ui import config_form as form
 from ui.param_widgets import KEEP, ensure, params_widgets, show_errors
 from ui.state import runs_dir
+from ui.text import md_lines, md_text
 
 KEY = form.suite_key("csv")
 UPLOAD_KEY = "upload.csv"
@@ -82,7 +83,7 @@ def csv_section(errors: ConfigError | None) -> None:
     frame, problem = _read_preview(st.session_state[f"{KEY}.path"],
                                    bool(form.errors_at(errors, "data.params.path")))
     if problem:
-        st.error(problem, icon=":material/error:")
+        st.error(md_lines(problem), icon=":material/error:")  # it names the file
     if frame is None:
         st.caption("Upload a CSV file or give its path to pick columns.")
         return
@@ -104,8 +105,8 @@ def csv_section(errors: ConfigError | None) -> None:
         for i, target in enumerate(targets):
             key = f"{form.CSV_KINDS}.{target}"
             ensure(key, "auto")
-            cols[i % len(cols)].selectbox(f"Kind of {target}", ["auto", *TASK_KINDS], key=key,
-                                          help="auto guesses from the values.", **KEEP)
+            cols[i % len(cols)].selectbox(f"Kind of {md_text(target)}", ["auto", *TASK_KINDS],
+                                          key=key, help="auto guesses from the values.", **KEEP)
     show_errors(form.errors_at(errors, "data.params.kinds"))
     params_widgets(SUITES.get("csv").params, KEY, errors, "data.params",
                    skip=("path", "inputs", "targets", "kinds"))

@@ -29,6 +29,7 @@ from mtl_core.owners import (
     teacher_key_set,
 )
 from mtl_core.store import RunStore
+from ui.text import md_text
 
 ID_COOKIE = "mtl_lab_id"
 NAME_COOKIE = "mtl_lab_name"
@@ -160,7 +161,7 @@ def identity_sidebar(store: RunStore) -> Actor:
     actor = current_actor()
     _set_cookies()
     if _signed_in_email() is not None:
-        st.caption(f":material/person: Signed in as **{actor.name}**"
+        st.caption(f":material/person: Signed in as **{md_text(actor.name)}**"
                    + (" · teacher" if actor.teacher else ""))
         if st.button("Log out", key="identity.logout", type="tertiary"):
             st.logout()

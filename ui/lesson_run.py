@@ -17,6 +17,7 @@ from mtl_core.lesson_claims import CLAIMS, LETTERS, LessonResult, evaluate, less
 from mtl_core.lessons import Lesson
 from mtl_core.metrics import mean_sd
 from ui.state import runs_dir
+from ui.text import md_lines
 
 REFRESH_S = 2.0
 RUNS_KEY = "_lesson_runs"  # session_state: {lesson id: {label: run id}}
@@ -32,7 +33,7 @@ def _start(lesson: Lesson) -> None:
     try:
         ids = lesson_runs(lesson.id, runs_dir(), owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:  # QuotaError is a ValueError
-        st.error(f"Could not start the lesson: {exc}")
+        st.error(f"Could not start the lesson: {md_lines(exc)}")
         return
     st.session_state.setdefault(RUNS_KEY, {})[lesson.id] = ids
 

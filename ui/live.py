@@ -12,7 +12,6 @@ frame is cached in `st.session_state`, so a refresh costs one small query.
 """
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from mtl_core.owners import ordinal
 from mtl_core.store import ACTIVE_STATUSES, RunInfo, RunStore
 from ui import charts
 from ui.run_table import format_duration, latest_table
+from ui.text import md_code, md_text
 
 LIVE_REFRESH_S = 1.0
 # The run's status beside the panel (the sidebar's current run, Stop/Pause) refreshes on its
@@ -82,7 +82,7 @@ def progress_text(info: RunInfo, now: float | None = None) -> str:
 
 def status_line(store: RunStore, info: RunInfo) -> tuple[str, str]:
     """(level, text) describing the run's state; level is an st alert name."""
-    msg = f": {info.message}" if info.message else ""
+    msg = f": {md_text(info.message)}" if info.message else ""  # it may quote user text
     if info.status == "queued":
         running = len(store.list_runs(ACTIVE_STATUSES))
         try:
@@ -125,7 +125,7 @@ def live_panel(store: RunStore, run_id: str) -> None:
     try:
         info = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` does not exist (it may have been deleted).")
+        st.warning(f"Run {md_code(run_id)} does not exist (it may have been deleted).")
         return
     run_every = LIVE_REFRESH_S if info.is_live else None
     st.session_state[RUN_EVERY_KEY] = run_every
@@ -139,7 +139,7 @@ def fragment_run_info(store: RunStore, run_id: str, was_live: bool) -> RunInfo |
     try:
         info = store.get_run(run_id)
     except KeyError:
-        st.warning(f"Run `{run_id}` was deleted.")
+        st.warning(f"Run {md_code(run_id)} was deleted.")
         return None
     if was_live and not info.is_live:
         st.rerun()
@@ -205,19 +205,13 @@ def latest_text(df: pd.DataFrame, tasks: list[str]) -> pd.DataFrame:
 # Characters that start Markdown's inline syntax or Streamlit's own (links, images, emphasis,
 # code, HTML, LaTeX, :color[...] and :icon: directives, the table's pipes): a task name comes
 # from a CSV header a student uploaded, and this table is shown to everyone watching the run.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>!|~$:#])")
-
-
 def markdown_table(table: pd.DataFrame) -> str:
     """`table` (text cells) as a Markdown table, its index as the first column; every cell
     shows its text as it is (Markdown's special characters escaped)."""
-    def cell(value: object) -> str:
-        return _MARKDOWN_SPECIAL.sub(r"\\\1", str(value).replace("\n", " "))
-
     head = [table.index.name or ""] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(cell(h) for h in head) + " |",
+    lines = ["| " + " | ".join(md_text(h) for h in head) + " |",
              "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(cell(v) for v in [index, *row]) + " |"
+    lines += ["| " + " | ".join(md_text(v) for v in [index, *row]) + " |"
               for index, row in zip(table.index, table.itertuples(index=False), strict=True)]
     return "\n".join(lines)
 
@@ -239,7 +233,7 @@ def _band_control(df: pd.DataFrame) -> str:
 
 def _header(store: RunStore, info: RunInfo) -> None:
     level, text = status_line(store, info)
-    getattr(st, level)(f"**{info.name}** · `{info.id}` — {text}")
+    getattr(st, level)(f"**{md_text(info.name)}** · `{info.id}` — {text}")
     if info.total_steps:
         st.progress(min(1.0, info.step / info.total_steps), text=progress_text(info))
 

@@ -21,6 +21,7 @@ from ui.config_form import (
     list_item_default,
     value_to_state,
 )
+from ui.text import md_text
 
 KEEP: dict[str, Any] = {"persist_state": "session"}  # widget values survive page switches
 MAX_LAYERS = 8
@@ -29,7 +30,7 @@ MAX_LAYERS = 8
 def show_errors(errors: Sequence[FieldError], with_path: bool = False) -> None:
     """Messages under a widget; `with_path` names the field (its widget is not drawn)."""
     for err in errors:
-        st.error(str(err) if with_path else err.message, icon=":material/error:")
+        st.error(md_text(err if with_path else err.message), icon=":material/error:")
 
 
 def ensure(key: str, default: Any) -> None:

@@ -36,6 +36,7 @@ from ui import share
 from ui.diagram import Diagram
 from ui.param_widgets import show_errors
 from ui.state import current_run_id, get_store, runs_dir, set_current_run
+from ui.text import md_lines, md_text
 from ui.train_sections import FULL_VIEW, View
 
 YAML_UPLOAD_KEY = "upload.yaml"
@@ -73,8 +74,8 @@ def prepare_form_state() -> None:
             text = decode_config_bytes(upload.getvalue(), name)
             cfg = parse_config(loads_config_text(text, source=name), trusted=False)
         except ConfigError as exc:
-            state[_YAML_ERROR] = f"{upload.name[:80]} was not loaded:\n" + "\n".join(
-                f"- {e}" for e in exc.errors)
+            state[_YAML_ERROR] = f"{md_text(upload.name[:80])} was not loaded:\n" + "\n".join(
+                f"- {md_text(e)}" for e in exc.errors)
         else:
             state[form.PENDING_KEY] = cfg.to_dict()
             state[_YAML_ERROR] = None
@@ -144,7 +145,7 @@ def follow_url() -> None:
                 request_load(share.decode_config(token))
             except ConfigError as exc:
                 state[_SHARE_ERROR] = "The config in this link was not loaded:\n" + "\n".join(
-                    f"- {e}" for e in exc.errors)
+                    f"- {md_text(e)}" for e in exc.errors)
             else:
                 state[_NOTICE] = "Loaded the shared config into every control."
     elif _URL_TOKEN in state:
@@ -232,7 +233,7 @@ def submit_run(cfg: ExperimentConfig) -> str | None:
         check_submit(cfg)  # what the CLI checks at submit, the page checks too
         return jobs.submit(cfg, runs_dir(), owner=current_actor())
     except (ConfigError, ValueError, OSError) as exc:
-        st.error(f"Could not start: {exc}")
+        st.error(f"Could not start: {md_lines(exc)}")
         return None
 
 
@@ -255,7 +256,8 @@ def problems(errors: ConfigError | None) -> None:
         return
     n = len(errors.errors)
     st.error(f"{n} setting{'s' if n > 1 else ''} to fix before Start:\n"
-             + "\n".join(f"- **{e.path or 'config'}** ({tab_of(e.path)}): {e.message}"
+             + "\n".join(f"- **{md_text(e.path or 'config')}** ({tab_of(e.path)}): "
+                         f"{md_text(e.message)}"
                          for e in errors.errors),
              icon=":material/block:")
 
@@ -298,8 +300,8 @@ def _run_buttons(run_id: str | None) -> None:
     status = info.status if info else None
     actor = current_actor()
     mine = info is None or may_act(actor, info.owner)
-    why = None if mine else (f"Started by {info.owner_label}: only they or the teacher can "
-                             "stop or pause it.")
+    why = None if mine else (f"Started by {md_text(info.owner_label)}: only they or the "
+                             "teacher can stop or pause it.")
     c1, c2 = st.columns(2)
     stop = c1.button("Stop", icon=":material/stop:", key="train.stop", width="stretch",
                      disabled=status not in ("queued", "running", "paused") or not mine,
@@ -316,10 +318,10 @@ def _run_buttons(run_id: str | None) -> None:
                       else jobs.pause(run_id, runs_dir(), actor=actor))
             st.toast(f"{'Resume' if paused else 'Pause'}: {answer}")
     except (KeyError, ValueError, PermissionError) as exc:
-        st.warning(str(exc))
+        st.warning(md_text(exc))
     if info is not None:
         st.caption(f"Current run `{info.id}` · {info.status}"
-                   + ("" if mine else f" · started by {info.owner_label}"))
+                   + ("" if mine else f" · started by {md_text(info.owner_label)}"))
         if st.button("Load its settings", icon=":material/content_copy:", key="train.clone",
                      type="tertiary", help="Fill every control with this run's config, to "
                                            "change one thing and train again."):
@@ -361,7 +363,7 @@ def yaml_panel(doc: dict[str, Any], cfg: ExperimentConfig | None,
 def diagram_panel(diagram: Diagram) -> None:
     st.markdown("**Architecture**")
     if diagram.dot is None:
-        st.info(f"No diagram: {diagram.error}", icon=":material/schema:")
+        st.info(f"No diagram: {md_lines(diagram.error)}", icon=":material/schema:")
         return
     st.graphviz_chart(diagram.dot, width="stretch")
     counts = diagram.counts

@@ -27,6 +27,7 @@ from mtl_core.weighting import METHODS
 from ui import config_form as form
 from ui.diagram import SuiteShapes
 from ui.param_widgets import KEEP, ensure, layer_editor, params_widgets, show_errors
+from ui.text import md_lines, md_text
 
 KIND_HELP = {"loss": "weights the task losses", "gradient": "combines the task gradients"}
 MAX_SHOWN_WEIGHT = 5.0
@@ -103,7 +104,8 @@ def data_section(errors: ConfigError | None, shapes: SuiteShapes | None,
         download = st.session_state.get(f"{form.suite_key(suite)}.download", False)
         then = (" The diagram never downloads; a run started now will try to download the "
                 "files.") if download else ""
-        st.warning(f"Cannot read this data set: {data_error}.{then}", icon=":material/warning:")
+        st.warning(f"Cannot read this data set: {md_lines(data_error)}.{then}",
+                   icon=":material/warning:")
 
 
 def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
@@ -126,7 +128,7 @@ def tasks_section(doc: dict[str, Any], errors: ConfigError | None,
         ensure(include_key, True)
         ensure(weight_key, 1.0)
         c1, c2, c3 = st.columns([2, 2, 4], vertical_alignment="center")
-        c1.checkbox(name, key=include_key, **KEEP)
+        c1.checkbox(md_text(name), key=include_key, **KEEP)  # a CSV header a student chose
         spec = kinds.get(name)
         c2.caption(_kind_text(spec) if spec else "kind: ?")
         high = max(MAX_SHOWN_WEIGHT, float(st.session_state[weight_key]))
@@ -217,8 +219,8 @@ def heads_section(errors: ConfigError | None, tasks: list[str], view: View = FUL
             key = form.head_key(task)
             if f"{key}.n" not in st.session_state:  # a task starts from the shared head
                 st.session_state.update(form.list_to_state(key, shared))
-            layer_editor(key, task, help=f"Hidden dense layers of the head of "
-                         f"task {task}, before its output layer.")
+            layer_editor(key, md_text(task), help=f"Hidden dense layers of the head of "
+                         f"task {md_text(task)}, before its output layer.")
             show_errors(form.errors_at(errors, f"model.heads.per_task.{task}"))
         show_errors(form.errors_at(errors, "model.heads.layers"))
     show_errors(form.errors_at(errors, "model.heads.per_task", exact=True))
