@@ -86,7 +86,12 @@ def test_non_strings_are_shown_as_their_text() -> None:
 
 def test_md_code_keeps_a_plain_id_a_code_span() -> None:
     assert md_code("20261202-abc_1") == "`20261202-abc_1`"
-    assert md_code("![x](http://h/i.png) $x$") == "`![x](http://h/i.png) $x$`"
+    assert md_code("![x](h/i.png) $x$") == "`![x](h/i.png) $x$`"
+
+
+def test_md_code_falls_back_to_text_for_a_colon_an_icon_shortcode_needs() -> None:
+    assert md_code(":material/star: x") == md_text(":material/star: x")
+    assert md_code("http://h/i.png") == md_text("http://h/i.png")
 
 
 def test_md_code_falls_back_to_text_when_a_backtick_or_newline_would_end_the_span() -> None:

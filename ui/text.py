@@ -44,9 +44,10 @@ def md_text(value: object) -> str:
 def md_code(value: object) -> str:
     """`value` as an inline code span (how run ids are shown) when it can be one: a code span
     renders its content literally, but a backtick or line break in it would end it, so such a
-    value (an id typed into a URL, say) is shown as `md_text` instead."""
+    value (an id typed into a URL, say) is shown as `md_text` instead, and so is one with a
+    colon (Streamlit draws `:material/...:` icons before it parses Markdown)."""
     text = str(value)
-    if "`" in text or any(c in text for c in "\r\n\u2028\u2029\x0b\x0c\x1c\x1d\x1e\x85"):
+    if any(c in text for c in "`:\r\n\u2028\u2029\x0b\x0c\x1c\x1d\x1e\x85"):
         return md_text(text)
     return f"`{text}`"
 
