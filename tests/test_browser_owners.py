@@ -131,3 +131,33 @@ def test_a_starts_b_cannot_stop_or_delete_the_teacher_can(server: AppServer,
     finally:
         ctx_a.close()
         ctx_b.close()
+
+
+HOSTILE_NAME = "![x](http://probe.invalid/x.png) **b** $x^2$ :red[r] www.probe.invalid"
+
+
+def test_a_run_name_with_markdown_shows_as_text_and_fetches_nothing(server: AppServer,
+                                                                     browser: Any) -> None:
+    """A student names a run with Markdown: every viewer's page shows the name's characters,
+    and no browser fetches the image or gets a link or formula out of it (ui.text.md_text)."""
+    store = RunStore(server.runs_dir)
+    run_id = store.create_run(ExperimentConfig.model_validate(
+        {"name": HOSTILE_NAME, "data": {"suite": "toy_2d"}}))  # queued: the slot is held
+    context, page = new_page(browser)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    try:
+        open_runs(page, server, run_id)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        shown = sidebar.inner_text().replace("\u2060", "")  # the escapes' word joiners
+        assert HOSTILE_NAME in shown
+        assert not [url for url in requested if "probe.invalid" in url]
+        # (the page's own Δm formula is LaTeX too: only the name's must not be)
+        for selector in ('img[src*="probe"]', 'a[href*="probe"]',
+                         '.katex annotation:has-text("x^2")',
+                         '[data-testid="stMarkdownContainer"] strong:text-is("b")'):
+            assert page.locator(selector).count() == 0, selector
+        screenshot(page, "owners_3_markdown_name_as_text")
+    finally:
+        context.close()
+        store.set_status(run_id, "stopped")
