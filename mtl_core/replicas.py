@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 from mtl_core import diagnostics
 from mtl_core.config import ExperimentConfig
@@ -280,22 +281,61 @@ class StackedModel:
             for v in views:
                 v.grad = None
 
+    def jacobian_blocks(self, raw: Tensor, params: list[torch.nn.Parameter]
+                        ) -> tuple[list[int], list[Tensor]]:
+        """The stacked leaves of replica 0's `params` (their indices in `self.params`) and,
+        for each, the (T, K, slice numel) block of task gradients in the leaf's layout: row t
+        of leaf j is the gradient of Σ_r raw[r, t] on the leaf, which is, in slice r,
+        d raw[r, t] (no parameter is shared between replicas). T passes over the stacked
+        graph, each started at task t's (K,) losses where `raw` stacks them (a pass from
+        raw[:, t] would push zeros through every other task's head too, as
+        `diagnostics.stacked_scalars` says of the single run); the graph is kept."""
+        order = [self.index[id(p)] for p in params]
+        n_replicas, n_tasks = raw.shape
+        leaves = [self.params[j] for j in order]
+        if not order or not raw.requires_grad:
+            return order, [raw.new_zeros((n_tasks, n_replicas, leaf[0].numel()))
+                           for leaf in leaves]
+        starts = _task_edges(raw) or [raw[:, t] for t in range(n_tasks)]
+        ones = raw.new_ones(n_replicas)
+        rows = [torch.autograd.grad(start, leaves, grad_outputs=ones, retain_graph=True,
+                                    materialize_grads=True) for start in starts]
+        blocks = [torch.stack([r[j].reshape(n_replicas, -1) for r in rows])
+                  for j in range(len(leaves))]
+        return order, blocks
+
     def jacobians(self, raw: Tensor, per_replica: list[list[torch.nn.Parameter]]
                   ) -> list[Tensor]:
         """Each replica's (T, P_r) task-gradient matrix on its own parameters `per_replica[r]`
-        (views), from T passes over the stacked graph: the gradient of Σ_r raw[r, t] on the
-        stacked leaf is, in slice r, d raw[r, t]. The graph is kept."""
-        order = [self.index[id(p)] for p in per_replica[0]]
-        n_tasks, n_replicas = raw.shape[1], raw.shape[0]
-        if not order or not raw.requires_grad:
-            return [raw.new_zeros((n_tasks, sum(p.numel() for p in ps))) for ps in per_replica]
-        leaves = [self.params[j] for j in order]
-        matrix = diagnostics.jacobian(raw.sum(0), leaves, retain_graph=True)
-        blocks = [self.layouts[j].replica_order(b.reshape(n_tasks, n_replicas, -1),
-                                                self.params[j].shape[1:])
-                  for j, b in zip(order, matrix.split([leaf.numel() for leaf in leaves],
-                                                      dim=1), strict=True)]
-        return [torch.cat([b[:, r] for b in blocks], dim=1) for r in range(n_replicas)]
+        (views), from `jacobian_blocks`. The graph is kept."""
+        order, blocks = self.jacobian_blocks(raw, per_replica[0])
+        if not order:
+            return [raw.new_zeros((raw.shape[1], 0)) for _ in per_replica]
+        ordered = [self.layouts[j].replica_order(b, self.params[j].shape[1:])
+                   for j, b in zip(order, blocks, strict=True)]
+        return [torch.cat([b[:, r] for b in ordered], dim=1) for r in range(raw.shape[0])]
+
+    def assign_grads(self, order: list[int], blocks: list[Tensor], coefficients: Tensor
+                     ) -> None:
+        """Static's update from the task gradients: leaf j's gradient in slice r is
+        Σ_t coefficients[r, t] · blocks[j][t, r], as `weighting.base.backprop` assembles a
+        single run's from its Jacobian (coefficients (K, T): each replica's task weights,
+        zero where it no longer trains)."""
+        weights = coefficients.t().unsqueeze(-1).to(blocks[0].dtype) if blocks else None
+        for j, block in zip(order, blocks, strict=True):
+            leaf = self.params[j]
+            leaf.grad = (weights * block).sum(0).reshape(leaf.shape)
+
+
+def _task_edges(raw: Tensor) -> list[GradientEdge] | None:
+    """The graph edge into each task's (K,) losses when `raw` (K, T) is their stack (dim 1)."""
+    node = raw.grad_fn
+    if node is None or node.name() != "StackBackward0":
+        return None
+    edges = node.next_functions
+    if len(edges) != raw.shape[1] or any(n is None for n, _ in edges):
+        return None
+    return [GradientEdge(n, nr) for n, nr in edges]
 
 
 class StackedBatches:
@@ -465,6 +505,10 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
     gradient_level = first.method.kind == "gradient"
     n_shared = sum(p.numel() for p in first.shared)
     K, T = len(replicas), len(names)
+    # Static with every trainable leaf among the shared and task parameters: its logging
+    # steps' update comes from the Jacobian blocks (`StackedModel.assign_grads`).
+    static_blocks = plain_sum and reuse and not first.others
+    n_shared_leaves = len(first.shared)
 
     stacked = StackedModel.build([r.model for r in replicas], specs) \
         if engine == "stacked" else None
@@ -544,23 +588,31 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                     losses = list(weighted_raw.unbind(0))
                 diag_rows: list[MetricRow] = []
                 known: list[TaskGradients | None] = [None] * K
-                if scalars:
+                assembled: tuple[list[int], list[Tensor]] | None = None
+                if scalars and static_blocks and stacked is not None:
+                    # static: the update is assembled from the stacked blocks for every
+                    # replica at once (no per-replica method step, no gather of view grads)
+                    assembled = stacked.jacobian_blocks(raw, first.reuse_params)
+                    diag_rows = _diagnostic_rows(step, epoch, names, replicas, torch.cat(
+                        assembled[1][:n_shared_leaves], dim=2).transpose(0, 1))
+                elif scalars:
                     wrt = [r.reuse_params if reuse else r.shared for r in replicas]
                     grads = (stacked.jacobians(raw, wrt) if stacked is not None
                              else replica_jacobians(raw, wrt))
-                    for rep, g in zip(replicas, grads, strict=True):
-                        if logging_step and rep.active and first.shared:
-                            diag_rows += diagnostics.diagnostic_rows(
-                                step, float(epoch), names,
-                                diagnostics.gradient_stats(g[:, :n_shared]),
-                                replica=rep.index)
-                        if reuse:
+                    if logging_step and first.shared:
+                        diag_rows = _diagnostic_rows(step, epoch, names, replicas, torch.stack(
+                            [g[:, :n_shared] for g in grads]))
+                    if reuse:
+                        for rep, g in zip(replicas, grads, strict=True):
                             known[rep.index] = TaskGradients(per_task[rep.index],
                                                              rep.reuse_params, g, rep.others)
 
                 optimizer.zero_grad(set_to_none=True)
                 with_known = any(k is not None for k in known)
-                if plain_sum and not with_known and stacked is not None:
+                if assembled is not None and stacked is not None:
+                    active_rows = torch.tensor([r.active for r in replicas], device=device)
+                    stacked.assign_grads(*assembled, task_weights * active_rows[:, None])
+                elif plain_sum and not with_known and stacked is not None:
                     # static on every replica: Σ_r Σ_t w_t·L[r, t] in one op and one backward
                     active = [r.index for r in replicas if r.active]
                     summed = weighted_raw if len(active) == K else weighted_raw[active]
@@ -691,6 +743,21 @@ def _replica_backward(rep: Replica, losses: Tensor, features: list[Tensor],
             raise
         rep.status, rep.result = "diverged", None
         rep.message = f"a task loss became {values.tolist()} (the weighting method failed on it)"
+
+
+def _diagnostic_rows(step: int, epoch: int, names: list[str], replicas: list[Replica],
+                     shared: Tensor) -> list[MetricRow]:
+    """Every active replica's diagnostic rows from its (T, P_shared) gradients on the shared
+    parameters, shared (K, T, P_shared): one batched Gramian for all replicas. The columns may
+    be in any order (a leaf layout's): norms and cosines do not depend on it."""
+    stats = diagnostics.gradient_stats(shared)
+    rows: list[MetricRow] = []
+    for rep in replicas:
+        if rep.active:
+            rows += diagnostics.diagnostic_rows(
+                step, float(epoch), names, {k: v[rep.index] for k, v in stats.items()},
+                replica=rep.index)
+    return rows
 
 
 def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> Tensor:
