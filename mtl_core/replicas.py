@@ -701,14 +701,20 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
         return SlotsOutcome("diverged", None, step, replicas, [{} for _ in replicas])
 
     _write_held(sink, held)
+    for rep in replicas:
+        if rep.status != "diverged" and rep.best_state is not None:
+            rep.model.load_state_dict(rep.best_state)
+    # every replica's test outputs in one stacked pass, as its val outputs
+    test_outputs = (stacked.outputs({k: torch.stack([r.data.test.inputs[k] for r in replicas])
+                                     for k in first.data.test.inputs}, EVAL_CHUNK)
+                    if stacked is not None else [None] * K)
     tests, test_rows = [], []
     for rep in replicas:
         if rep.status == "diverged":
             tests.append({})
             continue
-        if rep.best_state is not None:
-            rep.model.load_state_dict(rep.best_state)
-        test = _evaluate(rep.model, rep.data.test, specs, rep.weights)
+        test = _evaluate(rep.model, rep.data.test, specs, rep.weights,
+                         test_outputs[rep.index])
         test_rows += _metric_rows(step, float(epoch + 1), "test", test, rep.index)
         tests.append(_drop_total(test))
     sink.metrics(test_rows)
