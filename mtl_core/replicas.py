@@ -133,6 +133,16 @@ def own_random_state(replica: Replica, device: torch.device) -> Iterator[None]:
         _set_rng_state(outer, device)
 
 
+def _manual_seed(seed: int, device: torch.device) -> None:
+    """`torch.manual_seed` as the single run calls it, for a CPU run without its seeding of
+    every accelerator backend (each records a traceback for its lazy init: 2/3 of the call,
+    twice per replica)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 Slot = tuple[int, list[float]]  # (seed, task weights): what one stacked replica trains
 
 
@@ -159,9 +169,9 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
             data, model = copy.copy(first_data), copy.deepcopy(first_model)
             _set_rng_state(state, device)
         else:
-            torch.manual_seed(seed)
+            _manual_seed(seed, device)
             data = load_suite(cfg.data, seed, names, device=device)
-            torch.manual_seed(seed)
+            _manual_seed(seed, device)
             model = build_model(cfg.model, data).to(device)
             if seeds.count(seed) > 1:  # kept only for a seed a later slot shares
                 built[seed] = (copy.copy(data), copy.deepcopy(model), _rng_state(device))
@@ -214,7 +224,8 @@ class StackedModel:
     def build(cls, models: list[MTLModel], specs: list) -> StackedModel | None:
         """None when the model has a layer `fold` cannot stack."""
         names = [n for n, _ in models[0].named_parameters()]
-        per_replica = [[dict(m.named_parameters())[n] for m in models] for n in names]
+        named = [dict(m.named_parameters()) for m in models]  # once per model, not per name
+        per_replica = [[params[n] for params in named] for n in names]
         by_name = leaf_layouts(models[0])
         layouts = [by_name[n] for n in names]
         leaves = [torch.nn.Parameter(layout.stack([v.detach() for v in views]))

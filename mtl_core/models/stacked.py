@@ -179,7 +179,9 @@ def fold(model: MTLModel, params: dict[str, Tensor], buffers: dict[str, Tensor],
     folded (K·B, ...) activations; None
     when a layer is not one this module can stack (or is a Dropout with p > 0: each replica
     must draw its own masks)."""
-    template = copy.deepcopy(model)
+    # The parameters are not copied (the memo keeps them): every layer that holds one is
+    # swapped below (or fold returns None), so a copy would be thrown away.
+    template = copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
     template.train()
     covered: set[str] = set()
     for name, module in list(template.named_modules()):
