@@ -578,7 +578,8 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                 features: list[list[Tensor]] = [[] for _ in replicas]
                 if stacked is not None and batches is not None:
                     raw = stacked(*batches.take(orders[:, start:start + batch_size]))
-                    per_task = [list(raw[r].unbind(0)) for r in range(K)] if scalars else []
+                    per_task = ([list(raw[r].unbind(0)) for r in range(K)]
+                                if scalars and not static_blocks else [])
                 else:
                     per_task = []
                     for rep in replicas:
@@ -591,12 +592,6 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                                          for s in specs])
                     raw = torch.stack([torch.stack(ls) for ls in per_task])
                 weighted_raw = raw * task_weights if weighted else raw
-                if per_task:
-                    losses = [_weighted_stack(ls, rep.weight_values) if weighted
-                              else torch.stack(ls)
-                              for ls, rep in zip(per_task, replicas, strict=True)]
-                else:
-                    losses = list(weighted_raw.unbind(0))
                 diag_rows: list[MetricRow] = []
                 known: list[TaskGradients | None] = [None] * K
                 assembled: tuple[list[int], list[Tensor]] | None = None
@@ -629,6 +624,14 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                     summed = weighted_raw if len(active) == K else weighted_raw[active]
                     summed.sum().backward()
                 else:
+                    # each replica's weighted losses, built only here (static's summed and
+                    # assembled steps above need none: K autograd nodes a step fewer)
+                    if per_task:
+                        losses = [_weighted_stack(ls, rep.weight_values) if weighted
+                                  else torch.stack(ls)
+                                  for ls, rep in zip(per_task, replicas, strict=True)]
+                    else:
+                        losses = list(weighted_raw.unbind(0))
                     with deferred_backward() as totals:
                         for rep in replicas:
                             if rep.active:
