@@ -49,7 +49,13 @@ from mtl_core.data import SuiteData, load_suite
 from mtl_core.data.base import Split
 from mtl_core.metrics import task_loss
 from mtl_core.models import MTLModel, build_model
-from mtl_core.models.stacked import LeafLayout, fold, leaf_layouts, stacked_task_loss
+from mtl_core.models.stacked import (
+    LeafLayout,
+    fold,
+    leaf_layouts,
+    stacked_task_loss,
+    unfoldable,
+)
 from mtl_core.sink import Batch, MetricRow, Sink, SnapshotEntry, replica_kind
 from mtl_core.trainer import (
     CHECKPOINT_EVERY_S,
@@ -244,6 +250,9 @@ class StackedModel:
                  leaves: list[torch.nn.Parameter], layouts: list[LeafLayout],
                  buffer_names: list[str], buffers: list[Tensor]) -> None:
         self.template, self.specs, self.replicas = template, specs, len(models)
+        # training inputs and targets (K, B, ...) as they are, where the template can
+        self.unfolded = all(s.kind in ("classification", "binary", "regression")
+                            for s in specs) and unfoldable(template)
         self.per_replica, self.params, self.layouts = per_replica, leaves, layouts
         for leaf, layout, views in zip(leaves, layouts, per_replica, strict=True):
             for r, v in enumerate(views):
@@ -259,9 +268,11 @@ class StackedModel:
         def folded(x: Tensor) -> Tensor:
             return x.reshape(-1, *x.shape[2:])
 
-        out = self.template({n: folded(x) for n, x in inputs.items()})
-        return torch.stack([stacked_task_loss(s, out[s.name], folded(targets[s.name]),
-                                              self.replicas) for s in self.specs], dim=1)
+        out = self.template(inputs if self.unfolded else
+                            {n: folded(x) for n, x in inputs.items()})
+        return torch.stack([stacked_task_loss(
+            s, out[s.name], targets[s.name] if self.unfolded else folded(targets[s.name]),
+            self.replicas) for s in self.specs], dim=1)
 
     @torch.no_grad()
     def outputs(self, inputs: dict[str, Tensor], chunk: int) -> list[dict[str, Tensor]]:
