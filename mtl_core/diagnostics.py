@@ -151,14 +151,16 @@ def task_gradients(losses: Tensor, params: list[nn.Parameter]) -> Tensor:
 
 def gradient_stats(grads: Tensor) -> dict[str, Tensor]:
     """'norms' (T,): each task gradient's norm; 'cosine' (T, T): pairwise cosine similarity.
+    A batch (K, T, P) of matrices (a stacked run's replicas) gives (K, T) and (K, T, T).
 
     A zero gradient (a task with weight 0, or no shared parameters) has cosine 0 with every
     task, itself included, rather than NaN.
     """
     grads = grads.detach()
-    gramian = grads @ grads.T  # the one pass over the (T, P) matrix; the rest is T x T
-    norms = gramian.diagonal().clamp_min(0.0).sqrt()
-    denominator = norms[:, None] * norms[None, :]
+    # the one pass over the (T, P) matrix; the rest is T x T
+    gramian = grads @ grads.transpose(-1, -2)
+    norms = gramian.diagonal(dim1=-2, dim2=-1).clamp_min(0.0).sqrt()
+    denominator = norms[..., :, None] * norms[..., None, :]
     positive = denominator > 0
     # where() keeps the NaN of 0/0 out of the result; the clamp only removes rounding past ±1.
     cosine = torch.where(positive, gramian / torch.where(positive, denominator, 1.0), 0.0)

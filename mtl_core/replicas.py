@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.graph import GradientEdge
 
 from mtl_core import diagnostics
 from mtl_core.config import ExperimentConfig
@@ -48,7 +49,13 @@ from mtl_core.data import SuiteData, load_suite
 from mtl_core.data.base import Split
 from mtl_core.metrics import task_loss
 from mtl_core.models import MTLModel, build_model
-from mtl_core.models.stacked import LeafLayout, fold, leaf_layouts, stacked_task_loss
+from mtl_core.models.stacked import (
+    LeafLayout,
+    fold,
+    leaf_layouts,
+    stacked_task_loss,
+    unfoldable,
+)
 from mtl_core.sink import Batch, MetricRow, Sink, SnapshotEntry, replica_kind
 from mtl_core.trainer import (
     CHECKPOINT_EVERY_S,
@@ -132,6 +139,16 @@ def own_random_state(replica: Replica, device: torch.device) -> Iterator[None]:
         _set_rng_state(outer, device)
 
 
+def _manual_seed(seed: int, device: torch.device) -> None:
+    """`torch.manual_seed` as the single run calls it, for a CPU run without its seeding of
+    every accelerator backend (each records a traceback for its lazy init: 2/3 of the call,
+    twice per replica)."""
+    if device.type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)
+
+
 Slot = tuple[int, list[float]]  # (seed, task weights): what one stacked replica trains
 
 
@@ -158,9 +175,9 @@ def build_replicas(cfg: ExperimentConfig, device: torch.device, names: list[str]
             data, model = copy.copy(first_data), copy.deepcopy(first_model)
             _set_rng_state(state, device)
         else:
-            torch.manual_seed(seed)
+            _manual_seed(seed, device)
             data = load_suite(cfg.data, seed, names, device=device)
-            torch.manual_seed(seed)
+            _manual_seed(seed, device)
             model = build_model(cfg.model, data).to(device)
             if seeds.count(seed) > 1:  # kept only for a seed a later slot shares
                 built[seed] = (copy.copy(data), copy.deepcopy(model), _rng_state(device))
@@ -213,7 +230,8 @@ class StackedModel:
     def build(cls, models: list[MTLModel], specs: list) -> StackedModel | None:
         """None when the model has a layer `fold` cannot stack."""
         names = [n for n, _ in models[0].named_parameters()]
-        per_replica = [[dict(m.named_parameters())[n] for m in models] for n in names]
+        named = [dict(m.named_parameters()) for m in models]  # once per model, not per name
+        per_replica = [[params[n] for params in named] for n in names]
         by_name = leaf_layouts(models[0])
         layouts = [by_name[n] for n in names]
         leaves = [torch.nn.Parameter(layout.stack([v.detach() for v in views]))
@@ -232,6 +250,9 @@ class StackedModel:
                  leaves: list[torch.nn.Parameter], layouts: list[LeafLayout],
                  buffer_names: list[str], buffers: list[Tensor]) -> None:
         self.template, self.specs, self.replicas = template, specs, len(models)
+        # training inputs and targets (K, B, ...) as they are, where the template can
+        self.unfolded = all(s.kind in ("classification", "binary", "regression")
+                            for s in specs) and unfoldable(template)
         self.per_replica, self.params, self.layouts = per_replica, leaves, layouts
         for leaf, layout, views in zip(leaves, layouts, per_replica, strict=True):
             for r, v in enumerate(views):
@@ -247,9 +268,11 @@ class StackedModel:
         def folded(x: Tensor) -> Tensor:
             return x.reshape(-1, *x.shape[2:])
 
-        out = self.template({n: folded(x) for n, x in inputs.items()})
-        return torch.stack([stacked_task_loss(s, out[s.name], folded(targets[s.name]),
-                                              self.replicas) for s in self.specs], dim=1)
+        out = self.template(inputs if self.unfolded else
+                            {n: folded(x) for n, x in inputs.items()})
+        return torch.stack([stacked_task_loss(
+            s, out[s.name], targets[s.name] if self.unfolded else folded(targets[s.name]),
+            self.replicas) for s in self.specs], dim=1)
 
     @torch.no_grad()
     def outputs(self, inputs: dict[str, Tensor], chunk: int) -> list[dict[str, Tensor]]:
@@ -280,22 +303,61 @@ class StackedModel:
             for v in views:
                 v.grad = None
 
+    def jacobian_blocks(self, raw: Tensor, params: list[torch.nn.Parameter]
+                        ) -> tuple[list[int], list[Tensor]]:
+        """The stacked leaves of replica 0's `params` (their indices in `self.params`) and,
+        for each, the (T, K, slice numel) block of task gradients in the leaf's layout: row t
+        of leaf j is the gradient of Σ_r raw[r, t] on the leaf, which is, in slice r,
+        d raw[r, t] (no parameter is shared between replicas). T passes over the stacked
+        graph, each started at task t's (K,) losses where `raw` stacks them (a pass from
+        raw[:, t] would push zeros through every other task's head too, as
+        `diagnostics.stacked_scalars` says of the single run); the graph is kept."""
+        order = [self.index[id(p)] for p in params]
+        n_replicas, n_tasks = raw.shape
+        leaves = [self.params[j] for j in order]
+        if not order or not raw.requires_grad:
+            return order, [raw.new_zeros((n_tasks, n_replicas, leaf[0].numel()))
+                           for leaf in leaves]
+        starts = _task_edges(raw) or [raw[:, t] for t in range(n_tasks)]
+        ones = raw.new_ones(n_replicas)
+        rows = [torch.autograd.grad(start, leaves, grad_outputs=ones, retain_graph=True,
+                                    materialize_grads=True) for start in starts]
+        blocks = [torch.stack([r[j].reshape(n_replicas, -1) for r in rows])
+                  for j in range(len(leaves))]
+        return order, blocks
+
     def jacobians(self, raw: Tensor, per_replica: list[list[torch.nn.Parameter]]
                   ) -> list[Tensor]:
         """Each replica's (T, P_r) task-gradient matrix on its own parameters `per_replica[r]`
-        (views), from T passes over the stacked graph: the gradient of Σ_r raw[r, t] on the
-        stacked leaf is, in slice r, d raw[r, t]. The graph is kept."""
-        order = [self.index[id(p)] for p in per_replica[0]]
-        n_tasks, n_replicas = raw.shape[1], raw.shape[0]
-        if not order or not raw.requires_grad:
-            return [raw.new_zeros((n_tasks, sum(p.numel() for p in ps))) for ps in per_replica]
-        leaves = [self.params[j] for j in order]
-        matrix = diagnostics.jacobian(raw.sum(0), leaves, retain_graph=True)
-        blocks = [self.layouts[j].replica_order(b.reshape(n_tasks, n_replicas, -1),
-                                                self.params[j].shape[1:])
-                  for j, b in zip(order, matrix.split([leaf.numel() for leaf in leaves],
-                                                      dim=1), strict=True)]
-        return [torch.cat([b[:, r] for b in blocks], dim=1) for r in range(n_replicas)]
+        (views), from `jacobian_blocks`. The graph is kept."""
+        order, blocks = self.jacobian_blocks(raw, per_replica[0])
+        if not order:
+            return [raw.new_zeros((raw.shape[1], 0)) for _ in per_replica]
+        ordered = [self.layouts[j].replica_order(b, self.params[j].shape[1:])
+                   for j, b in zip(order, blocks, strict=True)]
+        return [torch.cat([b[:, r] for b in ordered], dim=1) for r in range(raw.shape[0])]
+
+    def assign_grads(self, order: list[int], blocks: list[Tensor], coefficients: Tensor
+                     ) -> None:
+        """Static's update from the task gradients: leaf j's gradient in slice r is
+        Σ_t coefficients[r, t] · blocks[j][t, r], as `weighting.base.backprop` assembles a
+        single run's from its Jacobian (coefficients (K, T): each replica's task weights,
+        zero where it no longer trains)."""
+        weights = coefficients.t().unsqueeze(-1).to(blocks[0].dtype) if blocks else None
+        for j, block in zip(order, blocks, strict=True):
+            leaf = self.params[j]
+            leaf.grad = (weights * block).sum(0).reshape(leaf.shape)
+
+
+def _task_edges(raw: Tensor) -> list[GradientEdge] | None:
+    """The graph edge into each task's (K,) losses when `raw` (K, T) is their stack (dim 1)."""
+    node = raw.grad_fn
+    if node is None or node.name() != "StackBackward0":
+        return None
+    edges = node.next_functions
+    if len(edges) != raw.shape[1] or any(n is None for n, _ in edges):
+        return None
+    return [GradientEdge(n, nr) for n, nr in edges]
 
 
 class StackedBatches:
@@ -465,6 +527,10 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
     gradient_level = first.method.kind == "gradient"
     n_shared = sum(p.numel() for p in first.shared)
     K, T = len(replicas), len(names)
+    # Static with every trainable leaf among the shared and task parameters: its logging
+    # steps' update comes from the Jacobian blocks (`StackedModel.assign_grads`).
+    static_blocks = plain_sum and reuse and not first.others
+    n_shared_leaves = len(first.shared)
 
     stacked = StackedModel.build([r.model for r in replicas], specs) \
         if engine == "stacked" else None
@@ -523,7 +589,8 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                 features: list[list[Tensor]] = [[] for _ in replicas]
                 if stacked is not None and batches is not None:
                     raw = stacked(*batches.take(orders[:, start:start + batch_size]))
-                    per_task = [list(raw[r].unbind(0)) for r in range(K)] if scalars else []
+                    per_task = ([list(raw[r].unbind(0)) for r in range(K)]
+                                if scalars and not static_blocks else [])
                 else:
                     per_task = []
                     for rep in replicas:
@@ -536,36 +603,46 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
                                          for s in specs])
                     raw = torch.stack([torch.stack(ls) for ls in per_task])
                 weighted_raw = raw * task_weights if weighted else raw
-                if per_task:
-                    losses = [_weighted_stack(ls, rep.weight_values) if weighted
-                              else torch.stack(ls)
-                              for ls, rep in zip(per_task, replicas, strict=True)]
-                else:
-                    losses = list(weighted_raw.unbind(0))
                 diag_rows: list[MetricRow] = []
                 known: list[TaskGradients | None] = [None] * K
-                if scalars:
+                assembled: tuple[list[int], list[Tensor]] | None = None
+                if scalars and static_blocks and stacked is not None:
+                    # static: the update is assembled from the stacked blocks for every
+                    # replica at once (no per-replica method step, no gather of view grads)
+                    assembled = stacked.jacobian_blocks(raw, first.reuse_params)
+                    diag_rows = _diagnostic_rows(step, epoch, names, replicas, torch.cat(
+                        assembled[1][:n_shared_leaves], dim=2).transpose(0, 1))
+                elif scalars:
                     wrt = [r.reuse_params if reuse else r.shared for r in replicas]
                     grads = (stacked.jacobians(raw, wrt) if stacked is not None
                              else replica_jacobians(raw, wrt))
-                    for rep, g in zip(replicas, grads, strict=True):
-                        if logging_step and rep.active and first.shared:
-                            diag_rows += diagnostics.diagnostic_rows(
-                                step, float(epoch), names,
-                                diagnostics.gradient_stats(g[:, :n_shared]),
-                                replica=rep.index)
-                        if reuse:
+                    if logging_step and first.shared:
+                        diag_rows = _diagnostic_rows(step, epoch, names, replicas, torch.stack(
+                            [g[:, :n_shared] for g in grads]))
+                    if reuse:
+                        for rep, g in zip(replicas, grads, strict=True):
                             known[rep.index] = TaskGradients(per_task[rep.index],
                                                              rep.reuse_params, g, rep.others)
 
                 optimizer.zero_grad(set_to_none=True)
                 with_known = any(k is not None for k in known)
-                if plain_sum and not with_known and stacked is not None:
+                if assembled is not None and stacked is not None:
+                    active_rows = torch.tensor([r.active for r in replicas], device=device)
+                    stacked.assign_grads(*assembled, task_weights * active_rows[:, None])
+                elif plain_sum and not with_known and stacked is not None:
                     # static on every replica: Σ_r Σ_t w_t·L[r, t] in one op and one backward
                     active = [r.index for r in replicas if r.active]
                     summed = weighted_raw if len(active) == K else weighted_raw[active]
                     summed.sum().backward()
                 else:
+                    # each replica's weighted losses, built only here (static's summed and
+                    # assembled steps above need none: K autograd nodes a step fewer)
+                    if per_task:
+                        losses = [_weighted_stack(ls, rep.weight_values) if weighted
+                                  else torch.stack(ls)
+                                  for ls, rep in zip(per_task, replicas, strict=True)]
+                    else:
+                        losses = list(weighted_raw.unbind(0))
                     with deferred_backward() as totals:
                         for rep in replicas:
                             if rep.active:
@@ -649,14 +726,20 @@ def train_slots(cfg: ExperimentConfig, sink: Sink, slots: list[Slot] | None = No
         return SlotsOutcome("diverged", None, step, replicas, [{} for _ in replicas])
 
     _write_held(sink, held)
+    for rep in replicas:
+        if rep.status != "diverged" and rep.best_state is not None:
+            rep.model.load_state_dict(rep.best_state)
+    # every replica's test outputs in one stacked pass, as its val outputs
+    test_outputs = (stacked.outputs({k: torch.stack([r.data.test.inputs[k] for r in replicas])
+                                     for k in first.data.test.inputs}, EVAL_CHUNK)
+                    if stacked is not None else [None] * K)
     tests, test_rows = [], []
     for rep in replicas:
         if rep.status == "diverged":
             tests.append({})
             continue
-        if rep.best_state is not None:
-            rep.model.load_state_dict(rep.best_state)
-        test = _evaluate(rep.model, rep.data.test, specs, rep.weights)
+        test = _evaluate(rep.model, rep.data.test, specs, rep.weights,
+                         test_outputs[rep.index])
         test_rows += _metric_rows(step, float(epoch + 1), "test", test, rep.index)
         tests.append(_drop_total(test))
     sink.metrics(test_rows)
@@ -691,6 +774,21 @@ def _replica_backward(rep: Replica, losses: Tensor, features: list[Tensor],
             raise
         rep.status, rep.result = "diverged", None
         rep.message = f"a task loss became {values.tolist()} (the weighting method failed on it)"
+
+
+def _diagnostic_rows(step: int, epoch: int, names: list[str], replicas: list[Replica],
+                     shared: Tensor) -> list[MetricRow]:
+    """Every active replica's diagnostic rows from its (T, P_shared) gradients on the shared
+    parameters, shared (K, T, P_shared): one batched Gramian for all replicas. The columns may
+    be in any order (a leaf layout's): norms and cosines do not depend on it."""
+    stats = diagnostics.gradient_stats(shared)
+    rows: list[MetricRow] = []
+    for rep in replicas:
+        if rep.active:
+            rows += diagnostics.diagnostic_rows(
+                step, float(epoch), names, {k: v[rep.index] for k, v in stats.items()},
+                replica=rep.index)
+    return rows
 
 
 def _window_weights(rep: Replica, window: Tensor, steps: int, n_tasks: int) -> Tensor:

@@ -361,7 +361,8 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
                            outputs: dict[str, Tensor] | None = None,
                            pending: Batch | None = None
                            ) -> dict[str, dict[str, float]]:
-    """Val metrics and the evaluation snapshots; `outputs` are the model's val outputs when
+    """Val metrics and the evaluation snapshots (`probe`: the first rows of `data.val`);
+    `outputs` are the model's val outputs when
     the caller has them (a stacked run computes every replica's in one pass). The rows and
     snapshots go to the sink in one write each, or, with `pending`, are added to it for the
     caller to write (a stacked run writes every replica's evaluation at once)."""
@@ -373,7 +374,12 @@ def _evaluate_and_snapshot(model: MTLModel, data: SuiteData, probe: Split, specs
     def add(name: str, payload: dict[str, Any]) -> None:
         batch.snapshots.append((step, replica_kind(name, replica), payload))
 
-    probe_out = _forward_chunked(model, probe)
+    # `probe` is the first rows of val (as `train` and `replicas.build_replicas` take it):
+    # its outputs are those rows of the val outputs, not one more forward (a stacked run
+    # paid one per replica and evaluation)
+    probe_out = {name: value[:len(probe)] for name, value in outputs.items()}
+    if model.training:  # what follows (inspect, grid) runs the model in evaluation mode
+        model.eval()
     add("predictions", {"outputs": {
         s.name: _display_output(s, probe_out[s.name]).tolist() for s in specs}})
     confusion, scatter = {}, {}

@@ -551,6 +551,20 @@ def test_gradient_stats_on_hand_made_vectors():
     assert len(rows) == 4 + 6 and all(r[:3] == (7, 0.5, "diag") for r in rows)
 
 
+def test_gradient_stats_of_a_batch_equal_each_matrix_alone():
+    # a stacked run's replicas: (K, T, P) at once, as each (T, P) alone
+    torch.manual_seed(3)
+    grads = torch.randn(4, 3, 50)
+    grads[2, 1] = 0.0  # a zero row in one replica only
+    stats = gradient_stats(grads)
+    assert stats["norms"].shape == (4, 3) and stats["cosine"].shape == (4, 3, 3)
+    for k in range(4):
+        alone = gradient_stats(grads[k])
+        torch.testing.assert_close(stats["norms"][k], alone["norms"])
+        torch.testing.assert_close(stats["cosine"][k], alone["cosine"])
+    assert stats["cosine"][2, 1].abs().sum() == 0 and stats["cosine"][1, 1, 1] == pytest.approx(1.0)
+
+
 def test_diagnostics_without_shared_parameters():
     torch.manual_seed(5)
     model = Separate(2)
