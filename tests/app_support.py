@@ -135,3 +135,14 @@ def latest_numbers(at: AppTest) -> pd.DataFrame:
     head, body = rows[0], rows[2:]  # rows[1] is the |---| rule
     return pd.DataFrame([r[1:] for r in body], columns=head[1:],
                         index=pd.Index([r[0] for r in body], name=head[0] or None))
+
+
+def open_at_run(at: AppTest, run_id: str | None = None, state: dict | None = None) -> AppTest:
+    """Open `at` on `run_id` (as ?run=) with `state` in the session, run it, check it ran."""
+    if run_id:
+        at.query_params["run"] = run_id
+    for key, value in (state or {}).items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from app_support import visible
+from app_support import open_at_run, visible
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import DataConfig, ExperimentConfig, TaskConfig, parse_config
@@ -45,14 +45,7 @@ def shown_as_text(at: AppTest, text: str = EVIL) -> list[str]:
 
 
 def run_page(path: str, run_id: str | None = None, **state) -> AppTest:
-    at = AppTest.from_file(path, default_timeout=60)
-    if run_id:
-        at.query_params["run"] = run_id
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
+    return open_at_run(AppTest.from_file(path, default_timeout=60), run_id, state)
 
 
 def toy_run(store: RunStore, name: str = EVIL, owner: Actor | None = None,

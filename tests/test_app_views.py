@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from app_support import latest_numbers, plotly_figures
+from app_support import latest_numbers, open_at_run, plotly_figures
 from streamlit.testing.v1 import AppTest
 
 from mtl_core.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig, WeightingConfig
@@ -120,18 +120,7 @@ def runs(store: RunStore) -> dict[str, str]:
 
 
 def run_page(path: str, run_id: str | None = None, **state) -> AppTest:
-    return _run(AppTest.from_file(path, default_timeout=TIMEOUT), run_id, state)
-
-
-def _run(at: AppTest, run_id: str | None, state: dict) -> AppTest:
-    """Open `at` on `run_id` (as ?run=) with `state` in the session, run it, check it ran."""
-    if run_id:
-        at.query_params["run"] = run_id
-    for key, value in state.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception, [e.message for e in at.exception]
-    return at
+    return open_at_run(AppTest.from_file(path, default_timeout=TIMEOUT), run_id, state)
 
 
 # ---------------------------------------------------------------- empty store
@@ -260,7 +249,7 @@ def test_predictions_of_a_run_with_no_evaluation_yet(store):
 
 
 def live_app(run_id: str, **state) -> AppTest:
-    return _run(AppTest.from_string(LIVE_SCRIPT, default_timeout=TIMEOUT), run_id, state)
+    return open_at_run(AppTest.from_string(LIVE_SCRIPT, default_timeout=TIMEOUT), run_id, state)
 
 
 def test_live_panel_polls_a_live_run(store):
