@@ -9,7 +9,8 @@ ended) against the same config trained alone on the same server afterwards, and 
 panel's refresh cadence: the largest gap between the server's updates of the page (websocket
 frames) while its run was queued or training, and between visible changes of the panel's
 progress text while it trained. Also the peak resident memory of the server and of each
-worker process.
+worker process. First, the floor of "until interactive" on this machine: the same N sessions
+arriving at once at a hello-world Streamlit app (title, slider, button; `--no-floor` skips it).
 The server runs on its defaults (MTL_MAX_JOBS from the hardware, the core budget of
 mtl_core.budget). Results: bench/RESULTS.md, "A class on one machine".
 """
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from browser_support import (  # noqa: E402
+    HELLO_APP,
     VIEWPORT,
     AppServer,
     button,
@@ -107,11 +109,13 @@ def _ended(store: RunStore, run_id: str) -> Any:
     return None if run.is_live else run
 
 
-def class_load(browser: Any, server: AppServer, sessions: int) -> dict[str, Any]:
-    store = RunStore(server.runs_dir)
+def arrive_at_once(browser: Any, urls: list[str]) -> tuple[list, list, list[float], list]:
+    """One new browser session per URL, their navigations started together (a class
+    arriving): (contexts, pages, when each navigation began, per page the times the server
+    sent it a websocket frame)."""
     contexts, pages, opened = [], [], []
-    frames: list[list[float]] = []  # per page: when the server sent it something
-    for i in range(sessions):  # everyone arrives at once: navigations start together
+    frames: list[list[float]] = []
+    for url in urls:
         context = browser.new_context(viewport=VIEWPORT)
         page = context.new_page()
         page.set_default_timeout(300_000)
@@ -119,13 +123,42 @@ def class_load(browser: Any, server: AppServer, sessions: int) -> dict[str, Any]
         page.on("websocket", lambda ws, got=frames[-1]: ws.on(
             "framereceived", lambda _payload, got=got: got.append(time.time())))
         opened.append(time.perf_counter())
-        page.goto(f"{server.url}/?cfg={_token(100 + i)}", wait_until="commit")
+        page.goto(url, wait_until="commit")
         contexts.append(context)
         pages.append(page)
+    return contexts, pages, opened, frames
+
+
+def until_interactive(pages: list, opened: list[float]) -> list[float]:
+    """Per page, seconds from its navigation until its Start button is enabled."""
     interactive = []
     for began, page in zip(opened, pages, strict=True):
         page.locator(START_ENABLED).first.wait_for()
         interactive.append(time.perf_counter() - began)
+    return interactive
+
+
+def hello_floor(browser: Any, tmp: Path, sessions: int) -> list[float]:
+    """The same arrival at a hello-world app: what any Streamlit page costs N browsers on
+    this machine before MTL Lab adds anything."""
+    script = tmp / "hello_app.py"
+    script.write_text(HELLO_APP)
+    server = AppServer.start(tmp / "hello_runs", script=script)
+    try:
+        contexts, pages, opened, _ = arrive_at_once(browser, [server.url] * sessions)
+        interactive = until_interactive(pages, opened)
+        for context in contexts:
+            context.close()
+        return interactive
+    finally:
+        server.stop()
+
+
+def class_load(browser: Any, server: AppServer, sessions: int) -> dict[str, Any]:
+    store = RunStore(server.runs_dir)
+    contexts, pages, opened, frames = arrive_at_once(
+        browser, [f"{server.url}/?cfg={_token(100 + i)}" for i in range(sessions)])
+    interactive = until_interactive(pages, opened)
     for page in pages:
         page.evaluate(WATCH_PROGRESS_JS)
     before = {r.id for r in store.list_runs()}
@@ -170,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the hello-world sessions")
     args = parser.parse_args(argv)
     chromium = find_chromium()
     if chromium is None:
@@ -181,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     with tempfile.TemporaryDirectory(prefix="class_load_") as tmp, sync_playwright() as pw:
         browser = launch_chromium(pw, chromium)
+        floor = hello_floor(browser, Path(tmp), args.sessions) if args.floor else []
         env = {"MTL_DATA_DIR": str(Path(tmp) / "data")}
         server = AppServer.start(Path(tmp) / "runs", env=env)
         sampler = MemorySampler(server)
@@ -199,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     gaps = [g for g in load["gaps"] if g is not None]
     result = {
         "sessions": args.sessions, "cpus": os.cpu_count(), "load_avg": os.getloadavg(),
-        "interactive_s": load["interactive"], "queue_wait_s": waits, "train_s": trains,
+        "interactive_s": load["interactive"], "hello_interactive_s": floor,
+        "queue_wait_s": waits, "train_s": trains,
         "alone_train_s": solo, "statuses": [r.status for r in runs],
         "max_refresh_gap_s": load["gaps"], "max_update_gap_s": load["update_gaps"],
         "server_peak_rss_mb": sampler.server_mb,
@@ -208,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.sessions} sessions on one server, {os.cpu_count()} CPUs:")
     print(f"  until Start is enabled: median {statistics.median(load['interactive']):.1f} s, "
           f"max {max(load['interactive']):.1f} s")
+    if floor:
+        print(f"  the same sessions at a hello-world app: median {statistics.median(floor):.1f}"
+              f" s, max {max(floor):.1f} s (MTL Lab "
+              f"{statistics.median(load['interactive']) / statistics.median(floor):.2f}× of it)")
     print(f"  queue wait: median {statistics.median(waits):.1f} s, max {max(waits):.1f} s")
     print(f"  training time: median {statistics.median(trains):.2f} s against {solo_s:.2f} s "
           f"alone ({statistics.median(trains) / solo_s:.2f}×; max {max(trains) / solo_s:.2f}×)")

@@ -55,6 +55,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 from browser_support import (  # noqa: E402
+    HELLO_APP,
     VIEWPORT,
     AppServer,
     button,
@@ -219,11 +220,6 @@ def refresh_cadence(browser: Any, server: AppServer, seconds: float) -> dict[str
             "running_at_end": running}
 
 
-HELLO_APP = """import streamlit as st
-st.title("Hello")
-st.slider("A number", 0, 10, 5)
-st.button("Start", key="train-start")
-"""
 SECTIONS = ("start", "cadence", "first-page", "browser-run")
 
 

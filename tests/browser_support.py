@@ -30,6 +30,13 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-dev-shm-usage"]
 VIEWPORT = {"width": 1400, "height": 1000}
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
+# The floor the benchmarks compare a page against: a hello-world Streamlit app (title, slider,
+# button) whose button has the Train page's Start key, so one selector finds both.
+HELLO_APP = """import streamlit as st
+st.title("Hello")
+st.slider("A number", 0, 10, 5)
+st.button("Start", key="train-start")
+"""
 T = TypeVar("T")
 
 # Points per trace of the Plotly chart inside `.st-key-<key>`: {trace name: point count}.
