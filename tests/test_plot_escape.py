@@ -1,15 +1,20 @@
 """User-chosen names in Plotly figures are drawn as text: every chart module's real figure,
 built with a run, task, class and metric-column name full of the markup plotly.js draws
 (links, styled spans, a hovertemplate placeholder), holds only its escaped form
-(`ui.text.plot_text`) in every rendered string of its JSON."""
+(`ui.text.plot_text`) in every rendered string of its JSON; and in Chromium, plotly.js draws
+that escaped form as the name's own characters."""
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import plotly
+import plotly.graph_objects as go
 import pytest
 
 from mtl_core.baselines import Comparison, TaskComparison
@@ -217,3 +222,49 @@ def test_baseline_terms_name_tasks_as_text() -> None:
     fig = baselines_view.terms_figure(comp)
     assert_shown_as_text(fig, {"x"})
     assert list(fig.data[0].x) == [SAFE, "b"]
+
+
+# ---------------------------------------------------------------- what plotly.js draws
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+DRAWN = """f => {
+    Plotly.newPlot('g', f.data, f.layout);
+    Plotly.Fx.hover('g', [{curveNumber: 0, pointNumber: 0}]);
+    const text = sel => [...document.querySelectorAll('#g ' + sel)].map(e => e.textContent);
+    return {links: [...document.querySelectorAll('#g a')].map(
+                a => a.getAttribute('href') || a.getAttribute('xlink:href')),
+            styled: [...document.querySelectorAll('#g tspan[style]')].map(
+                t => t.getAttribute('style')),
+            legend: text('.legendtext'), title: text('.gtitle'), ticks: text('.xtick text'),
+            hover: text('.hovertext text.nums')};
+}"""
+
+
+@pytest.mark.browser
+def test_plotly_js_draws_the_escaped_names_as_their_characters(browser) -> None:
+    """In Chromium, with the plotly.js that plotly.py ships (Streamlit's bundle has the same
+    tag, entity and template rules): legend, title, tick and hover show the name's own
+    characters, and a placeholder in a hovertemplate built with it stays as typed."""
+    rs = runs()
+    bars = cc.bars_figure(cc.final_table(rs), "accuracy", cc.run_labels(rs),
+                          cc.run_colors([r.id for r in rs]))
+    page = browser.new_page()
+    try:
+        page.set_content('<div id="g" style="width:900px;height:500px"></div>')
+        page.add_script_tag(path=str(PLOTLY_JS))
+        for title, escaped in ((EVIL, False), (SAFE, True)):  # raw: the check sees markup
+            fig = go.Figure(bars)
+            fig.update_layout(title=title)
+            fig.data[0].hovertemplate = f"{title} | %{{x}}: %{{y}}<extra></extra>"
+            drawn = page.evaluate(DRAWN, json.loads(fig.to_json()))
+            evil = [h for h in drawn["links"] if "evil.example" in h]
+            if not escaped:
+                assert evil and "font-size:99px" in drawn["styled"], drawn
+                continue
+            assert not evil and not drawn["styled"], drawn
+            assert drawn["title"] == [EVIL]
+            assert f"{EVIL} · 0001" in drawn["legend"]
+            assert drawn["ticks"] == [EVIL, "b"]
+            assert drawn["hover"] == [f"{EVIL} | {EVIL}: 0.9"], drawn["hover"]
+    finally:
+        page.close()
