@@ -1,11 +1,11 @@
-"""`ui.text.md_text`: user-chosen text (names, notes, task names) shown as text in Markdown."""
+"""`ui.text`: user-chosen text (names, notes, task names) shown as text in Markdown and Plotly."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from ui.text import WORD_JOINER, md_code, md_lines, md_text
+from ui.text import WORD_JOINER, md_code, md_lines, md_text, plot_text
 
 
 def visible(markdown: str) -> str:
@@ -105,3 +105,65 @@ def test_md_lines_keeps_each_line_as_a_line_of_text() -> None:
     assert out.split("  \n") == [md_text(line) for line in message.splitlines()]
     assert out.split("  \n")[1].startswith("  \\- tasks")
     assert out.split("  \n")[2] == "\\=\\=\\="
+
+
+# ---------------------------------------------------------------- plot_text (Plotly figures)
+
+# What plotly.js does with a label (src/lib/svg_text_utils.js, convertToTspans): split it on
+# tags, draw the tags it knows (b, i, em, s, u, sup, sub, span style, a href, br) and decode
+# the entities in the text between them (numeric ones and mu, amp, lt, gt, nbsp, times,
+# plusmn, deg only); a hovertemplate is first filled in once with TEMPLATE_STRING_REGEX
+# (src/lib/index.js), which has no escape syntax.
+PLOTLY_TAG = re.compile(r"(<[^<>]*>)")
+PLOTLY_ENTITY = re.compile(r"&(#\d+|#x[\da-fA-F]+|[a-z]+);")
+PLOTLY_NAMED = {"mu": "\u03bc", "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0",
+                "times": "\xd7", "plusmn": "\xb1", "deg": "\xb0"}
+PLOTLY_TEMPLATE = re.compile(r"%{([^\s%{}:]*)([:|\|][^}]*)?}")
+
+
+def plotly_drawn(label: str) -> str:
+    """The characters plotly.js draws for `label`; fails if it would draw a tag."""
+    assert not PLOTLY_TAG.search(label), label
+
+    def entity(m: re.Match[str]) -> str:
+        code = m.group(1)
+        if code.startswith("#"):
+            return chr(int(code[2:], 16) if code[1] == "x" else int(code[1:]))
+        return PLOTLY_NAMED.get(code, m.group(0))
+
+    return PLOTLY_ENTITY.sub(entity, label)
+
+
+EVIL = ('<a href="http://evil.example/">x</a><span style="font-size:99px">big</span>%{x}'
+        "<br><b>b</b><sup>2</sup>")
+
+
+def test_plot_text_draws_tags_as_the_characters_they_are() -> None:
+    out = plot_text(EVIL)
+    assert "<" not in out and ">" not in out
+    assert plotly_drawn(out) == EVIL
+
+
+def test_plot_text_escapes_ampersand_first_so_entities_stay_text() -> None:
+    assert plot_text("&lt;b&gt; &amp; &#60; &mu;") == (
+        "&amp;lt;b&amp;gt; &amp;amp; &amp;#60; &amp;mu;")
+    assert plotly_drawn(plot_text("&lt;b&gt; &#60; &mu;")) == "&lt;b&gt; &#60; &mu;"
+
+
+def test_plot_text_keeps_a_hovertemplate_placeholder_from_matching() -> None:
+    for name in ("%{x}", "%{y:.2f}", "a %{customdata[0]} b", "%{fullData.name}"):
+        out = plot_text(name)
+        template = f"run {out}: %{{y}}"
+        assert [m.group(0) for m in PLOTLY_TEMPLATE.finditer(template)] == ["%{y}"]
+        assert plotly_drawn(out) == name
+
+
+def test_plot_text_leaves_plain_text_quotes_and_percent_alone() -> None:
+    # Plotly decodes no &quot;: a quote escaped by html.escape would show as "&quot;"
+    text = "Run 12 of lesson-3 by Ada O'Neill, \"w\" 50% {x} $x$ · w_task ±"
+    assert plot_text(text) == text
+
+
+def test_plot_text_of_non_strings_is_their_text() -> None:
+    assert plot_text(3) == "3"
+    assert plot_text(None) == "None"

@@ -34,7 +34,7 @@ from mtl_core.baselines import (
 from mtl_core.config import ConfigError, parse_config
 from mtl_core.store import RunInfo, RunStore
 from ui.run_table import STATUS_ICONS
-from ui.text import md_code, md_text
+from ui.text import md_code, md_text, plot_text
 
 REFRESH_S = 2.0
 PLOTLY_CONFIG = {"displaylogo": False}
@@ -73,7 +73,7 @@ def terms_figure(comp: Comparison) -> go.Figure:
     multi-task model beats the baseline on that task. A dashed line marks Δm, their mean."""
     rows = [r for r in comp.rows if r.term is not None]
     fig = go.Figure(go.Bar(
-        x=[r.task for r in rows], y=[r.term for r in rows], name="Δm term",
+        x=[plot_text(r.task) for r in rows], y=[r.term for r in rows], name="Δm term",
         marker_color=[BETTER_COLOR if r.term < 0 else WORSE_COLOR for r in rows],
         text=[f"{r.term:+.1f} %" for r in rows], textposition="outside",
         customdata=[[r.metric, r.value, r.baseline] for r in rows],

@@ -12,6 +12,9 @@ Conventions shared by the curve figures:
   as an extra trace with `showlegend=False` (TensorBoard's look);
 - every trace is downsampled to at most `max_points` points (first, last and extremes kept);
 - `layout.uirevision` is fixed per figure so a refresh keeps the user's zoom.
+
+Names (tasks, runs, classes) come in as they were chosen and go through `ui.text.plot_text`
+where they enter a figure (trace names, titles, axis categories), so they are drawn as text.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from ui.text import plot_text
 
 MAX_POINTS = 1500
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
@@ -153,7 +158,8 @@ def add_band(fig: go.Figure, df: pd.DataFrame, split: str, task: str, name: str,
             if x.size == 0:
                 continue
             x, y = downsample(x, ema(y, smooth) if smooth > 0 else y, max_points)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} · seed {replica}",
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines",
+                                     name=plot_text(f"{label} · seed {replica}"),
                                      legendgroup=label, showlegend=False, opacity=0.45,
                                      line={"color": color, "width": 0.8, "dash": dash}))
         return
@@ -169,7 +175,7 @@ def add_band(fig: go.Figure, df: pd.DataFrame, split: str, task: str, name: str,
     x, high = downsample(x, high, max_points)
     fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[high, low[::-1]], mode="lines",
                              fill="toself", fillcolor=_faint(color, 0.18), line={"width": 0},
-                             name=f"{label} ({BANDS[band]})", legendgroup=label,
+                             name=plot_text(f"{label} ({BANDS[band]})"), legendgroup=label,
                              showlegend=False, hoverinfo="skip"))
 
 
@@ -217,9 +223,10 @@ def metric_names(df: pd.DataFrame, splits: Sequence[str] = ("val", "test")) -> l
 
 def empty_figure(message: str, title: str = "") -> go.Figure:
     fig = go.Figure()
-    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper",
+    fig.add_annotation(text=plot_text(message), showarrow=False, x=0.5, y=0.5, xref="paper",
                        yref="paper", font={"size": 14, "color": "#888"})
-    fig.update_layout(title=title or None, xaxis={"visible": False}, yaxis={"visible": False},
+    fig.update_layout(title=plot_text(title) if title else None,
+                      xaxis={"visible": False}, yaxis={"visible": False},
                       height=320, margin={"l": 40, "r": 20, "t": 50, "b": 40})
     return fig
 
@@ -227,10 +234,10 @@ def empty_figure(message: str, title: str = "") -> go.Figure:
 def _layout(fig: go.Figure, title: str, y_title: str, revision: str, log_y: bool = False,
             height: int = 360) -> go.Figure:
     fig.update_layout(
-        title=title, height=height, uirevision=revision, hovermode="x unified",
+        title=plot_text(title), height=height, uirevision=revision, hovermode="x unified",
         margin={"l": 50, "r": 20, "t": 50, "b": 40},
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
-        xaxis_title="step", yaxis_title=y_title,
+        xaxis_title="step", yaxis_title=plot_text(y_title),
     )
     fig.update_yaxes(type="log" if log_y else "linear")
     return fig
@@ -250,12 +257,12 @@ def add_series(fig: go.Figure, x: np.ndarray, y: np.ndarray, *, label: str, colo
     mode = "lines" if dense and x.size > 1 else "lines+markers"
     if dense and smoothing > 0:
         rx, ry = downsample(x, y, max_points)
-        fig.add_trace(go.Scatter(x=rx, y=ry, mode="lines", name=f"{label} (raw)",
+        fig.add_trace(go.Scatter(x=rx, y=ry, mode="lines", name=plot_text(f"{label} (raw)"),
                                  legendgroup=label, showlegend=False, hoverinfo="skip",
                                  opacity=0.25, line={"color": color, "width": 1, "dash": dash}))
         y = ema(y, smoothing)
     sx, sy = downsample(x, y, max_points)
-    fig.add_trace(go.Scatter(x=sx, y=sy, mode=mode, name=label, legendgroup=label,
+    fig.add_trace(go.Scatter(x=sx, y=sy, mode=mode, name=plot_text(label), legendgroup=label,
                              line={"color": color, "width": width, "dash": dash},
                              marker={"size": 5}))
 
@@ -401,6 +408,7 @@ def cosine_heatmap(df: pd.DataFrame, tasks: Sequence[str] | None = None,
     if at is None or len(names) < 2:
         return empty_figure("no gradient cosines logged yet", "Gradient cosine")
     text = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in mat]
+    names = [plot_text(n) for n in names]
     fig = go.Figure(go.Heatmap(z=mat, x=names, y=names, zmin=-1, zmax=1, zmid=0,
                                colorscale="RdBu", text=text, texttemplate="%{text}",
                                hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>"))
@@ -424,10 +432,10 @@ def matrix_heatmap(matrix: Sequence[Sequence[float]], title: str,
     ys = list(labels) if labels and len(labels) == z.shape[0] else list(range(z.shape[0]))
     xs = list(x_labels) if x_labels and len(x_labels) == z.shape[1] else (
         ys if z.shape[0] == z.shape[1] else list(range(z.shape[1])))
-    fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in xs], y=[str(v) for v in ys],
+    fig = go.Figure(go.Heatmap(z=z, x=[plot_text(v) for v in xs], y=[plot_text(v) for v in ys],
                                colorscale=colorscale, texttemplate="%{z:.2f}",
                                hovertemplate="%{y} ← %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, height=300, uirevision=f"mat:{title}",
+    fig.update_layout(title=plot_text(title), height=300, uirevision=f"mat:{title}",
                       margin={"l": 50, "r": 20, "t": 50, "b": 40})
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category", autorange="reversed")
@@ -449,9 +457,10 @@ def bars_figure(values: Mapping[str, Sequence[float]] | Sequence[Sequence[float]
     fig = go.Figure()
     for task, weights in rows.items():
         fig.add_trace(go.Bar(x=[f"{x_prefix} {i}" for i in range(weights.size)], y=weights,
-                             name=task, marker_color=colors.get(task, PALETTE[0])))
-    fig.update_layout(title=title, barmode="group", height=320, uirevision=f"bars:{title}",
-                      yaxis_title=y_title, margin={"l": 50, "r": 20, "t": 50, "b": 40})
+                             name=plot_text(task), marker_color=colors.get(task, PALETTE[0])))
+    fig.update_layout(title=plot_text(title), barmode="group", height=320,
+                      uirevision=f"bars:{title}", yaxis_title=plot_text(y_title),
+                      margin={"l": 50, "r": 20, "t": 50, "b": 40})
     return fig
 
 
@@ -493,7 +502,7 @@ def confusion_figure(matrix: Sequence[Sequence[float]], class_names: Sequence[st
     the accuracy. `normalize` shows each row as fractions of that class."""
     counts = np.asarray(matrix, dtype=float)
     k = counts.shape[0]
-    names = [str(c) for c in class_names] if class_names and len(class_names) == k else [
+    names = [plot_text(c) for c in class_names] if class_names and len(class_names) == k else [
         str(i) for i in range(k)]
     total = counts.sum()
     acc = float(np.trace(counts) / total) if total else math.nan
@@ -507,8 +516,8 @@ def confusion_figure(matrix: Sequence[Sequence[float]], class_names: Sequence[st
     fig = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Blues", text=text,
                                texttemplate="%{text}",
                                hovertemplate="true %{y} → predicted %{x}: %{text}<extra></extra>"))
-    head = f"{title} — " if title else ""
-    fig.update_layout(title=f"{head}accuracy {acc:.1%}" if total else title or None,
+    head = f"{plot_text(title)} — " if title else ""
+    fig.update_layout(title=f"{head}accuracy {acc:.1%}" if total else plot_text(title) or None,
                       height=380, uirevision=f"cm:{title}",
                       xaxis_title="predicted", yaxis_title="true",
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
@@ -539,8 +548,9 @@ def scatter_figure(true: Sequence[float], pred: Sequence[float], title: str = ""
         hi = float(np.nanmax([t.max(), p.max()]))
         fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x",
                                  line={"color": "#888", "dash": "dash"}, hoverinfo="skip"))
-    head = f"{title} — " if title else ""
-    fig.update_layout(title=f"{head}R² {r2:.3f}" if not math.isnan(r2) else title or None,
+    head = f"{plot_text(title)} — " if title else ""
+    fig.update_layout(title=f"{head}R² {r2:.3f}" if not math.isnan(r2)
+                      else plot_text(title) or None,
                       height=380, uirevision=f"sc:{title}", xaxis_title="true",
                       yaxis_title="predicted", showlegend=False,
                       margin={"l": 60, "r": 20, "t": 50, "b": 50})
@@ -615,7 +625,8 @@ def boundary_figure(grid: Mapping[str, Any], task: str, kind: str | None = None,
         fig.add_trace(go.Scatter(x=px[idx], y=py[idx], mode="markers", marker=marker,
                                  name="points",
                                  hovertemplate="true %{marker.color}<extra></extra>"))
-    fig.update_layout(title=title if title is not None else task, height=380, showlegend=False,
+    fig.update_layout(title=plot_text(title if title is not None else task), height=380,
+                      showlegend=False,
                       uirevision=f"grid:{task}", margin={"l": 40, "r": 20, "t": 50, "b": 40})
     fig.update_xaxes(range=[min(grid["xs"]), max(grid["xs"])], constrain="domain")
     fig.update_yaxes(range=[min(grid["ys"]), max(grid["ys"])], scaleanchor="x", scaleratio=1)

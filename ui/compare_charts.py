@@ -11,6 +11,9 @@ Nothing here touches Streamlit or the store. A "run" is anything with the `RunIn
 - `bars_figure`: one final metric per task, a bar per run.
 - `parcoords_figure`: parallel coordinates from those config values to each task's primary
   final metric, a line per run.
+
+Run labels and task names come in as chosen and are escaped (`ui.text.plot_text`) where they
+enter a figure; `run_labels` stays plain text for the page's own widgets.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from mtl_core.baselines import primary_metric
 from mtl_core.config import BACKBONE_STAGES
 from ui import charts
 from ui.run_table import final_metrics
+from ui.text import plot_text
 
 METRIC_ORDER = ("accuracy", "iou", "acc50", "miou", "pixel_acc", "r2", "abs_rel", "rmse", "mse",
                 "mae", "loss")
@@ -93,7 +97,7 @@ def overlay_figure(frames: Mapping[str, pd.DataFrame], labels: Mapping[str, str]
     title = f"{task} · {name}"
     if not fig.data:
         return charts.empty_figure(f"no {name} logged for {task}", title)
-    fig.update_layout(title=title, height=360, uirevision=f"compare:{task}:{name}",
+    fig.update_layout(title=plot_text(title), height=360, uirevision=f"compare:{task}:{name}",
                       hovermode="x unified", margin={"l": 50, "r": 20, "t": 50, "b": 40},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 0},
                       xaxis_title="step", yaxis_title=name)
@@ -188,13 +192,13 @@ def bars_figure(table: pd.DataFrame, metric: str, labels: Mapping[str, str],
                 colors: Mapping[str, str]) -> go.Figure:
     """One final metric per task (x), a bar per run (legend), NaN bars left out."""
     columns = [c for c in metric_columns(table) if c.rsplit(METRIC_SEP, 1)[1] == metric]
-    tasks = [c.rsplit(METRIC_SEP, 1)[0] for c in columns]
+    tasks = [plot_text(c.rsplit(METRIC_SEP, 1)[0]) for c in columns]
     fig = go.Figure()
     for _, row in table.iterrows():
         values = [row[c] for c in columns]
         if all(pd.isna(v) for v in values):
             continue
-        fig.add_trace(go.Bar(x=tasks, y=values, name=labels.get(row["id"], row["id"]),
+        fig.add_trace(go.Bar(x=tasks, y=values, name=plot_text(labels.get(row["id"], row["id"])),
                              marker_color=colors.get(row["id"], charts.TOTAL_COLOR),
                              hovertemplate="%{x}: %{y:.4g}<extra>%{fullData.name}</extra>"))
     if not fig.data:
@@ -227,7 +231,8 @@ def parcoords_figure(table: pd.DataFrame, tasks: Sequence[str],
         values = table[color_by].to_numpy(dtype=float)
         line = {"color": np.where(np.isnan(values), np.nanmin(values), values).tolist(),
                 "colorscale": "Viridis", "showscale": True,
-                "colorbar": {"title": {"text": color_by}, "x": 1.04, "thickness": 14}}
+                "colorbar": {"title": {"text": plot_text(color_by)}, "x": 1.04,
+                             "thickness": 14}}
     fig = go.Figure(go.Parcoords(dimensions=dims, line=line))
     fig.update_layout(title="From settings to results: one line per run", height=420,
                       margin={"l": 60, "r": 130, "t": 80, "b": 30})
@@ -236,7 +241,7 @@ def parcoords_figure(table: pd.DataFrame, tasks: Sequence[str],
 
 def _numeric_dim(label: str, column: pd.Series) -> dict[str, Any]:
     values = column.to_numpy(dtype=float)
-    dim: dict[str, Any] = {"label": label, "values": values.tolist()}
+    dim: dict[str, Any] = {"label": plot_text(label), "values": values.tolist()}
     finite = values[np.isfinite(values)]
     if finite.size and finite.min() == finite.max():  # one value: give the axis some room
         value = float(finite.min())
@@ -248,7 +253,8 @@ def _numeric_dim(label: str, column: pd.Series) -> dict[str, Any]:
 def _categorical_dim(label: str, column: pd.Series) -> dict[str, Any]:
     names = sorted({str(v) for v in column})
     code = {name: i for i, name in enumerate(names)}
-    dim: dict[str, Any] = {"label": label, "values": [code[str(v)] for v in column],
+    # parcoords draws its tick labels as plain text (d3 axis), its axis titles as Plotly text
+    dim: dict[str, Any] = {"label": plot_text(label), "values": [code[str(v)] for v in column],
                            "tickvals": list(range(len(names))), "ticktext": names}
     if len(names) == 1:
         dim["range"] = [-0.5, 0.5]

@@ -10,6 +10,9 @@ tests agree on them. Runs without finished validation metrics (NaN) are left out
   one trace per extra method (e.g. "pcgrad"). Hovering a point shows its weights.
 - `ternary_figure`: for three tasks, the grid's weights on the simplex coloured by one task's
   validation metric, the chosen point starred and the front's points outlined.
+
+Task and method names and run ids are escaped (`ui.text.plot_text`) where they enter a
+figure, next to our own `<b>` and `<br>`.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from ui.text import plot_text
 
 GRID_COLOR = "#7f9cbf"
 FRONT_COLOR = "#ff7f0e"
@@ -35,17 +40,18 @@ def direction_text(table: pd.DataFrame, task: str) -> str:
 
 def axis_title(table: pd.DataFrame, task: str) -> str:
     metric = table.attrs.get("metrics", {}).get(task, "metric")
-    return f"{task}: val {metric} ({direction_text(table, task)})"
+    return plot_text(f"{task}: val {metric} ({direction_text(table, task)})")
 
 
 def hover_text(table: pd.DataFrame) -> list[str]:
-    """Per row: the method, its weights and the run, for hover labels."""
+    """Per row: the method, its weights and the run, for hover labels (Plotly text)."""
     tasks = table.attrs.get("tasks", [])
     out = []
     for _, row in table.iterrows():
-        weights = ", ".join(f"w {t} = {row[f'w_{t}']:.3g}" for t in tasks)
-        vals = ", ".join(f"val {t} = {row[f'val_{t}']:.4g}" for t in tasks)
-        out.append(f"<b>{row['method']}</b><br>{weights}<br>{vals}<br>run {row['run_id']}")
+        weights = plot_text(", ".join(f"w {t} = {row[f'w_{t}']:.3g}" for t in tasks))
+        vals = plot_text(", ".join(f"val {t} = {row[f'val_{t}']:.4g}" for t in tasks))
+        out.append(f"<b>{plot_text(row['method'])}</b><br>{weights}<br>{vals}"
+                   f"<br>run {plot_text(row['run_id'])}")
     return out
 
 
@@ -76,7 +82,8 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
     fig = go.Figure()
 
     def add(rows: pd.DataFrame, name: str, bars: bool = True, **kwargs) -> None:
-        fig.add_trace(go.Scatter(x=rows[x_col].tolist(), y=rows[y_col].tolist(), name=name,
+        fig.add_trace(go.Scatter(x=rows[x_col].tolist(), y=rows[y_col].tolist(),
+                                 name=plot_text(name),
                                  text=text[rows.index].tolist(),
                                  hovertemplate="%{text}<extra></extra>",
                                  **(_error_bars(rows, x_task, y_task) if bars else {}),
@@ -108,7 +115,7 @@ def front_figure(table: pd.DataFrame, x_task: str, y_task: str, *,
         fig.add_annotation(text="no finished run yet", showarrow=False, x=0.5, y=0.5,
                            xref="paper", yref="paper", font={"size": 14, "color": "#888"})
     split_name = "validation" if split == "val" else "test"
-    fig.update_layout(title=f"{y_task} vs {x_task} ({split_name})", height=500,
+    fig.update_layout(title=plot_text(f"{y_task} vs {x_task} ({split_name})"), height=500,
                       xaxis_title=axis_title(table, x_task),
                       yaxis_title=axis_title(table, y_task),
                       uirevision=f"sweep:{table.attrs.get('sweep_id')}:{x_task}:{y_task}:{split}",
@@ -133,7 +140,8 @@ def ternary_figure(table: pd.DataFrame, color_task: str) -> go.Figure:
 
     def add(rows: pd.DataFrame, name: str, marker: dict) -> None:
         fig.add_trace(go.Scatterternary(a=rows[a].tolist(), b=rows[b].tolist(),
-                                        c=rows[c].tolist(), mode="markers", name=name,
+                                        c=rows[c].tolist(), mode="markers",
+                                        name=plot_text(name),
                                         cliponaxis=False,
                                         marker=marker, text=text[rows.index].tolist(),
                                         hovertemplate="%{text}<extra></extra>"))
@@ -142,7 +150,7 @@ def ternary_figure(table: pd.DataFrame, color_task: str) -> go.Figure:
         add(waiting, "not finished", {"size": 9, "color": "#cccccc"})
     if not done.empty:
         reverse = not table.attrs.get("higher_is_better", {}).get(color_task, True)
-        bar_title = f"{color_task}<br>({direction_text(table, color_task)})"
+        bar_title = f"{plot_text(color_task)}<br>({direction_text(table, color_task)})"
         add(done, f"val {color_task}", {
             "size": 13, "color": done[value].tolist(), "colorscale": "Viridis",
             "reversescale": reverse, "showscale": True, "colorbar": {"title": {"text": bar_title}},
@@ -152,11 +160,11 @@ def ternary_figure(table: pd.DataFrame, color_task: str) -> go.Figure:
     if not chosen.empty:
         add(chosen, "chosen by validation", {"size": 20, "symbol": "star",
                                              "color": CHOSEN_COLOR})
-    fig.update_layout(title=f"Weights on the simplex, coloured by val {color_task} "
+    fig.update_layout(title=f"Weights on the simplex, coloured by val {plot_text(color_task)} "
                             "(orange ring: on the Pareto front)", height=480,
-                      ternary={"aaxis": {"title": {"text": f"w {tasks[0]}"}},
-                               "baxis": {"title": {"text": f"w {tasks[1]}"}},
-                               "caxis": {"title": {"text": f"w {tasks[2]}"}}},
+                      ternary={"aaxis": {"title": {"text": plot_text(f"w {tasks[0]}")}},
+                               "baxis": {"title": {"text": plot_text(f"w {tasks[1]}")}},
+                               "caxis": {"title": {"text": plot_text(f"w {tasks[2]}")}}},
                       uirevision=f"sweep-ternary:{table.attrs.get('sweep_id')}",
                       legend={"orientation": "h", "yanchor": "top", "y": -0.08, "x": 0},
                       margin={"l": 60, "r": 60, "t": 80, "b": 60})

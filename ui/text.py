@@ -1,4 +1,4 @@
-"""User-chosen text shown as text wherever a page puts it into Markdown.
+"""User-chosen text shown as text wherever a page puts it into Markdown or a Plotly figure.
 
 Streamlit renders Markdown (plus LaTeX, `:red[...]` / `:material/...:` directives and emoji
 shortcodes) in `st.markdown`, captions, alerts, toasts, headers, widget labels, radio options,
@@ -7,6 +7,7 @@ from an uploaded CSV header or a note is chosen in someone's browser and shown i
 `md_text` makes it render as the characters it is, so `![x](http://host/t.png)` cannot make
 every viewer's browser fetch an image. Plain-text places (selectbox and multiselect options,
 data frames, code blocks) need no escaping and must not get it: they would show the backslashes.
+Plotly figures draw a small HTML subset in their labels instead: `plot_text` is for those.
 """
 from __future__ import annotations
 
@@ -58,3 +59,18 @@ def md_lines(value: object) -> str:
     browser sent. An escaped line cannot start or end a block (`#`, `>`, `=`, `|`, a list
     marker and backticks are all escaped), so it stays inside the one paragraph."""
     return "  \n".join(md_text(line) for line in str(value).splitlines())
+
+
+# Plotly.js knows only a few named entities (no `&quot;`), so quotes are left as they are.
+_PLOT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+def plot_text(value: object) -> str:
+    """`value`'s text for a Plotly figure (trace name, title, axis, tick or colour-bar label,
+    annotation, hover text), drawn as exactly that text. plotly.js draws the tags `<a href>`,
+    `<span style>`, `<b>`, `<br>`, `<sup>` ... in those strings and decodes entities in the
+    text between them (`svg_text_utils.js`), so `&`, `<`, `>` become entities. A
+    hovertemplate is filled in once, with no escape for `%{` (`lib/index.js`,
+    TEMPLATE_STRING_REGEX): `%{` becomes `&#37;{`, which no placeholder matches and which is
+    drawn as `%{`. Not for labels Plotly draws as plain text (parallel-coordinates ticks)."""
+    return str(value).translate(_PLOT_ESCAPES).replace("%{", "&#37;{")

@@ -10,6 +10,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ui.text import plot_text
+
 TRUE_BOX, PRED_BOX = "#1a7f37", "#d6336c"  # green = truth, magenta = the model's box
 MASK_COLOURS = ("#222222", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
                 "#e377c2")
@@ -81,7 +83,7 @@ def dense_figure(targets: Sequence[Any], outputs: Sequence[Any] | None, task: st
                                       colorscale=_class_scale(classes))
         bar: dict[str, Any] = {"title": {"text": "class"}, "tickvals": list(range(classes))}
         if class_names:
-            bar["ticktext"] = list(class_names)[:classes]
+            bar["ticktext"] = [plot_text(c) for c in list(class_names)[:classes]]
     else:
         values = np.concatenate([m.ravel() for m in true_maps + pred_maps]) if k else np.zeros(1)
         common = dict(zmin=float(values.min()), zmax=float(values.max()),
@@ -98,7 +100,7 @@ def dense_figure(targets: Sequence[Any], outputs: Sequence[Any] | None, task: st
         suffix = "" if i == 1 else str(i)
         fig.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
     what = "segmentation masks" if kind == "dense_classification" else "depth maps"
-    fig.update_layout(title=f"{task}: {what}, true vs predicted", height=340,
+    fig.update_layout(title=f"{plot_text(task)}: {what}, true vs predicted", height=340,
                       margin={"l": 10, "r": 10, "t": 50, "b": 10}, uirevision=f"dense:{task}")
     return fig
 
