@@ -73,11 +73,10 @@ def _visit_cost(browser: Any, server: bs.AppServer) -> dict[str, float]:
     try:
         page = context.new_page()
         page.set_default_timeout(120_000)
-        before, began = cpu_by_role(server), time.perf_counter()
-        page.goto(server.url)
-        bs.button(page, "train-start").and_(page.locator("button:enabled")).wait_for()
-        after, ended = cpu_by_role(server), time.perf_counter()
-        return {"wall": ended - began, "browser": after["browser"] - before["browser"],
+        before = cpu_by_role(server)
+        wall = bs.seconds_until_start_enabled(page, server.url)
+        after = cpu_by_role(server)
+        return {"wall": wall, "browser": after["browser"] - before["browser"],
                 "server": after["server"] - before["server"]}
     finally:
         context.close()

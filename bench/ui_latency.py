@@ -63,6 +63,7 @@ from browser_support import (  # noqa: E402
     element,
     find_chromium,
     launch_chromium,
+    seconds_until_start_enabled,
     settle,
     wait_idle_process,
     wait_until,
@@ -229,10 +230,7 @@ def _until_start_enabled(browser: Any, url: str) -> float:
     try:
         page = context.new_page()
         page.set_default_timeout(120_000)
-        began = time.perf_counter()
-        page.goto(url)
-        button(page, "train-start").and_(page.locator("button:enabled")).wait_for()
-        return time.perf_counter() - began
+        return seconds_until_start_enabled(page, url)
     finally:
         context.close()
 

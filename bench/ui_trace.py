@@ -17,7 +17,6 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -56,11 +55,7 @@ def traced_visit(browser: Any, url: str, trace: bool) -> tuple[float, Counter]:
         page = context.new_page()
         if trace:
             browser.start_tracing(page=page, categories=CATEGORIES)
-        began = time.perf_counter()
-        page.goto(url)
-        bs.button(page, "train-start").and_(page.locator("button:enabled")).wait_for(
-            timeout=120_000)
-        wall = time.perf_counter() - began
+        wall = bs.seconds_until_start_enabled(page, url)
         return wall, main_thread_seconds(browser.stop_tracing()) if trace else Counter()
     finally:
         context.close()

@@ -308,6 +308,15 @@ def button(page: Any, key: str) -> Any:
     return element(page, key).locator("button").first
 
 
+def seconds_until_start_enabled(page: Any, url: str, timeout_ms: float = 120_000) -> float:
+    """Navigate `page` to `url`; seconds until its Start button (keyed `train-start`, as the
+    benches' hello-world app has it too) is enabled."""
+    began = time.perf_counter()
+    page.goto(url, timeout=timeout_ms)
+    button(page, "train-start").and_(page.locator("button:enabled")).wait_for(timeout=timeout_ms)
+    return time.perf_counter() - began
+
+
 def alert(page: Any, text: str) -> Any:
     """The st.info/success/warning/error box whose text contains `text` (e.g. a run id)."""
     return page.locator('[data-testid="stAlert"]', has_text=text).first
